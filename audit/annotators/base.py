@@ -1,0 +1,88 @@
+"""The annotator interface and its runner.
+
+An annotator imputes labels: ``compute(ctx)`` returns a long DataFrame (uid, attribute, label, confidence,
+method) with one row per sample and attribute; samples it cannot label get the explicit label ``unknown``.
+Every label is an estimate (perceived / imputed), never ground truth; the method travels with it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from audit.registry import Registry
+from audit.store import Store, param_key
+
+UNKNOWN = "unknown"
+MULTIPLE = "multiple"
+
+
+@dataclass
+class AnnotatorContext:
+    store: Store
+    params: dict
+    rng: np.random.Generator
+    model: str | None = None
+    echo: Callable[[str], None] = print
+
+    def samples(self, columns: list[str]) -> pd.DataFrame:
+        return self.store.df(f"SELECT uid, {', '.join(columns)} FROM samples ORDER BY uid")
+
+
+class Annotator:
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    method: ClassVar[str] = ""
+    attributes: ClassVar[dict[str, str]] = {}   # attribute -> description
+    imputed: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the annotator's own options."""
+
+    @classmethod
+    def params_from_args(cls, args: argparse.Namespace) -> dict:
+        return {}
+
+    @classmethod
+    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
+        """(model, params) pairs the demo builder runs; [] keeps the annotator out of the demo."""
+        return []
+
+    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+ANNOTATORS: Registry[type[Annotator]] = Registry("annotator")
+
+
+def run_annotator(name: str, store_path: str, *, params: dict | None = None, model: str | None = None,
+                  seed: int = 0, force: bool = False, echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Compute and store one annotator's attributes; returns label counts per attribute."""
+    cls = ANNOTATORS.get(name)
+    full = {**(params or {}), "model": model, "seed": seed, "version": cls.version}
+    with Store.writer(store_path) as st:
+        done = st.find_done_run("annotate", name, param_key(full))
+        have = set(st.attributes())
+        if done and not force and set(cls.attributes) <= have:
+            echo(f"annotator {name} already ran with these parameters (run {done}); nothing to do")
+            return pd.DataFrame()
+        random_weights = bool(st.model_info(model)["random_weights"]) if model else False
+        run_id = st.start_run("annotate", name, params=full, version=cls.version, model=model,
+                              random_weights=random_weights)
+    with Store.reader(store_path) as rd:
+        ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
+        frame = cls().compute(ctx)
+        n_samples = rd.count("samples")
+    with Store.writer(store_path) as st:
+        st.write_annotations(frame, run_id=run_id, method=cls.method, descriptions=cls.attributes,
+                             imputed=cls.imputed, random_weights=random_weights)
+        st.end_run(run_id, rows_in=n_samples, rows_out=len(frame))
+    counts = frame.groupby(["attribute", "label"]).size().rename("n").reset_index()
+    for attr, sub in counts.groupby("attribute"):
+        top = ", ".join(f"{r.label} {r.n}" for r in sub.sort_values("n", ascending=False).head(8).itertuples())
+        echo(f"{attr}: {top}")
+    return counts

@@ -1,0 +1,273 @@
+"""Embed: image and text embeddings of every sample that has an image, L2-normalised, resumable.
+
+Backends live behind one small interface (``Embedder``: ``encode_images``, ``encode_texts``, ``preprocess``,
+``dim``, ``key``); ``open_clip`` is the default. Vectors are written as float16 Parquet parts, one per
+flush, each written atomically; a killed run leaves only whole parts behind, and the next run embeds
+exactly the samples that are not in a part yet. The store is locked only to read the work list and to
+register the model at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_SEED = 0
+
+
+class Embedder(Protocol):
+    key: str                 # store model key, e.g. "ViT-B-32:laion2b_s34b_b79k" or "ViT-B-32:random"
+    arch: str
+    pretrained: str | None
+    random_weights: bool
+    backend: str
+    dim: int
+
+    def preprocess(self, image) -> "object": ...
+    def encode_images(self, batch) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def pretrained_label(pretrained: str | None) -> tuple[str | None, str, bool]:
+    """(value for open_clip, label for the model key, random weights?) from the CLI's --pretrained."""
+    if pretrained is None or str(pretrained).lower() in ("none", "random", ""):
+        return None, "random", True
+    p = Path(pretrained)
+    if p.exists():
+        return str(p), f"file-{p.stem}", False
+    return pretrained, pretrained, False
+
+
+def file_digest(path: str, limit: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit))
+    h.update(str(os.path.getsize(path)).encode())
+    return h.hexdigest()[:16]
+
+
+def _l2(x):
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class OpenClipEmbedder:
+    """open_clip model: a pretrained tag (needs the hub once), a local checkpoint file, or random weights."""
+
+    backend = "open_clip"
+
+    def __init__(self, arch: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED, *,
+                 device: str | None = None, precision: str = "auto"):
+        import open_clip
+        import torch
+
+        value, label, random_weights = pretrained_label(pretrained)
+        if random_weights:
+            torch.manual_seed(RANDOM_SEED)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=value)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot load open_clip {arch} with pretrained={pretrained!r}: {exc}. "
+                               "Use a local checkpoint path, or --pretrained none for random weights.") from exc
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.preprocess = preprocess
+        self.arch, self.pretrained, self.random_weights = arch, value, random_weights
+        self.key = f"{arch}:{label}"
+        self.digest = file_digest(value) if value and Path(value).exists() else None
+        with torch.no_grad():
+            self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
+        self.autocast = self._choose_autocast(precision)
+
+    def _choose_autocast(self, precision: str) -> bool:
+        """bf16 autocast where it is faster: on CUDA always; on CPU only if a timed trial says so."""
+        import torch
+
+        if precision in ("fp32", "bf16"):
+            return precision == "bf16"
+        if self.device.startswith("cuda"):
+            return True
+        x = torch.randn(4, 3, 224, 224)
+        times = {}
+        for use in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use):
+                self.model.encode_image(x)  # warm-up
+                t = time.perf_counter()
+                self.model.encode_image(x)
+                times[use] = time.perf_counter() - t
+        return times[True] < 0.9 * times[False]
+
+    def _ctx(self):
+        import torch
+
+        dev = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def encode_images(self, batch) -> np.ndarray:
+        import torch
+
+        with torch.no_grad(), self._ctx():
+            return _l2(self.model.encode_image(batch.to(self.device)).float()).cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad(), self._ctx():
+            return _l2(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float()).cpu().numpy()
+
+
+BACKENDS: dict[str, Callable[..., Embedder]] = {"open_clip": OpenClipEmbedder}
+
+
+def make_embedder(backend: str, model: str, pretrained: str | None, **kw) -> Embedder:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend](model, pretrained, **kw)
+
+
+class _ImageSet:
+    """torch Dataset of (position, tensor or None, error) read from image references."""
+
+    def __init__(self, refs: list[str], preprocess):
+        self.refs, self.preprocess = refs, preprocess
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int):
+        from audit import images
+
+        try:
+            return i, self.preprocess(images.load_image(self.refs[i])), ""
+        except images.ImageError as exc:
+            return i, None, str(exc)
+
+
+def _collate(items):
+    import torch
+
+    ok = [(i, t) for i, t, e in items if t is not None]
+    bad = [(i, e) for i, t, e in items if t is None]
+    pos = [i for i, _ in ok]
+    return pos, (torch.stack([t for _, t in ok]) if ok else None), bad
+
+
+@dataclass
+class EmbedReport:
+    model: str
+    embedded: int
+    skipped_done: int
+    failed: int
+    no_image: int
+    seconds: float
+    random_weights: bool
+    autocast_bf16: bool
+
+    def lines(self) -> list[str]:
+        rate = self.embedded / self.seconds if self.seconds else 0.0
+        out = [f"model: {self.model}" + ("  [RANDOM WEIGHTS: embeddings carry no meaning]" if self.random_weights else ""),
+               f"embedded now: {self.embedded} ({rate:.1f} images/s)", f"already embedded: {self.skipped_done}",
+               f"failed to decode (rejects): {self.failed}", f"no image (url only, not embedded): {self.no_image}",
+               f"bf16 autocast: {'on' if self.autocast_bf16 else 'off'}"]
+        return out
+
+
+def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
+          backend: str = "open_clip", batch_size: int = 64, workers: int | None = None,
+          flush_rows: int = 2048, precision: str = "auto", limit: int | None = None,
+          embedder: Embedder | None = None, progress: bool = True,
+          echo: Callable[[str], None] = print) -> EmbedReport:
+    """Embed every sample with an image that this model has not embedded yet."""
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from audit.ingest import write_vectors
+    from audit.store import Store
+    from audit.vectors import embedded_uids
+
+    t0 = time.perf_counter()
+    emb = embedder or make_embedder(backend, model, pretrained, precision=precision)
+    with Store.reader(store_path) as rd:
+        work = rd.df("SELECT uid, caption, image_ref FROM samples ORDER BY uid")
+        folder = rd.model_dir(emb.key)
+    no_image = int(work["image_ref"].isna().sum())
+    work = work[work["image_ref"].notna()]
+    done = embedded_uids(folder) if folder.exists() else set()
+    todo = work[~work["uid"].isin(done)].reset_index(drop=True)
+    if limit is not None:
+        todo = todo.iloc[:limit]
+    params = {"backend": emb.backend, "arch": emb.arch, "pretrained": emb.pretrained,
+              "digest": getattr(emb, "digest", None), "batch_size": batch_size, "autocast_bf16": emb.autocast,
+              "revision": getattr(emb, "revision", None)}
+    with Store.writer(store_path) as st:
+        run_id = st.start_run("embed", emb.key, params=params, model=emb.key, pretrained=emb.pretrained or "none",
+                              random_weights=emb.random_weights)
+    if emb.random_weights:
+        echo(f"note: {emb.key} has RANDOM weights (seed {RANDOM_SEED}); results are labelled as such")
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        _ImageSet(todo["image_ref"].tolist(), emb.preprocess), batch_size=batch_size, num_workers=workers,
+        collate_fn=_collate, prefetch_factor=2 if workers else None)
+    uids, captions = todo["uid"].tolist(), todo["caption"].tolist()
+    buf_u: list[str] = []
+    buf_i: list[np.ndarray] = []
+    buf_t: list[np.ndarray] = []
+    rejects: list[dict] = []
+    seq = 0
+    embedded = 0
+
+    def flush() -> None:
+        nonlocal seq, buf_u, buf_i, buf_t
+        if buf_u:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_vectors(_FolderStore(folder), emb.key, f"r{run_id:05d}-{seq:06d}", buf_u,
+                          np.concatenate(buf_i), np.concatenate(buf_t))
+            seq += 1
+            buf_u, buf_i, buf_t = [], [], []
+
+    bar = tqdm(total=len(todo), desc=f"embed {emb.key}", unit="img", disable=not progress)
+    try:
+        for pos, batch, bad in loader:
+            for i, err in bad:
+                rejects.append({"source_ref": todo["image_ref"].iat[i], "stage": "embed", "reason": "corrupt_image",
+                                "detail": err, "source": None, "uid": uids[i], "run_id": run_id})
+            if batch is not None:
+                buf_i.append(emb.encode_images(batch))
+                buf_t.append(emb.encode_texts([captions[i] for i in pos]))
+                buf_u += [uids[i] for i in pos]
+                embedded += len(pos)
+            bar.update(len(pos) + len(bad))
+            if len(buf_u) >= flush_rows:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    with Store.writer(store_path) as st:
+        if rejects:
+            st.add_rejects(pd.DataFrame(rejects))
+        st.register_model(emb.key, dim=emb.dim, backend=emb.backend, arch=emb.arch, pretrained=emb.pretrained,
+                          random_weights=emb.random_weights, run_id=run_id)
+        st.end_run(run_id, rows_in=len(todo), rows_out=embedded, rows_rejected=len(rejects))
+    rep = EmbedReport(emb.key, embedded, len(done), len(rejects), no_image, time.perf_counter() - t0,
+                      emb.random_weights, emb.autocast)
+    for line in rep.lines():
+        echo(line)
+    return rep
+
+
+class _FolderStore:
+    """Adapter so write_vectors can write into a model folder without holding the store open."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def model_dir(self, model: str) -> Path:
+        return self.folder

@@ -1,0 +1,5 @@
+"""Scores: one file per score, each registered by name in SCORES. Importing this package registers them."""
+from audit.scores.base import SCORES, Score, ScoreContext  # noqa: F401
+from audit.scores import clip_score  # noqa: F401,E402
+
+__all__ = ["SCORES", "Score", "ScoreContext"]

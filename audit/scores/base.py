@@ -1,0 +1,136 @@
+"""The score interface and its runner.
+
+A score is a class with ``name``, ``version``, ``add_arguments(parser)`` and ``compute(ctx)``. ``compute``
+returns {column name: values aligned with ctx.uids}; column names start with the score's name. The runner
+(`run_score`) owns the I/O: it reads what the score needs, records the run, writes the values, and makes a
+re-run with the same parameters a no-op. Score and decide are separate: thresholds live in selection.py.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+
+from audit.registry import Registry
+from audit.store import Store, StoreError, slug
+
+
+@dataclass
+class ScoreContext:
+    store: Store
+    uids: list[str]                 # every sample, sorted; outputs align with this
+    model: str | None
+    params: dict
+    rng: np.random.Generator
+    echo: Callable[[str], None] = print
+    _index: dict = field(default_factory=dict)
+
+    def index(self) -> dict[str, int]:
+        if not self._index:
+            self._index.update({u: i for i, u in enumerate(self.uids)})
+        return self._index
+
+    def iter_vectors(self, columns=("img", "txt")) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Yield (row positions in ctx.uids, {column: float32 (n, d)}) chunk by chunk."""
+        from audit.vectors import iter_vectors
+
+        idx = self.index()
+        for uids, cols in iter_vectors(self.store, self.model, columns=columns):
+            yield np.fromiter((idx[u] for u in uids), dtype=np.int64, count=len(uids)), cols
+
+    def samples(self, columns: list[str]):
+        return self.store.df(f"SELECT uid, {', '.join(columns)} FROM samples ORDER BY uid")
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.store.model_info(self.model)["random_weights"]) if self.model else False
+
+
+class Score:
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+    uses_model: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the score's own options."""
+
+    @classmethod
+    def params_from_args(cls, args: argparse.Namespace) -> dict:
+        return {}
+
+    @classmethod
+    def output_names(cls, model: str | None, params: dict) -> list[str]:
+        return [cls.name if model is None else f"{cls.name}_{slug(model)}"]
+
+    @classmethod
+    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
+        """(model, params) pairs the demo builder runs; [] keeps the score out of the demo."""
+        return []
+
+    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+SCORES: Registry[type[Score]] = Registry("score")
+
+
+def resolve_model(store: Store, model: str | None) -> str:
+    """Accept the exact model key, or a unique prefix (``ViT-B-32`` for ``ViT-B-32:random``)."""
+    models = store.models()["model"].tolist()
+    if model is None:
+        if len(models) == 1:
+            return models[0]
+        raise StoreError(f"this score needs --model; this store has: {', '.join(models) or 'no embeddings yet'}")
+    if model in models:
+        return model
+    hits = [m for m in models if m.split(":")[0] == model]
+    if len(hits) == 1:
+        return hits[0]
+    raise StoreError(f"no embeddings for model {model!r}; this store has: {', '.join(models) or 'none'}")
+
+
+def run_score(name: str, store_path: str, *, model: str | None = None, params: dict | None = None,
+              seed: int = 0, force: bool = False, echo: Callable[[str], None] = print) -> list[str]:
+    """Compute and store one score. Returns the stored score names."""
+    cls = SCORES.get(name)
+    params = dict(params or {})
+    with Store.writer(store_path) as st:
+        if cls.uses_model:
+            model = resolve_model(st, model)
+        random_weights = bool(st.model_info(model)["random_weights"]) if model else False
+        full = {**params, "model": model, "seed": seed, "version": cls.version}
+        from audit.store import param_key
+
+        outputs = cls.output_names(model, params)
+        done = st.find_done_run("score", name, param_key(full))
+        if done and not force and all(o in st.score_names() for o in outputs):
+            echo(f"score {name} already computed with these parameters (run {done}); nothing to do")
+            return outputs
+        run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
+                              random_weights=random_weights)
+        uids = [r[0] for r in st.cursor().execute("SELECT uid FROM samples ORDER BY uid").fetchall()]
+    # compute without holding the write lock
+    with Store.reader(store_path) as rd:
+        ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
+        values = cls().compute(ctx)
+    with Store.writer(store_path) as st:
+        sim = st.df("SELECT coalesce(simulated, false) AS s FROM samples ORDER BY uid")["s"].to_numpy(bool)
+        for out_name, v in values.items():
+            scored = ~np.isnan(np.asarray(v, dtype=float))
+            simulated_only = bool(scored.any() and sim[scored].all())  # every scored sample is simulated
+            st.write_scores(out_name, uids, v, run_id=run_id, kind=name, model=model, random_weights=random_weights,
+                            simulated=simulated_only, description=cls.description)
+        n_missing = int(sum(np.isnan(np.asarray(v, dtype=float)).sum() for v in values.values()))
+        st.end_run(run_id, rows_in=len(uids), rows_out=len(uids), note=f"{n_missing} missing values")
+    for out_name, v in values.items():
+        v = np.asarray(v, dtype=float)
+        ok = v[~np.isnan(v)]
+        summary = f"mean {ok.mean():.4f}, min {ok.min():.4f}, max {ok.max():.4f}" if len(ok) else "no values"
+        echo(f"{out_name}: {len(ok)} of {len(v)} samples scored ({summary})"
+             + (" [RANDOM-WEIGHT MODEL: not meaningful]" if random_weights else ""))
+    return list(values)
+

@@ -1,0 +1,92 @@
+"""Text encoders for prompts (zero-shot annotators, NormSim class-name targets), matched to a stored model.
+
+``text_encoder(store, model)`` returns a function ``list[str] -> (n, d) float32`` (L2-normalised) that
+embeds text into the same space as the stored embeddings of ``model``, plus a label saying what it is:
+
+* open_clip models embedded by `audit embed`: the same architecture and weights are loaded again;
+* other backends register a loader in LOADERS (key: the backend name in ``embedding_models``);
+* the simulated DataComp models (``datacomp_b32``/``datacomp_l14`` of the demo pool): the simulator's latent
+  directions, looked up by keyword (labelled "simulated text encoder"; meaningful only for simulated rows);
+* real DataComp npz embeddings come from OpenAI CLIP; pass ``text_model`` (e.g. ``ViT-L-14:openai``) to embed
+  prompts with that open_clip model.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+
+from audit.store import Store, StoreError
+
+Encoder = Callable[[list[str]], np.ndarray]
+LOADERS: dict[str, Callable[[dict], tuple[Encoder, str]]] = {}
+
+
+def _open_clip_loader(info: dict) -> tuple[Encoder, str]:
+    from audit.embed import OpenClipEmbedder
+
+    emb = OpenClipEmbedder(info["arch"], info["pretrained"] or "none", precision="fp32")
+    label = f"open_clip {emb.key}" + (" (RANDOM weights)" if emb.random_weights else "")
+    return (lambda texts: emb.encode_texts(texts)), label
+
+
+LOADERS["open_clip"] = _open_clip_loader
+
+
+def simulator_meta(store: Store) -> dict | None:
+    raw = store.scalar("SELECT value FROM meta WHERE key = 'simulator'")
+    return json.loads(raw) if raw else None
+
+
+def simulated_encoder(dim: int, seed: int) -> Encoder:
+    """Keyword lookup into the simulator's latent directions (audit.simulate.latent_directions)."""
+    from audit.simulate import latent_directions
+
+    dirs = latent_directions(dim, seed)
+    words = {k.split(":", 1)[-1]: v for k, v in dirs.items()}
+    synonyms = {"female": "woman", "women": "woman", "girl": "woman", "male": "man", "men": "man", "boy": "man",
+                "old": "older", "elderly": "older", "kid": "child", "asian": "east asian", "indian": "south asian",
+                "nude": "nsfw", "explicit": "nsfw", "sexy": "nsfw", "watermarked": "watermark"}
+    rng = np.random.default_rng([seed, dim, 99])
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), dim), np.float32)
+        for i, t in enumerate(texts):
+            low = t.lower()
+            v = np.zeros(dim, np.float32)
+            for w, d in words.items():
+                if w in low:
+                    v += d
+            for s, w in synonyms.items():
+                if f" {s} " in f" {low} " and w in words:
+                    v += words[w]
+            if not v.any():  # an unknown prompt: a fixed random direction per text
+                v = np.random.default_rng(abs(hash(low)) % (2**32)).standard_normal(dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+    del rng
+    return encode
+
+
+def text_encoder(store: Store, model: str, *, text_model: str | None = None) -> tuple[Encoder, str]:
+    """(encoder, label) for prompts in the space of ``model``'s stored embeddings."""
+    if text_model:
+        from audit.embed import OpenClipEmbedder
+
+        arch, _, tag = text_model.partition(":")
+        emb = OpenClipEmbedder(arch, tag or "none", precision="fp32")
+        return (lambda texts: emb.encode_texts(texts)), f"open_clip {emb.key}"
+    info = store.model_info(model)
+    backend = info["backend"]
+    if backend == "datacomp-npz":
+        sim = simulator_meta(store)
+        if sim is None:
+            raise StoreError(f"{model} holds DataComp npz vectors from OpenAI CLIP; give --text-model "
+                             f"(e.g. ViT-L-14:openai for l14, ViT-B-32:openai for b32) to embed prompts")
+        dim = int(info["dim"])
+        return simulated_encoder(dim, int(sim["seed"])), "simulated text encoder (latent directions of the demo pool)"
+    if backend not in LOADERS:
+        raise StoreError(f"no text encoder for backend {backend!r} (model {model})")
+    return LOADERS[backend](info)

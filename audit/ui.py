@@ -1,0 +1,189 @@
+"""Streamlit glue: the only module (besides app.py and pages/) that imports streamlit.
+
+The dashboard never opens the live store: it opens a snapshot copy taken under a read lock, so a CLI
+stage may write to the store meanwhile. When the live store changes, the sidebar says so and offers a
+reload. All caching lives here; pages read widgets, call these helpers and ``audit``, and render.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit.preview import PreviewData
+from audit.store import Store, StoreError, snapshot, store_version
+
+DEFAULT_STORE = "data/demo.duckdb"
+MIN_N = 30
+PALETTE = {"kept": "#2b8a3e", "excluded": "#c92a2a", "small": "#adb5bd", "overall": "#1c7ed6"}
+
+
+def store_path() -> str:
+    return os.environ.get("AUDIT_STORE", DEFAULT_STORE)
+
+
+def _snapshot_dir(path: str) -> Path:
+    h = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "clip-audit-snapshots" / h
+
+
+@st.cache_resource(max_entries=4, show_spinner="Opening a snapshot of the store…")
+def _open_snapshot(path: str, version: int) -> Store:
+    snap = snapshot(path, _snapshot_dir(path), wait_s=20)
+    return Store.open(snap, read_only=True)
+
+
+def get_store() -> Store | None:
+    """The pinned snapshot of the store; renders an error and returns None if there is none."""
+    path = store_path()
+    live = store_version(path)
+    if live == 0:
+        st.error(f"No store at `{path}`. Build the demo with `make run` (or `python -m audit demo`), "
+                 "or point `AUDIT_STORE` at a store made with `python -m audit ingest`.")
+        return None
+    pinned = st.session_state.setdefault("store_version", live)
+    try:
+        return _open_snapshot(path, pinned)
+    except StoreError as exc:
+        st.error(f"Cannot open the store: {exc}. A CLI stage may be writing; try again in a moment.")
+        return None
+
+
+def freshness_notice() -> None:
+    """Sidebar note when the live store is newer than the snapshot on screen."""
+    path = store_path()
+    live = store_version(path)
+    pinned = st.session_state.get("store_version")
+    if pinned and live and live != pinned:
+        st.sidebar.info("The store has newer data than this view (a CLI stage wrote to it).")
+        if st.sidebar.button("Reload data"):
+            st.session_state["store_version"] = live
+            st.cache_data.clear()
+            st.rerun()
+
+
+def key(store: Store) -> str:
+    return f"{store.path}"
+
+
+# ---- cached queries (keyed on the snapshot path, which changes with each store version) ------------
+@st.cache_data(max_entries=8, show_spinner=False)
+def overview(_store: Store, k: str) -> dict:
+    return {"counts": _store.overview(), "sources": _store.sources(), "rejects": _store.rejects_by_reason(),
+            "scores": _store.score_catalog(), "models": _store.models(), "runs": _store.runs(),
+            "attributes": _store.attribute_catalog()}
+
+
+@st.cache_data(max_entries=16, show_spinner="Loading score values…")
+def score_values(_store: Store, k: str, score: str) -> np.ndarray:
+    return _store.df("SELECT value FROM scores WHERE name = ?", [score])["value"].to_numpy()
+
+
+@st.cache_resource(max_entries=16, show_spinner="Loading the score and groups…")
+def preview_data(_store: Store, k: str, score: str, group: str) -> PreviewData:
+    """Held as a resource (not copied per call: at 1M rows a copy costs more than the preview). Read-only."""
+    return PreviewData.from_frame(_store.score_and_groups(score, group))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def samples(_store: Store, k: str, uids: tuple[str, ...]) -> pd.DataFrame:
+    return _store.samples_page(list(uids))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumb(ref: str, size: int = 160, blur: bool = False):
+    from audit import images
+
+    try:
+        return images.thumbnail(ref, size, blur=blur)
+    except images.ImageError:
+        return None
+
+
+# ---- labels ------------------------------------------------------------------------------------
+def score_label(cat: pd.DataFrame, name: str) -> str:
+    row = cat[cat["name"] == name]
+    if row.empty:
+        return name
+    r = row.iloc[0]
+    tags = []
+    if bool(r["random_weights"]):
+        tags.append("random weights")
+    if bool(r["simulated"]):
+        tags.append("simulated")
+    return f"{name}" + (f"  [{', '.join(tags)}]" if tags else "")
+
+
+def group_label(store: Store, col: str) -> str:
+    if col in store.attributes():
+        return f"{col} (imputed)"
+    return col
+
+
+def store_caption(store: Store, info: dict) -> None:
+    c = info["counts"]
+    sim = c["simulated"]
+    st.sidebar.caption(
+        f"Store `{store_path()}` · {c['samples']:,} samples · {c['rejects']:,} rejects"
+        + (f" · {sim:,} **simulated**" if sim else ""))
+
+
+def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N):
+    """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line."""
+    import plotly.graph_objects as go
+
+    t = table.sort_values("rate", ascending=True).reset_index(drop=True)
+    overall = table.attrs["overall"]
+    colors = [PALETTE["small"] if s else PALETTE["kept"] for s in t["small"]]
+    labels = [f"{g} (n={n:,})" for g, n in zip(t["group"], t["n"])]
+    fig = go.Figure(go.Scatter(
+        x=t["rate"], y=labels, mode="markers", marker=dict(color=colors, size=10),
+        error_x=dict(type="data", symmetric=False, array=t["ci_high"] - t["rate"],
+                     arrayminus=t["rate"] - t["ci_low"], color="#495057", thickness=1.5),
+        customdata=np.stack([t["n"], t["kept"], t["ci_low"], t["ci_high"]], axis=1),
+        hovertemplate="%{y}<br>rate %{x:.3f} (95%% CI %{customdata[2]:.3f}–%{customdata[3]:.3f})"
+                      "<br>kept %{customdata[1]:,} of %{customdata[0]:,}<extra></extra>"))
+    fig.add_vline(x=overall, line=dict(color=PALETTE["overall"], dash="dash"),
+                  annotation_text=f"overall {overall:.3f}", annotation_position="top")
+    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+                      height=max(260, 34 * len(t) + 110), margin=dict(l=10, r=10, t=50, b=40),
+                      xaxis=dict(range=[0, min(1.0, max(0.05, float(t["ci_high"].max()) * 1.1))]))
+    return fig
+
+
+def histogram(values: np.ndarray, *, title: str, tau: float | None = None):
+    import plotly.graph_objects as go
+
+    v = values[~np.isnan(values)]
+    fig = go.Figure(go.Histogram(x=v, nbinsx=80, marker_color="#495057"))
+    if tau is not None and np.isfinite(tau):
+        fig.add_vline(x=tau, line=dict(color=PALETTE["excluded"], width=2),
+                      annotation_text=f"threshold {tau:.4f}", annotation_position="top right")
+    fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=30), xaxis_title="score",
+                      yaxis_title="samples", bargap=0.02)
+    return fig
+
+
+def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: set[str] | None = None,
+                 columns: int = 4) -> None:
+    """A grid of thumbnails (or caption cards for url-only rows) with captions."""
+    if frame.empty:
+        st.caption("none")
+        return
+    cols = st.columns(columns)
+    for i, r in enumerate(frame.itertuples()):
+        with cols[i % columns]:
+            blur = bool(blur_uids and r.uid in blur_uids and not reveal)
+            img = thumb(r.image_ref, 160, blur) if isinstance(r.image_ref, str) else None
+            if img is not None:
+                st.image(img, width="stretch")
+            else:
+                st.markdown(f"<div style='background:#f1f3f5;border-radius:6px;padding:6px;font-size:0.8em;"
+                            f"color:#495057'>no image stored<br>{r.domain or ''}</div>", unsafe_allow_html=True)
+            text = r.caption if len(r.caption) < 90 else r.caption[:87] + "…"
+            st.caption(("🔞 (blurred) " if blur else "") + text)

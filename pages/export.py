@@ -1,0 +1,67 @@
+"""Export the audited subset: CSV, Parquet or DataComp uid .npy, with a manifest of every setting."""
+import json
+
+import streamlit as st
+
+from audit import ui
+from audit.export import manifest, render, selection_frame
+from audit.selection import Rule, RuleError
+
+st.title("Export")
+store = ui.get_store()
+if store is None:
+    st.stop()
+ui.freshness_notice()
+k = ui.key(store)
+info = ui.overview(store, k)
+ui.store_caption(store, info)
+
+current = st.session_state.get("keep_specs", [])
+st.markdown("The selection from **Filter preview** is carried here; add more rules (they intersect), one per line, "
+            "as `SCORE>=VALUE`, `SCORE<=VALUE` or `SCORE:top=FRACTION`.")
+text = st.text_area("Keep rules", "\n".join(current), key="export_rules", height=100)
+specs = [s.strip() for s in text.splitlines() if s.strip()]
+try:
+    rules = [Rule.parse(s) for s in specs]
+except RuleError as exc:
+    st.error(str(exc))
+    st.stop()
+
+
+@st.cache_data(max_entries=8, show_spinner="Applying the rules to the whole pool…")
+def _selection(_store, key: str, specs: tuple[str, ...]):
+    frame, sel, names = selection_frame(_store, [Rule.parse(s) for s in specs])
+    return frame, sel
+
+
+try:
+    frame, sel = _selection(store, k, tuple(specs))
+except RuleError as exc:
+    st.error(str(exc))
+    st.stop()
+kept = int(sel.keep.sum())
+c = st.columns(3)
+c[0].metric("Kept", f"{kept:,}")
+c[1].metric("Excluded", f"{len(frame) - kept:,}")
+c[2].metric("Rules", len(rules))
+if sel.failed:
+    st.dataframe([{"excluded because": r, "samples": n} for r, n in sel.counts_by_reason().items()], hide_index=True)
+st.caption("Every score column is included. CSV cells starting with = + - @ are prefixed with ' so spreadsheets "
+           "do not run them as formulas.")
+st.dataframe(frame[frame["keep"]].head(20).drop(columns=["keep", "excluded_by"]), hide_index=True, width="stretch")
+
+cols = st.columns(4)
+for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
+                              (cols[1], "parquet", "application/octet-stream", "Parquet"),
+                              (cols[2], "npy", "application/octet-stream", "DataComp uid .npy")):
+    try:
+        data = render(frame, fmt)
+    except ValueError as exc:
+        col.warning(f"{label}: {exc}")
+        continue
+    col.download_button(f"Download {label}", data, file_name=f"audited_subset.{fmt}", mime=mime, key=f"dl_{fmt}")
+man = manifest(store, rules, sel, "dashboard")
+cols[3].download_button("Download manifest (JSON)", json.dumps(man, indent=2, default=str),
+                        file_name="audited_subset.manifest.json", mime="application/json", key="dl_manifest")
+with st.expander("Manifest"):
+    st.json({k2: v for k2, v in man.items() if k2 not in ("runs",)})

@@ -1,0 +1,70 @@
+"""Overview: pool size, sources, rejects by reason, score histograms, models and runs."""
+import plotly.express as px
+import streamlit as st
+
+from audit import ui
+
+st.title("Overview")
+store = ui.get_store()
+if store is None:
+    st.stop()
+ui.freshness_notice()
+info = ui.overview(store, ui.key(store))
+ui.store_caption(store, info)
+c = info["counts"]
+
+cols = st.columns(5)
+cols[0].metric("Samples", f"{c['samples']:,}")
+cols[1].metric("Rejected inputs", f"{c['rejects']:,}")
+cols[2].metric("Scores", c["scores"])
+cols[3].metric("Embedding models", c["models"])
+cols[4].metric("Imputed attributes", c["attributes"])
+if c["simulated"]:
+    st.info(f"{c['simulated']:,} of {c['samples']:,} samples are **simulated** (the demo's latent-model pool in "
+            "DataComp format). Their numbers show how the audit works; they describe no real dataset.")
+
+left, right = st.columns(2)
+with left:
+    src = info["sources"].copy()
+    src["label"] = src["source"] + src["simulated"].map({True: " (simulated)", False: ""})
+    fig = px.bar(src, x="n", y="label", orientation="h", title="Samples by source", text="n")
+    fig.update_layout(height=60 + 40 * len(src), yaxis_title=None, xaxis_title="samples",
+                      margin=dict(l=10, r=10, t=40, b=30))
+    st.plotly_chart(fig, width="stretch")
+with right:
+    rej = info["rejects"]
+    if rej.empty:
+        st.success("No rejected inputs.")
+    else:
+        fig = px.bar(rej, x="n", y="reason", color="stage", orientation="h", title="Rejected inputs by reason",
+                     text="n")
+        fig.update_layout(height=60 + 40 * len(rej), yaxis_title=None, xaxis_title="rows",
+                          margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(autorange="reversed"))
+        st.plotly_chart(fig, width="stretch")
+        st.caption("Every input row is either a sample or a reject: nothing is dropped silently.")
+
+st.subheader("Score distributions")
+cat = info["scores"]
+if cat.empty:
+    st.caption("No scores yet: run `python -m audit score clip --store … --model …`.")
+else:
+    chosen = st.multiselect("Scores", cat["name"].tolist(), default=cat["name"].tolist()[:3],
+                            format_func=lambda n: ui.score_label(cat, n))
+    hcols = st.columns(max(1, min(3, len(chosen))))
+    for i, name in enumerate(chosen):
+        v = ui.score_values(store, ui.key(store), name)
+        with hcols[i % len(hcols)]:
+            st.plotly_chart(ui.histogram(v, title=ui.score_label(cat, name)), width="stretch")
+            st.caption(f"{len(v):,} values")
+
+with st.expander("Embedding models"):
+    models = info["models"]
+    if models.empty:
+        st.caption("none")
+    else:
+        st.dataframe(models, hide_index=True, width="stretch")
+        if models["random_weights"].any():
+            st.warning("Models marked random_weights have no pretrained weights: their embeddings and scores "
+                       "carry no meaning and are shown only to exercise the pipeline.")
+with st.expander("Runs (provenance of every stage)"):
+    st.dataframe(info["runs"], hide_index=True, width="stretch")

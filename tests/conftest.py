@@ -1,0 +1,60 @@
+"""Shared fixtures: a small simulated demo store (built once per session) and a store factory."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from audit.store import Store  # noqa: E402
+
+DEMO_ROWS = 4000
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> str:
+    """A demo store of DEMO_ROWS simulated rows (no photos, no model): every score/annotator demo run."""
+    from audit.demo import build_demo
+
+    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    build_demo(str(path), rows=DEMO_ROWS, seed=0, photos=False, echo=lambda s: None)
+    return str(path)
+
+
+@pytest.fixture
+def make_store(tmp_path):
+    """Factory: make_store(samples=[...], vectors={model: (uids, img, txt)}, scores={name: values}) -> path.
+
+    ``samples`` are dicts with at least uid and caption; vectors are written as the embed stage does;
+    scores align with the samples' uid order (sorted by uid).
+    """
+    from audit.ingest import write_vectors
+
+    def make(samples: list[dict], vectors: dict | None = None, scores: dict | None = None,
+             name: str = "t.duckdb") -> str:
+        path = str(tmp_path / name)
+        frame = pd.DataFrame(samples)
+        frame.setdefault("source", "test") if hasattr(frame, "setdefault") else None
+        if "source" not in frame:
+            frame["source"] = "test"
+        with Store.writer(path) as st:
+            run = st.start_run("test", "fixture", params={})
+            st.add_samples(frame)
+            for model, (uids, img, txt) in (vectors or {}).items():
+                write_vectors(st, model, "0", list(uids), np.asarray(img, np.float32), np.asarray(txt, np.float32))
+                st.register_model(model, dim=np.asarray(img).shape[1], backend="test", arch=model, pretrained=None,
+                                  random_weights=False, run_id=run)
+            uids_sorted = sorted(frame["uid"])
+            for sname, values in (scores or {}).items():
+                st.write_scores(sname, uids_sorted, np.asarray(values, float), run_id=run, kind="test")
+            st.end_run(run)
+        return path
+
+    return make
