@@ -41,11 +41,13 @@ def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="image/text embeddings of every sample with an image (resumable)")
     _store_arg(p)
     p.add_argument("--backend", default="open_clip", help="embedding backend (default: %(default)s)")
-    p.add_argument("--model", default=from_defaults[0], help="architecture (default: %(default)s)")
+    p.add_argument("--model", default=from_defaults[0],
+                   help="architecture name, or a local open_clip config .json (default: %(default)s)")
     p.add_argument("--pretrained", default=from_defaults[1],
                    help="pretrained tag, a local checkpoint path, or 'none' for random weights (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: min(2, cores))")
+    p.add_argument("--flush-rows", type=int, default=2048, help="rows per written vector part (resume unit)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto uses bf16 autocast only where a timed trial shows it is faster")
     p.set_defaults(func=_run_embed)
@@ -55,7 +57,7 @@ def _run_embed(a) -> int:
     from audit.embed import embed
 
     embed(a.store, model=a.model, pretrained=a.pretrained, backend=a.backend, batch_size=a.batch_size,
-          workers=a.workers, precision=a.precision)
+          workers=a.workers, precision=a.precision, flush_rows=a.flush_rows)
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from audit.hf_backend import transformers_embedder  # light: imports transformers only when called
+
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_SEED = 0
@@ -68,6 +70,9 @@ class OpenClipEmbedder:
         import torch
 
         value, label, random_weights = pretrained_label(pretrained)
+        if arch.endswith(".json") and Path(arch).exists():  # a local architecture config (open_clip format)
+            open_clip.add_model_config(arch)
+            arch = Path(arch).stem
         if random_weights:
             torch.manual_seed(RANDOM_SEED)
         try:
@@ -124,6 +129,7 @@ class OpenClipEmbedder:
 
 
 BACKENDS: dict[str, Callable[..., Embedder]] = {"open_clip": OpenClipEmbedder}
+BACKENDS["transformers"] = transformers_embedder  # CLIP / SigLIP via Hugging Face transformers
 
 
 def make_embedder(backend: str, model: str, pretrained: str | None, **kw) -> Embedder:

@@ -16,6 +16,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from audit.store import Store  # noqa: E402
 
 DEMO_ROWS = 4000
+APP = str(ROOT / "app.py")  # AppTest resolves relative paths against the calling file
 
 
 @pytest.fixture(scope="session")

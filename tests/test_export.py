@@ -1,0 +1,70 @@
+"""Export: formats, spreadsheet-safe CSV, DataComp uid .npy, manifest, and CLI == dashboard bytes."""
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.export import datacomp_uid_array, export, neutralise_cell, render, selection_frame
+from audit.selection import Rule
+from audit.store import Store
+from conftest import ROOT
+
+
+def test_neutralise_cells():
+    assert neutralise_cell("=HYPERLINK(\"x\")") == "'=HYPERLINK(\"x\")"
+    for s in ("+1", "-cmd", "@SUM(A1)", "\tx"):
+        assert neutralise_cell(s).startswith("'")
+    assert neutralise_cell("a = b") == "a = b" and neutralise_cell(-0.5) == -0.5
+
+
+def test_datacomp_uid_array_by_hand():
+    uids = ["ffffffffffffffff0000000000000001", "00000000000000010000000000000002"]
+    arr = datacomp_uid_array(uids)
+    assert arr.dtype == np.dtype("u8,u8")
+    assert arr.tolist() == [(1, 2), (2**64 - 1, 1)]  # sorted lexicographically
+    with pytest.raises(ValueError, match="32 hex"):
+        datacomp_uid_array(["not-a-uid"])
+
+
+def test_export_files_and_manifest(make_store, tmp_path):
+    uids = [f"{i:032x}" for i in range(6)]
+    store = make_store(
+        [{"uid": u, "caption": c, "url": f"https://x.org/{i}"} for i, (u, c) in
+         enumerate(zip(uids, ["=cmd()", "+plus", "-minus", "@at", "fine caption", "ok"]))],
+        scores={"s": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "t": [1, 1, 1, 0, 1, 1]})
+    out = tmp_path / "kept.csv"
+    man = export(store, str(out), ["s:top=0.5", "t>=1"], echo=lambda s: None)
+    # s top 0.5: n=int(3)=3 -> tau = 4th largest = 0.3 -> rows 2..5; t>=1 drops row 3 -> rows 2, 4, 5
+    csv = pd.read_csv(out, dtype={"uid": str})
+    assert csv["uid"].tolist() == [uids[2], uids[4], uids[5]]
+    assert csv["caption"].tolist() == ["'-minus", "fine caption", "ok"]
+    assert {"s", "t"} <= set(csv.columns)
+    assert man["kept"] == 3 and man["pool"] == 6 and man["thresholds"]["s:top=0.5"] == 0.3
+    assert man["excluded_by_reason"] == {"s not in top 0.5": 2, "t < 1": 1}
+    assert json.loads((tmp_path / "kept.csv.manifest.json").read_text())["rules"] == ["s:top=0.5", "t>=1"]
+    export(store, str(tmp_path / "kept.npy"), ["s:top=0.5", "t>=1"], echo=lambda s: None)
+    arr = np.load(tmp_path / "kept.npy")
+    assert arr.tolist() == sorted((int(u[:16], 16), int(u[16:], 16)) for u in (uids[2], uids[4], uids[5]))
+    export(store, str(tmp_path / "kept.parquet"), ["s:top=0.5", "t>=1"], echo=lambda s: None)
+    pq = pd.read_parquet(tmp_path / "kept.parquet")
+    assert pq["caption"].tolist() == ["-minus", "fine caption", "ok"]  # only CSV is neutralised
+    assert pq["s"].tolist() == [0.3, 0.5, 0.6]
+
+
+def test_cli_export_equals_dashboard_bytes(demo_store, tmp_path):
+    out = tmp_path / "sub.csv"
+    res = subprocess.run([sys.executable, "-m", "audit", "export", "--store", demo_store, "--out", str(out),
+                          "--keep", "clip_l14_similarity_score:top=0.3"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    with Store.reader(demo_store) as st:
+        frame, sel, names = selection_frame(st, [Rule.parse("clip_l14_similarity_score:top=0.3")])
+    assert out.read_bytes() == render(frame, "csv")
+    kept = pd.read_csv(io.BytesIO(out.read_bytes()))
+    assert len(kept) == int(sel.keep.sum()) and set(names) <= set(kept.columns)
+    bad = subprocess.run([sys.executable, "-m", "audit", "export", "--store", demo_store, "--out", str(out),
+                          "--keep", "nope:top=0.3"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown score 'nope'" in bad.stderr and "Traceback" not in bad.stderr

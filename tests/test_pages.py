@@ -1,0 +1,81 @@
+"""Streamlit AppTest for the foundation's pages: no exception, and moving the slider gives the expected counts."""
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from audit.selection import Rule, apply_rule
+from audit.store import Store
+from conftest import APP
+
+
+@pytest.fixture
+def app(demo_store, monkeypatch):
+    monkeypatch.setenv("AUDIT_STORE", demo_store)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def expected_kept(store, score, rule):
+    with Store.reader(store) as st:
+        v = st.score_frame([score])[score].to_numpy(float)
+    return int(apply_rule(rule, v).sum()), len(v)
+
+
+def test_overview(app, demo_store):
+    with Store.reader(demo_store) as st:
+        n = st.count("samples")
+    assert metric(app, "Samples") == f"{n:,}"
+    assert any("simulated" in i.value for i in app.info)
+
+
+def test_filter_preview_slider_changes_counts(app, demo_store):
+    app.switch_page("pages/filter_preview.py").run()
+    assert not app.exception
+    score = "clip_l14_similarity_score"
+    assert app.selectbox(key="score").value == score
+    for frac in (0.3, 0.5, 0.1):
+        app.slider(key="top_fraction").set_value(frac).run()
+        assert not app.exception
+        kept, n = expected_kept(demo_store, score, Rule(score, "top", frac))
+        assert metric(app, "Kept") == f"{kept:,}" and metric(app, "Excluded") == f"{n - kept:,}"
+        assert kept >= int(n * frac) + 1
+    app.radio(key="mode").set_value("threshold").run()
+    app.slider(key="threshold").set_value(0.25).run()
+    assert not app.exception
+    kept, n = expected_kept(demo_store, score, Rule(score, ">=", 0.25))
+    assert metric(app, "Kept") == f"{kept:,}"
+    assert app.session_state["keep_specs"] == [f"{score}>=0.25"]
+
+
+def test_filter_preview_group_table_matches_store(app, demo_store):
+    app.switch_page("pages/filter_preview.py").run()
+    app.selectbox(key="group").set_value("source").run()
+    assert not app.exception
+    df = app.dataframe[0].value.set_index("group")
+    with Store.reader(demo_store) as st:
+        by_source = st.df("SELECT source, count(*) n FROM samples GROUP BY source").set_index("source")["n"]
+    assert df["n"].to_dict() == by_source.to_dict()
+
+
+def test_export_page(app, demo_store):
+    app.switch_page("pages/filter_preview.py").run()
+    app.slider(key="top_fraction").set_value(0.2).run()
+    app.switch_page("pages/export.py").run()
+    assert not app.exception
+    kept, _ = expected_kept(demo_store, "clip_l14_similarity_score", Rule("clip_l14_similarity_score", "top", 0.2))
+    assert metric(app, "Kept") == f"{kept:,}"
+    app.text_area(key="export_rules").set_value("clip_l14_similarity_score:top=0.2\nnot a rule").run()
+    assert not app.exception and any("cannot read keep rule" in e.value for e in app.error)
+
+
+def test_missing_store_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUDIT_STORE", str(tmp_path / "nothing.duckdb"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and any("No store" in e.value for e in at.error)

@@ -1,0 +1,48 @@
+"""DuckDB allows one writer process and then no reader at all: the dashboard must survive CLI writes."""
+import shutil
+import subprocess
+import sys
+import time
+
+from streamlit.testing.v1 import AppTest
+
+from audit.store import Store, snapshot
+from conftest import APP, ROOT
+
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from audit.store import Store\n"
+        "with Store.writer({path!r}) as st:\n"
+        "    print('locked', flush=True); time.sleep({secs})\n")
+
+
+def test_snapshot_waits_for_a_short_writer(demo_store, tmp_path):
+    live = tmp_path / "live.duckdb"
+    shutil.copyfile(demo_store, live)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT), path=str(live), secs=2)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    snap = snapshot(live, tmp_path / "snaps", wait_s=30)
+    waited = time.monotonic() - t0
+    proc.wait()
+    assert waited > 0.5  # it waited for the writer instead of failing
+    with Store.reader(snap) as st:
+        assert st.count("samples") > 0
+
+
+def test_cli_writes_while_the_dashboard_is_open(demo_store, tmp_path, monkeypatch):
+    live = tmp_path / "live.duckdb"
+    shutil.copyfile(demo_store, live)
+    monkeypatch.setenv("AUDIT_STORE", str(live))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    time.sleep(0.05)  # mtime granularity
+    # the dashboard holds its snapshot open; the CLI can still write the live store
+    res = subprocess.run([sys.executable, "-m", "audit", "score", "clip", "--store", str(live), "--model",
+                          "datacomp_l14", "--force"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    at.run()
+    assert not at.exception
+    assert any("newer data" in i.value for i in at.sidebar.info)
+    at.sidebar.button[0].click().run()
+    assert not at.exception and not any("newer data" in i.value for i in at.sidebar.info)
