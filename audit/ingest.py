@@ -56,7 +56,9 @@ class Batch:
     def __init__(self, source: str, fmt: str):
         self.source, self.fmt = source, fmt
         self.rows: list[dict] = []
+        self.frames: list[pd.DataFrame] = []   # accepted rows built column-wise (datacomp)
         self.rejects: list[dict] = []
+        self.scores: dict[str, np.ndarray] = {}
 
     def reject(self, ref: str, reason: str, detail: str = "", uid: str | None = None) -> None:
         self.rejects.append({"source_ref": ref, "stage": "ingest", "reason": reason, "detail": detail,
@@ -342,23 +344,26 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
         a = arr.astype(np.float32, copy=False)
         norms = np.linalg.norm(a, axis=1)
         bad |= ~np.isfinite(norms) | (norms == 0)
-    texts = frame["text"].tolist()
-    keep_idx = []
-    widths, heights = frame["original_width"].to_numpy(), frame["original_height"].to_numpy()
-    urls = frame["url"].tolist()
-    sha = frame["sha256"].tolist() if "sha256" in frame.columns else [None] * n
-    for i in range(n):
-        if not isinstance(uids[i], str) or not uids[i] or uids[i] == "None":
-            batch.reject(refs[i], "missing_uid", "row has no uid")
-        elif not _caption_ok(texts[i]):
-            batch.reject(refs[i], "empty_caption", "caption is missing or blank", uids[i])
-        elif bad[i]:
-            batch.reject(refs[i], "nan_embedding", "a vector has NaN/inf values or zero norm", uids[i])
-        else:
-            batch.accept({"uid": uids[i], "caption": texts[i].strip(), "url": urls[i], "width": _int(widths[i]),
-                          "height": _int(heights[i]), "image_ref": None, "sha256": sha[i], "_row": i})
-            keep_idx.append(i)
-    idx = np.asarray(keep_idx, dtype=np.int64)
+    text = frame["text"]
+    uid_s = pd.Series(uids, dtype=object)
+    no_uid = ~uid_s.map(lambda u: isinstance(u, str) and u not in ("", "None")).to_numpy(bool)
+    blank = ~text.map(_caption_ok).to_numpy(bool)
+    for reason, mask, detail in (("missing_uid", no_uid, "row has no uid"),
+                                 ("empty_caption", ~no_uid & blank, "caption is missing or blank"),
+                                 ("nan_embedding", ~no_uid & ~blank & bad, "a vector has NaN/inf values or zero norm")):
+        for i in np.flatnonzero(mask):
+            batch.reject(refs[i], reason, detail, None if reason == "missing_uid" else uids[i])
+    ok = ~(no_uid | blank | bad)
+    keep_idx = np.flatnonzero(ok)
+    accepted = pd.DataFrame({
+        "uid": uid_s.to_numpy()[ok], "caption": text.to_numpy()[ok], "url": frame["url"].to_numpy()[ok],
+        "width": pd.array(frame["original_width"].to_numpy()[ok], dtype="Int64"),
+        "height": pd.array(frame["original_height"].to_numpy()[ok], dtype="Int64"),
+        "image_ref": None, "sha256": frame["sha256"].to_numpy()[ok] if "sha256" in frame.columns else None,
+        "_row": keep_idx})
+    accepted["caption"] = accepted["caption"].str.strip()
+    batch.frames.append(accepted)
+    idx = keep_idx
     scores = {}
     for col in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
         if col in frame.columns:
@@ -449,29 +454,29 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
 def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run_id: int,
                 simulated: bool) -> IngestReport:
     batch = Batch(source, fmt)
-    batch.scores = {}
     vectors = FILLERS[fmt](batch, path) or {}
     rep = IngestReport()
     with Store.writer(store_path) as st:
         # duplicate uids: repeated inside this input, or already in the store
-        seen: set[str] = set()
-        existing = st.existing_uids(r["uid"] for r in batch.rows)
-        accepted = []
-        for r in batch.rows:
-            if r["uid"] in existing or r["uid"] in seen:
-                where = "already in store" if r["uid"] in existing else "repeated in this input"
-                batch.reject(r.get("image_ref") or f"{path}#row={r.get('_row', '?')}", "duplicate_uid",
-                             f"uid {r['uid']} {where}", r["uid"])
-                continue
-            seen.add(r["uid"])
-            accepted.append(r)
-        frame = pd.DataFrame(accepted, columns=["uid", "caption", "url", "width", "height", "image_ref",
-                                                "sha256", "_row"])
+        cols = ["uid", "caption", "url", "width", "height", "image_ref", "sha256", "_row"]
+        parts = [pd.DataFrame(batch.rows, columns=cols)] + [f[cols] for f in batch.frames]
+        frame = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+        existing = st.existing_uids(frame["uid"])
+        in_store = frame["uid"].isin(existing).to_numpy()
+        repeated = frame["uid"].duplicated().to_numpy() & ~in_store
+        for i in np.flatnonzero(in_store | repeated):
+            r = frame.iloc[i]
+            where = "already in store" if in_store[i] else "repeated in this input"
+            ref = r["image_ref"] if isinstance(r["image_ref"], str) else f"{path}#row={r['_row']}"
+            batch.reject(ref, "duplicate_uid", f"uid {r['uid']} {where}", r["uid"])
+        frame = frame[~(in_store | repeated)].reset_index(drop=True)
         frame["source"] = source
         frame["simulated"] = simulated
         frame["ingest_run"] = run_id
         frame["domain"], frame["tld"] = _domains(frame["url"])
         rows_idx = frame["_row"].to_numpy()
+        frame["width"] = pd.array(frame["width"], dtype="Int64")
+        frame["height"] = pd.array(frame["height"], dtype="Int64")
         if vectors:
             part = f"{run_id:05d}-{fp[:12]}"
             for model, (_, img, txt) in vectors.items():
