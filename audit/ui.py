@@ -133,12 +133,19 @@ def store_caption(store: Store, info: dict) -> None:
         + (f" · {sim:,} **simulated**" if sim else ""))
 
 
-def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N):
-    """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line."""
+def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30):
+    """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line.
+
+    With more than ``max_groups`` groups (domains: thousands) the chart shows the largest ones and says so in
+    its title; the table beside it keeps every group.
+    """
     import plotly.graph_objects as go
 
-    t = table.sort_values("rate", ascending=True).reset_index(drop=True)
     overall = table.attrs["overall"]
+    if len(table) > max_groups:
+        title = f"{title} — the {max_groups} largest of {len(table):,} groups"
+        table = table.nlargest(max_groups, "n")
+    t = table.sort_values("rate", ascending=True).reset_index(drop=True)
     colors = [PALETTE["small"] if s else PALETTE["kept"] for s in t["small"]]
     labels = [f"{g} (n={n:,})" for g, n in zip(t["group"], t["n"])]
     fig = go.Figure(go.Scatter(
@@ -152,8 +159,17 @@ def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N):
                   annotation_text=f"overall {overall:.3f}", annotation_position="top")
     fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
                       height=max(260, 34 * len(t) + 110), margin=dict(l=10, r=10, t=50, b=40),
-                      xaxis=dict(range=[0, min(1.0, max(0.05, float(t["ci_high"].max()) * 1.1))]))
+                      xaxis=dict(range=_rate_range(t, overall)))
     return fig
+
+
+def _rate_range(t: pd.DataFrame, overall: float) -> list[float]:
+    """x range that shows every interval and the overall line, padded; starts at 0 when that is close."""
+    lo = float(min(t["ci_low"].min(), overall))
+    hi = float(max(t["ci_high"].max(), overall))
+    pad = max(0.02, 0.08 * (hi - lo))
+    lo = 0.0 if lo - pad < 0.15 * hi else lo - pad
+    return [max(0.0, lo), min(1.0, hi + pad)]
 
 
 def histogram(values: np.ndarray, *, title: str, tau: float | None = None):
