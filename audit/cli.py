@@ -40,11 +40,15 @@ def _add_embed(sub) -> None:
     from_defaults = ("ViT-B-32", "laion2b_s34b_b79k")
     p = sub.add_parser("embed", help="image/text embeddings of every sample with an image (resumable)")
     _store_arg(p)
-    p.add_argument("--backend", default="open_clip", help="embedding backend (default: %(default)s)")
+    p.add_argument("--backend", default="open_clip",
+                   help="open_clip, or transformers for Hugging Face CLIP/SigLIP (default: %(default)s)")
     p.add_argument("--model", default=from_defaults[0],
-                   help="architecture name, or a local open_clip config .json (default: %(default)s)")
+                   help="open_clip: architecture name, or a local open_clip config .json; transformers: a hub id "
+                        "(e.g. openai/clip-vit-base-patch32[@revision]) or a folder written by save_pretrained "
+                        "(default: %(default)s)")
     p.add_argument("--pretrained", default=from_defaults[1],
-                   help="pretrained tag, a local checkpoint path, or 'none' for random weights (default: %(default)s)")
+                   help="open_clip only (ignored by transformers, whose --model is the checkpoint): pretrained tag, "
+                        "a local checkpoint path, or 'none' for random weights (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: min(2, cores))")
     p.add_argument("--flush-rows", type=int, default=2048, help="rows per written vector part (resume unit)")

@@ -34,6 +34,15 @@ def _open_clip_loader(info: dict) -> tuple[Encoder, str]:
 LOADERS["open_clip"] = _open_clip_loader
 
 
+def _transformers_loader(info: dict) -> tuple[Encoder, str]:
+    from audit.hf_backend import load_text_encoder  # CLIP / SigLIP reloaded from the hub cache or folder
+
+    return load_text_encoder(info)
+
+
+LOADERS["transformers"] = _transformers_loader
+
+
 def simulator_meta(store: Store) -> dict | None:
     raw = store.scalar("SELECT value FROM meta WHERE key = 'simulator'")
     return json.loads(raw) if raw else None
