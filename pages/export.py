@@ -50,16 +50,19 @@ st.caption("Every score column is included. CSV cells starting with = + - @ are 
            "do not run them as formulas.")
 st.dataframe(frame[frame["keep"]].head(20).drop(columns=["keep", "excluded_by"]), hide_index=True, width="stretch")
 
+if not rules:
+    st.info("No keep rules: the whole pool would be exported. Pick a filter on **Filter preview** or type rules above.")
 cols = st.columns(4)
+hex_uids = frame.loc[frame["keep"], "uid"].str.fullmatch(r"[0-9a-fA-F]{32}").all()
 for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
                               (cols[1], "parquet", "application/octet-stream", "Parquet"),
                               (cols[2], "npy", "application/octet-stream", "DataComp uid .npy")):
-    try:
-        data = render(frame, fmt)
-    except ValueError as exc:
-        col.warning(f"{label}: {exc}")
+    if fmt == "npy" and not hex_uids:
+        col.warning("DataComp .npy needs 32-hex DataComp uids; some kept uids are not.")
         continue
-    col.download_button(f"Download {label}", data, file_name=f"audited_subset.{fmt}", mime=mime, key=f"dl_{fmt}")
+    # rendered only when clicked (a callable), so a rerun does not serialise three formats
+    col.download_button(f"Download {label}", lambda fmt=fmt: render(frame, fmt), file_name=f"audited_subset.{fmt}",
+                        mime=mime, key=f"dl_{fmt}", on_click="ignore")
 man = manifest(store, rules, sel, "dashboard")
 cols[3].download_button("Download manifest (JSON)", json.dumps(man, indent=2, default=str),
                         file_name="audited_subset.manifest.json", mime="application/json", key="dl_manifest")
