@@ -3,3 +3,8 @@ from audit.annotators.base import ANNOTATORS, Annotator, AnnotatorContext  # noq
 from audit.annotators import caption  # noqa: F401,E402
 
 __all__ = ["ANNOTATORS", "Annotator", "AnnotatorContext"]
+from audit.annotators import faces  # noqa: F401,E402
+from audit.annotators import zeroshot  # noqa: F401,E402
+from audit.annotators import nsfw  # noqa: F401,E402
+from audit.annotators import copyright  # noqa: F401,E402
+from audit.annotators import domain  # noqa: F401,E402

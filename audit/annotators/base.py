@@ -77,9 +77,16 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
         frame = cls().compute(ctx)
         n_samples = rd.count("samples")
+    # An annotator may flag results itself (e.g. a simulated text encoder): frame.attrs["random_weights"] is a
+    # bool or the attribute names to flag; frame.attrs["method"] overrides the catalogue's method string.
+    flags = frame.attrs.get("random_weights", False)
+    to_flag = set(frame["attribute"].unique()) if flags is True else set(flags or ())
+    flagged = frame["attribute"].isin(to_flag).to_numpy()
     with Store.writer(store_path) as st:
-        st.write_annotations(frame, run_id=run_id, method=cls.method, descriptions=cls.attributes,
-                             imputed=cls.imputed, random_weights=random_weights)
+        for part, rw in ((frame[~flagged], random_weights), (frame[flagged], True)):
+            if len(part):
+                st.write_annotations(part, run_id=run_id, method=frame.attrs.get("method", cls.method),
+                                     descriptions=cls.attributes, imputed=cls.imputed, random_weights=rw)
         st.end_run(run_id, rows_in=n_samples, rows_out=len(frame))
     counts = frame.groupby(["attribute", "label"]).size().rename("n").reset_index()
     for attr, sub in counts.groupby("attribute"):

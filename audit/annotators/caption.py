@@ -3,7 +3,8 @@
 Case-insensitive regexes with word boundaries, one attribute per category. A caption that matches one
 group is labelled with it; two or more groups of the same attribute give ``multiple``; none gives
 ``unknown``. These are *mentions in alt-text*, an imputed proxy, not the identity of anyone pictured.
-The age words are our addition (the paper's lexicon has none). Known weakness kept on purpose, since it is
+The age words are our addition (the paper's lexicon has none); bare "old" counts only before a person
+noun ("old man"), so "old coins" is not an age mention. Known weakness kept on purpose, since it is
 the paper's lexicon: "white" also matches "white background".
 """
 from __future__ import annotations
@@ -37,9 +38,12 @@ LEXICON: dict[str, dict[str, list[str]]] = {
         "muslim": [r"muslims?"], "jewish": [r"jew(?:s|ish)?"], "christian": [r"christians?"],
     },
     "caption_age": {
-        "child": [r"child(?:ren)?", r"kids?", r"boys?", r"girls?", r"bab(?:y|ies)", r"toddlers?"],
+        "child": [r"child(?:ren)?", r"kids?", r"boys?", r"girls?", r"bab(?:y|ies)", r"toddlers?", r"infants?"],
         "young": [r"young", r"youth", r"teen(?:ager)?s?"],
-        "older": [r"old(?:er)?", r"elderly", r"seniors?", r"grand(?:ma|mother|pa|father)s?"],
+        "middle-aged": [r"middle[- ]aged"],
+        # bare "old" is not a person word ("old coins"): only "old" before a person noun
+        "older": [r"older", r"elderly", r"seniors?", r"grand(?:ma|mother|pa|father|parent)s?",
+                  r"old (?:m[ae]n|wom[ae]n|lady|ladies|person|people|couples?|folks?)"],
     },
 }
 
@@ -75,7 +79,7 @@ def label_captions(texts: pd.Series, attribute: str) -> np.ndarray:
 @ANNOTATORS.register
 class CaptionLexicon(Annotator):
     name = "caption"
-    version = 1
+    version = 2
     method = METHOD
     attributes = {
         "caption_gender": "gender words in the caption (imputed from text)",

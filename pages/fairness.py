@@ -1,0 +1,299 @@
+"""Who's in, who's out: inclusion rates of a filter by (imputed) group, exclusion amplification, NSFW and
+copyright rates, and agreement between caption-based and image-based labels. Same numbers as
+`python -m audit report` (both call audit.report.table_from_frame)."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit import ui
+from audit.export import neutralise
+from audit.fairness import HARMONISE, SEP, confusion, flag_rates
+from audit.report import REPORT_COLUMNS, table_from_frame
+from audit.selection import Rule, RuleError
+
+st.title("Who's in, who's out")
+store = ui.get_store()
+if store is None:
+    st.stop()
+ui.freshness_notice()
+k = ui.key(store)
+info = ui.overview(store, k)
+ui.store_caption(store, info)
+cat = info["scores"]
+acat = info["attributes"]
+if cat.empty:
+    st.warning("This store has no scores yet. Run `python -m audit score clip --store … --model …` first.")
+    st.stop()
+st.caption("For a filter and an attribute: who is kept, who is excluded, and whether filtering widens a gap "
+           "that was already in the pool (Hong et al. 2024, *Who's in and who's out?*). Demographic labels are "
+           "**imputed / perceived** estimates from captions or models, never anyone's identity; `unknown` "
+           "means no evidence, `multiple` conflicting evidence.")
+
+
+def attr_note(attr: str) -> str:
+    row = acat[acat["attribute"] == attr]
+    if row.empty:
+        return f"**{attr}** is a sample column (read from the data, not imputed)."
+    r = row.iloc[0]
+    kind = "imputed (perceived) labels" if bool(r["imputed"]) else "labels read from the data"
+    method = str(r["method"]).replace(" [RANDOM/SIMULATED: not meaningful]", "")
+    warn = " ⚠️ **Random-weight model or simulated text encoder: not meaningful.**" if bool(r["random_weights"]) else ""
+    return f"**{attr}** — {kind}; method: {method.rstrip('.')}.{warn}"
+
+
+def label_of(attr: str) -> str:
+    row = acat[acat["attribute"] == attr]
+    if row.empty:
+        return attr
+    tag = "imputed" if bool(row.iloc[0]["imputed"]) else "data"
+    return f"{attr} ({tag}{', random/simulated' if bool(row.iloc[0]['random_weights']) else ''})"
+
+
+# ---- the filter --------------------------------------------------------------------------------------
+st.subheader("Filter")
+names = cat["name"].tolist()
+default = names.index("clip_l14_similarity_score") if "clip_l14_similarity_score" in names else 0
+c1, c2, c3 = st.columns([2, 1.3, 2.2])
+score = c1.selectbox("Score", names, index=default, format_func=lambda n: ui.score_label(cat, n), key="fz_score")
+mode = c2.radio("Rule", ["top fraction", "threshold"], horizontal=True, key="fz_mode",
+                help="top fraction: DataComp --fraction (threshold = the (int(N·p)+1)-th largest score; ties kept). "
+                     "threshold: keep score ≥ t.")
+with c3:
+    if mode == "top fraction":
+        value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="fz_top")
+        rule = Rule(score, "top", float(value))
+    else:
+        vals = ui.score_values(store, k, score)
+        vals = vals[~np.isnan(vals)]
+        if len(vals) == 0:
+            st.warning(f"No sample has a value for {score}.")
+            st.stop()
+        lo, hi = float(vals.min()), float(vals.max())
+        start = float(np.quantile(vals, 0.7, method="lower"))
+        value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
+                          key="fz_threshold")
+        rule = Rule(score, ">=", float(value))
+extra = st.text_input("More rules, intersected (comma-separated, e.g. `clip_b32_similarity_score>=0.28`)",
+                      key="fz_extra", placeholder="SCORE>=VALUE, SCORE<=VALUE or SCORE:top=FRACTION")
+rules = [rule]
+try:
+    rules += [Rule.parse(s) for s in extra.split(",") if s.strip()]
+    for r in rules:
+        if r.score not in names:
+            raise RuleError(f"unknown score {r.score!r}; this store has: {', '.join(names)}")
+except RuleError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# ---- the grouping ----------------------------------------------------------------------------------
+groups = store.group_columns()
+gdefault = groups.index("caption_gender") if "caption_gender" in groups else 0
+g1, g2, g3 = st.columns([2, 2, 1])
+by1 = g1.selectbox("Group by", groups, index=gdefault, format_func=label_of, key="fz_by")
+second = ["(none)"] + [g for g in groups if g != by1]
+by2 = g2.selectbox("Intersect with", second, index=0, format_func=lambda g: g if g == "(none)" else label_of(g),
+                   key="fz_by2", help="Intersections, e.g. caption_gender × caption_age")
+min_n = int(g3.number_input("Minimum n", 1, 100_000, ui.MIN_N, key="fz_min_n",
+                            help="Groups with fewer samples are greyed (shown, not hidden) and left out of the "
+                                 "amplification test and the regression."))
+by = [by1] + ([by2] if by2 != "(none)" else [])
+
+frame = ui.fairness_frame(store, k, tuple(dict.fromkeys(r.score for r in rules)), tuple(by))
+rep = table_from_frame(frame, rules, by, min_n=min_n)
+table, sel = rep.table, rep.selection
+keep = sel.keep
+n_all, kept = len(keep), int(keep.sum())
+overall = table.attrs["overall"]
+
+m = st.columns(5)
+m[0].metric("Kept", f"{kept:,}")
+m[1].metric("Excluded", f"{n_all - kept:,}")
+m[2].metric("Overall inclusion rate", f"{overall:.3f}")
+m[3].metric("Groups", f"{len(table):,}", help=f"{int(table['small'].sum())} with n < {min_n} (greyed)")
+m[4].metric("Amplified groups", f"{int(table['amplified'].sum())}")
+st.caption(" · ".join(f"`{rk}` threshold {tv:.5g}" for rk, tv in sel.thresholds.items()))
+for r in rules:
+    if bool(cat.loc[cat["name"] == r.score, "random_weights"].iloc[0]):
+        st.warning(f"{r.score} comes from a model with RANDOM weights: these rates exercise the pipeline only.")
+for attr in by:
+    st.markdown(attr_note(attr))
+
+# ---- rates by group -------------------------------------------------------------------------------------
+title = " × ".join(by)
+MAX_CHART = 40
+shown = table.sort_values("n", ascending=False).head(MAX_CHART)
+shown.attrs.update(table.attrs)
+fig = ui.rate_chart(shown, title=f"Inclusion rate by {title}", min_n=min_n)
+st.plotly_chart(fig, width="stretch")
+if len(table) > MAX_CHART:
+    st.caption(f"The chart shows the {MAX_CHART} largest of {len(table):,} groups; the table has all of them.")
+st.caption("Dots: inclusion rate kept/n with its 95% Wilson interval; grey dots: n below the minimum. "
+           "Dashed line: the overall rate. difference = rate − overall, ratio = rate / overall.")
+
+
+def grey_small(row: pd.Series) -> list[str]:
+    if row["small"]:
+        return ["color: #adb5bd"] * len(row)
+    if row["amplified"]:
+        return ["color: #c92a2a; font-weight: 600"] * len(row)
+    return [""] * len(row)
+
+
+view = table[REPORT_COLUMNS].reset_index(drop=True)
+FLAG_HELP = {"small": "n below the minimum (greyed, not tested)", "labelled": "not unknown/multiple",
+             "under_represented": "share of the labelled pool below 0.8/k", "amplified": "exclusion amplification"}
+config = {c: st.column_config.NumberColumn(format="%.4f", width="small") for c in
+          ("rate", "ci_low", "ci_high", "pool_share", "kept_share", "difference", "ratio")}
+config.update({c: st.column_config.CheckboxColumn(c.replace("under_represented", "under-rep."), help=h, width="small")
+               for c, h in FLAG_HELP.items()})
+config.update({"n": st.column_config.NumberColumn(width="small"), "kept": st.column_config.NumberColumn(width="small")})
+st.dataframe(view.style.apply(grey_small, axis=1), hide_index=True, width="stretch", key="fz_table",
+             column_config=config)
+st.caption("Grey rows: n below the minimum. Red rows: exclusion amplification (defined below).")
+st.download_button("Download this table (CSV)", neutralise(view).to_csv(index=False).encode(),
+                   file_name=f"fairness_{'_x_'.join(by)}.csv", mime="text/csv")
+cmd = (f"python -m audit report --store {ui.store_path()} " + " ".join(f"--keep '{r}'" for r in rules)
+       + " " + " ".join(f"--by {b}" for b in by) + f" --min-n {min_n} --out fairness.csv")
+st.code(cmd, language="bash", wrap_lines=True)
+
+# ---- exclusion amplification ---------------------------------------------------------------------------
+st.subheader("Exclusion amplification")
+st.markdown(
+    "A group shows **exclusion amplification** when it is **under-represented in the pool** (its share of the "
+    "labelled samples is below four fifths of parity, 0.8/k for k labelled groups) **and** its inclusion rate is "
+    "**below the "
+    "overall rate with the whole 95% interval below it**; filtering then shrinks its share further "
+    "(kept share < pool share). `unknown`/`multiple` and groups under the minimum n are not tested. "
+    "Across groups, the paper regresses the inclusion rate on the group's pool count: a positive slope means "
+    "bigger groups are kept more often.")
+amp = table[table["amplified"]]
+if len(amp):
+    st.dataframe(amp[["group", "n", "rate", "ci_low", "ci_high", "pool_share", "kept_share"]], hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
+                                ("rate", "ci_low", "ci_high", "pool_share", "kept_share")})
+else:
+    st.info("No group meets the amplification definition for this filter and attribute.")
+
+reg = rep.regression
+pts = table[table["labelled"] & (table["n"] > 0)]
+if len(pts) < 3:
+    st.info(f"The across-groups regression needs at least 3 labelled groups; {by1}"
+            + (f" × {by2}" if len(by) > 1 else "") + f" has {len(pts)}. Try an intersection or another attribute.")
+else:
+    import plotly.graph_objects as go
+
+    big = pts[~pts["small"]]
+    colors = np.where(pts["amplified"], ui.PALETTE["excluded"], np.where(pts["small"], ui.PALETTE["small"],
+                                                                          ui.PALETTE["kept"]))
+    sfig = go.Figure(go.Scatter(
+        x=pts["n"], y=pts["rate"], mode="markers+text" if len(pts) <= 25 else "markers", text=pts["group"],
+        textposition="top center",
+        marker=dict(color=colors, size=10), name="groups",
+        error_y=dict(type="data", symmetric=False, array=pts["ci_high"] - pts["rate"],
+                     arrayminus=pts["rate"] - pts["ci_low"], color="#868e96", thickness=1),
+        hovertemplate="%{text}<br>n %{x:,}<br>rate %{y:.3f}<extra></extra>"))
+    if reg is not None:
+        xs = np.logspace(np.log10(big["n"].min()), np.log10(big["n"].max()), 50)
+        sfig.add_trace(go.Scatter(x=xs, y=reg.intercept + reg.slope * np.log10(xs), mode="lines",
+                                  line=dict(color=ui.PALETTE["overall"]), name="least-squares fit"))
+    sfig.add_hline(y=overall, line=dict(color="#495057", dash="dash"), annotation_text=f"overall {overall:.3f}",
+                   annotation_position="bottom left")
+    sfig.update_layout(title="Inclusion rate vs number in the pool (labelled groups)", height=420,
+                       xaxis=dict(type="log", title="samples in the pool (log scale)"),
+                       yaxis=dict(title="inclusion rate (95% Wilson interval)"),
+                       margin=dict(l=10, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    st.plotly_chart(sfig, width="stretch")
+    st.caption("Red: amplified; grey: n below the minimum (not in the fit). "
+               + ("Regression (scipy.stats.linregress): " + reg.sentence() if reg else
+                  "The regression needs at least 3 labelled groups with n ≥ the minimum."))
+
+# ---- NSFW and copyright ------------------------------------------------------------------------------------
+st.subheader("NSFW and copyright-relevant content: pool vs kept")
+attrs = set(store.attributes())
+flags = [(a, lab, title_) for a, lab, title_ in (("nsfw", "nsfw", "NSFW (combined evidence)"),
+                                                   ("copyright", "copyright-relevant", "copyright-relevant"))
+         if a in attrs]
+if not flags:
+    st.info("Run `python -m audit annotate nsfw --store …` and `python -m audit annotate copyright --store … "
+            "--model …` to see whether this filter removes or keeps them.")
+else:
+    labs = ui.attribute_labels(store, k, tuple(a for a, _, _ in flags))
+    rows, bars = [], []
+    for a, lab, title_ in flags:
+        fr = flag_rates(keep, labs[a].to_numpy() == lab)
+        rows.append({"category": title_, "in pool": fr["pool_count"],
+                     "pool rate (95% CI)": f"{fr['pool_rate']:.4f} ({fr['pool_ci'][0]:.4f}–{fr['pool_ci'][1]:.4f})",
+                     "kept": fr["kept_count"],
+                     "kept rate (95% CI)": f"{fr['kept_rate']:.4f} ({fr['kept_ci'][0]:.4f}–{fr['kept_ci'][1]:.4f})",
+                     "their inclusion rate": fr["inclusion_rate"], "kept / pool": fr["concentration"]})
+        bars.append((title_, fr))
+    ft = pd.DataFrame(rows)
+    st.dataframe(ft, hide_index=True, key="fz_flags",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
+                                ("their inclusion rate", "kept / pool")})
+    import plotly.graph_objects as go
+
+    bfig = go.Figure()
+    for where, key_, color in (("pool", "pool", "#868e96"), ("kept set", "kept", ui.PALETTE["kept"])):
+        vals = [fr[f"{key_}_rate"] for _, fr in bars]
+        bfig.add_trace(go.Bar(
+            name=f"share in the {where}", x=[t for t, _ in bars], y=vals, marker_color=color,
+            error_y=dict(type="data", symmetric=False, array=[fr[f"{key_}_ci"][1] - v for (_, fr), v in zip(bars, vals)],
+                         arrayminus=[v - fr[f"{key_}_ci"][0] for (_, fr), v in zip(bars, vals)])))
+    bfig.update_layout(barmode="group", height=300, yaxis_title="share of samples (95% Wilson interval)",
+                       margin=dict(l=10, r=10, t=30, b=30), legend=dict(orientation="h", y=1.12))
+    st.plotly_chart(bfig, width="stretch")
+    st.caption("kept / pool > 1: the filter concentrates the category; < 1: it removes it. "
+               "Labels are imputed from evidence; see each attribute's method below.")
+    for a, _, _ in flags:
+        st.markdown("- " + attr_note(a))
+
+# ---- agreement ----------------------------------------------------------------------------------------------
+st.subheader("Agreement: caption-based vs image-based labels")
+text_attrs = [a for a in sorted(attrs) if a.startswith("caption_")]
+image_attrs = [a for a in sorted(attrs) if a.startswith(("face_perceived_", "zeroshot_"))]
+if not text_attrs or not image_attrs:
+    st.info("Needs a caption attribute (`annotate caption`) and an image attribute (`annotate faces` or "
+            "`annotate zeroshot --model …`).")
+else:
+    pairs = {"caption_gender": ("zeroshot_gender", "face_perceived_gender"),
+             "caption_age": ("zeroshot_age", "face_perceived_age_bracket"), "caption_race": ("zeroshot_race",)}
+    a1, a2 = st.columns(2)
+    ta = a1.selectbox("Caption attribute", text_attrs, index=text_attrs.index("caption_gender")
+                      if "caption_gender" in text_attrs else 0, key="fz_agree_text")
+    want = [a for a in pairs.get(ta, ()) if a in image_attrs] or image_attrs
+    ia = a2.selectbox("Image attribute", image_attrs, index=image_attrs.index(want[0]), key="fz_agree_image")
+    labs = ui.attribute_labels(store, k, (ta, ia))
+    ag = confusion(labs[ta].to_numpy(), labs[ia].to_numpy(), map_a=HARMONISE.get(ta), map_b=HARMONISE.get(ia),
+                   name_a=ta, name_b=ia)
+    if ag.n_both == 0:
+        st.info(f"No sample has a known label in both {ta} and {ia}.")
+    else:
+        q = st.columns(3)
+        q[0].metric("Samples labelled by both", f"{ag.n_both:,}")
+        q[1].metric("Agreement", f"{ag.agreement:.1%}")
+        q[2].metric("Cohen's κ", f"{ag.kappa:.2f}")
+        st.dataframe(ag.table, key="fz_confusion")
+        st.caption(f"Rows: {ta}; columns: {ia}; counts of samples with a known label on both sides "
+                   "(labels harmonised where vocabularies differ, e.g. caption 'african' → 'black'). "
+                   + attr_note(ia))
+        with st.expander("All samples, raw labels (with unknown / multiple)"):
+            st.dataframe(ag.raw)
+
+# ---- samples ---------------------------------------------------------------------------------------------------
+st.subheader("Samples of a group")
+gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="fz_sample_group")
+reveal = st.toggle("Reveal NSFW thumbnails", value=False, key="fz_reveal",
+                   help="Thumbnails whose imputed nsfw label is 'nsfw' are blurred until revealed.")
+blur = set()
+if "nsfw" in attrs:
+    nl = ui.attribute_labels(store, k, ("nsfw",))
+    blur = set(nl.loc[nl["nsfw"] == "nsfw", "uid"])
+in_group = rep.labels == gsel
+rng = np.random.default_rng(0)
+uids = frame["uid"].to_numpy()
+for name, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
+    idx = np.flatnonzero(mask)
+    pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
+    st.markdown(f"**{name}** ({len(idx):,} in {gsel.replace(SEP, ' × ')}; showing {len(pick)})")
+    ui.show_samples(store, ui.samples(store, k, tuple(uids[pick])), reveal=reveal, blur_uids=blur)

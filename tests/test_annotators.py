@@ -1,0 +1,223 @@
+"""The annotators: caption lexicon word boundaries, domain parsing, NSFW and copyright evidence, zero-shot
+decisions, and the face detector on real photos shipped in wheels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.annotators.base import MULTIPLE, UNKNOWN, run_annotator
+from audit.store import Store
+
+
+# ---- caption lexicon (methods.md §6.3) ---------------------------------------------------------------
+@pytest.mark.parametrize("text, attribute, label", [
+    ("the manager of the store", "caption_gender", UNKNOWN),       # "manager" is not "man"
+    ("Women's running shoes", "caption_gender", "woman"),         # "Women's" is "woman"
+    ("a man and a woman at a wedding", "caption_gender", MULTIPLE),
+    ("the theme of the show", "caption_gender", UNKNOWN),           # "he" inside "the"/"theme" does not count
+    ("she is holding her phone", "caption_gender", "woman"),        # two words of one group: still one group
+    ("portrait of a non-binary artist", "caption_gender", "non-binary"),
+    ("Men in suits", "caption_gender", "man"),
+    ("a gay couple", "caption_orientation", "gay"),
+    ("gayety", "caption_orientation", UNKNOWN),
+    ("an African-American family", "caption_race", "african"),
+    ("Asian American students", "caption_race", "asian"),
+    ("a Jewish wedding", "caption_religion", "jewish"),
+    ("jewelry box", "caption_religion", UNKNOWN),
+    ("old greek coins on a dark background", "caption_age", UNKNOWN),   # bare "old" is not a person word
+    ("an old man with a cane", "caption_age", "older"),
+    ("an older woman in navy uniform", "caption_age", "older"),
+    ("middle-aged couple", "caption_age", "middle-aged"),
+    ("kids playing", "caption_age", "child"),
+    ("", "caption_gender", UNKNOWN),
+    (None, "caption_gender", UNKNOWN),
+])
+def test_caption_lexicon(text, attribute, label):
+    from audit.annotators.caption import label_caption, label_captions
+
+    assert label_caption(text, attribute) == label
+    assert label_captions(pd.Series([text], dtype=object), attribute)[0] == label
+
+
+# ---- domain ---------------------------------------------------------------------------------------------
+def test_domain_parsing_offline():
+    from audit.annotators.domain import parse_urls
+
+    p = parse_urls(pd.Series(["https://img3.bbc.co.uk/a.jpg", "http://x.example.de:8080/p", "https://app.io/x",
+                              "https://cdn.shopify.com/s/1.jpg", "", None, "http://1.2.3.4/x"], dtype=object))
+    assert p["registered"].tolist()[:4] == ["bbc.co.uk", "example.de", "app.io", "shopify.com"]
+    assert p["suffix"].tolist()[:4] == ["co.uk", "de", "io", "com"]
+    assert p["cctld"].tolist() == ["uk", "de", "generic", "generic", UNKNOWN, UNKNOWN, UNKNOWN]
+
+
+# ---- NSFW --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, tier", [("nude beach", "explicit"), ("a sexy dress", "suggestive"),
+                                        ("Essex countryside", "none"), ("Sussex University", "none"),
+                                        ("XXL t-shirt", "none"), ("lingerie set", "suggestive"), ("  ", UNKNOWN)])
+def test_nsfw_caption_lexicon(text, tier):
+    from audit.annotators.nsfw import caption_tier, caption_tiers
+
+    assert caption_tier(text) == tier
+    assert caption_tiers(pd.Series([text]))[0] == tier
+
+
+def test_nsfw_domain_and_combination():
+    from audit.annotators.nsfw import combine, domain_flag
+
+    assert domain_flag("http://hotpics.xxx/a.jpg")[0] == "adult"
+    assert domain_flag("https://adultimg.example/a.jpg")[0] == "adult"          # keyword in the name
+    assert domain_flag("https://www.pornhub.com/x")[0] == "adult"
+    assert domain_flag("https://flickr.com/p/1.jpg") == ("none", "")
+    assert domain_flag(None)[0] == UNKNOWN
+    assert domain_flag("https://my-shop.example/p", frozenset({"my-shop.example"}))[0] == "adult"
+    img = np.array(["nsfw", "safe", "safe", UNKNOWN, UNKNOWN, "uncertain", UNKNOWN], dtype=object)
+    cap = np.array(["none", "none", "explicit", "none", "suggestive", "none", UNKNOWN], dtype=object)
+    dom = np.array(["none", "none", "none", "none", "none", "none", UNKNOWN], dtype=object)
+    label, conf = combine(img, cap, dom)
+    assert label.tolist() == ["nsfw", "safe", "nsfw", "safe", "nsfw", UNKNOWN, UNKNOWN]
+    assert conf.tolist() == [0.9, 0.9, 0.9, 0.5, 0.6, 0.0, 0.0]
+
+
+# ---- copyright -------------------------------------------------------------------------------------------------
+def test_copyright_domains_and_markers():
+    from audit.annotators.copyright import caption_marker, combine, domain_kind
+
+    assert domain_kind("https://image.shutterstock.com/x.jpg")[0] == "stock"
+    assert domain_kind("https://stock.adobe.com/images/1")[0] == "stock"
+    assert domain_kind("https://i.etsystatic.com/1.jpg")[0] == "shop-cdn"
+    assert domain_kind("https://flickr.com/1.jpg")[0] == "none"
+    assert domain_kind("")[0] == UNKNOWN
+    assert caption_marker("sunset - © Getty Images") == "©"
+    assert caption_marker("mountain stock photo").lower() == "stock photo"
+    assert caption_marker("Photo: Shutterstock").lower() == "shutterstock"
+    assert caption_marker("(c) 2019 Jane Doe")
+    assert caption_marker("a cat on a mat") == ""
+    assert caption_marker("   ") is None
+    got = combine(np.array(["stock", "none", "none", UNKNOWN], dtype=object),
+                  np.array(["none", "marker", "none", UNKNOWN], dtype=object),
+                  np.array(["none", "none", "none", UNKNOWN], dtype=object))
+    assert got.tolist() == ["copyright-relevant", "copyright-relevant", "none", UNKNOWN]
+
+
+# ---- zero-shot ------------------------------------------------------------------------------------------------
+def test_zero_shot_decision_rule():
+    from audit.annotators.zeroshot import NONE, decide, label_probabilities
+
+    labels = ["woman", "man", NONE]
+    lab, conf, why = decide(np.array([[0.7, 0.2, 0.1], [0.45, 0.4, 0.15], [0.1, 0.1, 0.8]]), labels, 0.2)
+    assert lab.tolist() == ["woman", UNKNOWN, UNKNOWN] and why.tolist() == ["", "abstained", "no person"]
+    assert conf.tolist() == [0.7, 0.0, 0.0]
+    # two classes of one label add up: img = e0, classes e0 (woman), e1 (woman), e2 (man)
+    img = np.eye(3, dtype=np.float32)[:1]
+    text = np.eye(3, dtype=np.float32)
+    p = label_probabilities(img, text, np.array([0, 0, 1]), 2, scale=1.0)
+    e = np.exp(1.0)
+    assert p[0].tolist() == pytest.approx([(e + 1) / (e + 2), 1 / (e + 2)])
+
+
+def test_zeroshot_and_copyright_on_demo_store_are_flagged_and_recover_simulated_truth(demo_store):
+    with Store.reader(demo_store) as st:
+        cat = st.attribute_catalog().set_index("attribute")
+        ann = st.df("SELECT uid, label FROM annotations WHERE attribute = 'zeroshot_gender'")
+    for a in ("zeroshot_gender", "zeroshot_age", "zeroshot_race", "copyright_visual", "copyright"):
+        assert bool(cat.loc[a, "random_weights"]), a        # simulated text encoder: flagged
+        assert "SIMULATED" in cat.loc[a, "method"]
+    for a in ("copyright_domain", "copyright_caption", "nsfw", "domain_cctld", "caption_gender"):
+        assert not bool(cat.loc[a, "random_weights"]), a
+    assert not bool(cat.loc["domain_cctld", "imputed"]) and bool(cat.loc["zeroshot_gender", "imputed"])
+    p = Path(demo_store)
+    truth = pd.read_parquet(p.parent / f"{p.stem}_inputs" / "sim" / "truth.parquet")
+    truth = truth[~truth["uid"].duplicated(keep=False)]
+    d = ann.merge(truth[["uid", "gender"]], on="uid")
+    persons = d[d["gender"] != "none"]
+    # a pipeline check in the simulated space (not a claim about CLIP): labelled persons match the hidden gender
+    known = persons[persons["label"] != UNKNOWN]
+    assert len(known) > 0.9 * len(persons) and (known["label"] == known["gender"]).mean() > 0.95
+    assert (d.loc[d["gender"] == "none", "label"] == UNKNOWN).mean() > 0.95
+
+
+def test_every_annotator_ran_in_the_demo(demo_store):
+    from audit.annotators import ANNOTATORS
+
+    assert {"caption", "faces", "zeroshot", "nsfw", "copyright", "domain"} <= set(ANNOTATORS.names())
+    with Store.reader(demo_store) as st:
+        attrs = set(st.attributes())
+        n = st.count("samples")
+        per = st.df("SELECT attribute, count(*) AS n FROM annotations GROUP BY attribute").set_index("attribute")["n"]
+        faces = st.df("SELECT DISTINCT label FROM annotations WHERE attribute = 'face_count'")["label"].tolist()
+    for cls in ANNOTATORS:
+        assert set(cls.attributes) <= attrs, cls.name
+        for a in cls.attributes:
+            assert per[a] == n, a                 # one row per sample, explicit unknown included
+    assert faces == [UNKNOWN]                     # the simulated rows have no stored images
+
+
+# ---- the real photos from the wheels --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory):
+    from audit.demo import write_photos
+    from audit.ingest import ingest
+
+    d = tmp_path_factory.mktemp("photos")
+    cap = write_photos(d / "photos")
+    store = str(d / "photos.duckdb")
+    ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: None)
+    return store
+
+
+def _labels(store, attribute):
+    with Store.reader(store) as st:
+        got = st.df("SELECT s.image_ref, a.label, a.confidence, a.method FROM annotations a JOIN samples s USING (uid) "
+                    "WHERE a.attribute = ?", [attribute])
+    got["file"] = got["image_ref"].map(lambda r: Path(r).name)
+    return got.set_index("file")
+
+
+@pytest.mark.slow
+def test_faces_on_real_photos(photo_store):
+    run_annotator("faces", photo_store, params={"detector": "haar", "min_gender_confidence": 80.0},
+                  echo=lambda s: None)
+    count = _labels(photo_store, "face_count")["label"]
+    assert count["astronaut.png"] == "1" and count["grace_hopper.jpg"] == "1"
+    for f in ("coffee.png", "rocket.png", "chelsea.png", "coins.png", "moon.png", "brick.png"):
+        assert count[f] == "0", f
+    bracket = _labels(photo_store, "face_perceived_age_bracket")
+    assert bracket.loc["grace_hopper.jpg", "label"] == "older"          # Grace Hopper, photographed aged ~78
+    assert bracket.loc["coffee.png", "label"] == UNKNOWN and "no face" in bracket.loc["coffee.png", "method"]
+    area = _labels(photo_store, "face_area_share")["label"]
+    assert area["coffee.png"] == "none" and area["astronaut.png"] != "none"
+    gender = _labels(photo_store, "face_perceived_gender")
+    assert set(gender["label"]) <= {"woman", "man", UNKNOWN}
+    assert (gender.loc[count[count != "1"].index, "label"] == UNKNOWN).all()   # the single-face rule
+
+
+@pytest.mark.slow
+def test_nsfw_image_model_on_real_photos(photo_store):
+    run_annotator("nsfw", photo_store, params={"high": 0.8, "low": 0.2, "adult_domains": []}, echo=lambda s: None)
+    img = _labels(photo_store, "nsfw_image")
+    assert len(img) == 25 and (img["label"] != "nsfw").all() and (img["label"] != UNKNOWN).all()
+    assert img["method"].str.contains("p_nsfw=").all()
+    assert (_labels(photo_store, "nsfw")["label"] == "safe").all()
+    from audit.annotators.nsfw import image_probabilities
+
+    probs, errors = image_probabilities([str(Path(img["image_ref"].iloc[0])), "/no/such/file.png"])
+    assert 0.0 <= probs[0] <= 1.0 and np.isnan(probs[1]) and errors[1]
+
+
+def test_annotators_cli_on_photo_store(photo_store, monkeypatch, capsys):
+    import sys
+
+    from audit.cli import main
+
+    for argv in (["annotate", "domain", "--store", photo_store], ["annotate", "copyright", "--store", photo_store]):
+        monkeypatch.setattr(sys, "argv", ["audit", *argv])
+        assert main(argv) == 0
+    assert "domain_registered: example.org 25" in capsys.readouterr().out
+    vis = _labels(photo_store, "copyright_visual")
+    assert (vis["label"] == UNKNOWN).all() and vis["method"].str.contains("no --model").all()
+    monkeypatch.setattr(sys, "argv", ["audit", "annotate", "zeroshot", "--store", photo_store])
+    assert main(["annotate", "zeroshot", "--store", photo_store]) == 1        # needs --model: a message, no traceback
+    assert "needs --model" in capsys.readouterr().err
