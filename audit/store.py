@@ -512,3 +512,35 @@ def store_version(path: str | os.PathLike) -> int:
         return Path(path).stat().st_mtime_ns
     except OSError:
         return 0
+
+
+# ---- fairness (issue 4): label columns for group tables ----------------------------------------------
+def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
+    """uid plus one label column per sample group column or attribute, every sample, ORDER BY uid.
+
+    A sample without a label for an attribute gets ``unknown``. Names come from an allow-list
+    (SAMPLE_GROUP_COLUMNS and the attribute catalogue); attribute names are passed as parameters.
+    """
+    attrs = set(store.attributes())
+    exprs, joins, params = ["s.uid"], [], []
+    for i, col in enumerate(columns):
+        if col in SAMPLE_GROUP_COLUMNS and col not in ("has_image", "size_bucket"):
+            exprs.append(f"coalesce(CAST(s.{ident(col)} AS VARCHAR), 'unknown') AS g{i}")
+        elif col in attrs:
+            joins.append(f"LEFT JOIN annotations a{i} ON a{i}.uid = s.uid AND a{i}.attribute = ?")
+            params.append(col)
+            exprs.append(f"coalesce(a{i}.label, 'unknown') AS g{i}")
+        else:
+            known = ", ".join([c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")]
+                              + sorted(attrs))
+            raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
+    frame = store.df(f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params)
+    return frame.rename(columns={f"g{i}": col for i, col in enumerate(columns)})
+
+
+def annotation_detail(store: Store, attribute: str) -> pd.DataFrame:
+    """uid, label, confidence, method of one attribute (only the samples that have a row)."""
+    if attribute not in store.attributes():
+        raise StoreError(f"unknown attribute {attribute!r}; this store has: {', '.join(store.attributes()) or 'none'}")
+    return store.df("SELECT uid, label, confidence, method FROM annotations WHERE attribute = ? ORDER BY uid",
+                    [attribute])

@@ -203,3 +203,20 @@ def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: 
                             f"color:#495057'>no image stored<br>{r.domain or ''}</div>", unsafe_allow_html=True)
             text = r.caption if len(r.caption) < 90 else r.caption[:87] + "…"
             st.caption(("🔞 (blurred) " if blur else "") + text)
+
+
+# ---- fairness (issue 4): cached inputs of the "Who's in, who's out" page --------------------------------
+@st.cache_resource(max_entries=8, show_spinner="Loading scores and labels…")
+def fairness_frame(_store: Store, k: str, scores: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
+    """Score columns and label columns of every sample (audit.report.load_frame). Held, not copied: read-only."""
+    from audit.report import load_frame
+
+    return load_frame(_store, list(scores), list(by))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def attribute_labels(_store: Store, k: str, attrs: tuple[str, ...]) -> pd.DataFrame:
+    """uid plus one label column per attribute, every sample ordered by uid. Read-only."""
+    from audit.store import label_frame
+
+    return label_frame(_store, list(attrs))
