@@ -536,11 +536,3 @@ def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
             raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
     frame = store.df(f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params)
     return frame.rename(columns={f"g{i}": col for i, col in enumerate(columns)})
-
-
-def annotation_detail(store: Store, attribute: str) -> pd.DataFrame:
-    """uid, label, confidence, method of one attribute (only the samples that have a row)."""
-    if attribute not in store.attributes():
-        raise StoreError(f"unknown attribute {attribute!r}; this store has: {', '.join(store.attributes()) or 'none'}")
-    return store.df("SELECT uid, label, confidence, method FROM annotations WHERE attribute = ? ORDER BY uid",
-                    [attribute])
