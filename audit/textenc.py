@@ -13,6 +13,7 @@ embeds text into the same space as the stored embeddings of ``model``, plus a la
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -57,7 +58,6 @@ def simulated_encoder(dim: int, seed: int) -> Encoder:
     synonyms = {"female": "woman", "women": "woman", "girl": "woman", "male": "man", "men": "man", "boy": "man",
                 "old": "older", "elderly": "older", "kid": "child", "asian": "east asian", "indian": "south asian",
                 "nude": "nsfw", "explicit": "nsfw", "sexy": "nsfw", "watermarked": "watermark"}
-    rng = np.random.default_rng([seed, dim, 99])
 
     def encode(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), dim), np.float32)
@@ -71,11 +71,11 @@ def simulated_encoder(dim: int, seed: int) -> Encoder:
                 if f" {s} " in f" {low} " and w in words:
                     v += words[w]
             if not v.any():  # an unknown prompt: a fixed random direction per text
-                v = np.random.default_rng(abs(hash(low)) % (2**32)).standard_normal(dim).astype(np.float32)
+                # zlib.crc32, not hash(): str hashes are salted per process, prompts must embed the same everywhere
+                v = np.random.default_rng([zlib.crc32(low.encode()), dim]).standard_normal(dim).astype(np.float32)
             out[i] = v / np.linalg.norm(v)
         return out
 
-    del rng
     return encode
 
 
