@@ -8,13 +8,15 @@ projection), saved with save_pretrained and loaded by the transformers backend e
 Images: the demo's 25 real photos, repeated to --images. fp32 on both sides. Stages:
 
 * preprocess   PIL image -> tensor with each backend's own transform (one process)
-* image fwd    encode_images on a preprocessed batch (median of --repeats, backends interleaved)
+* image fwd    encode_images on the preprocessed images in batches
 * text fwd     encode_texts on a batch of the photos' captions
 * embed e2e    audit.embed.embed on a fresh store: decode + preprocess (2 workers) + both encoders + Parquet
 
 --siglip adds the image forward of a SigLIP B/16-224 pair (open_clip ``ViT-B-16-SigLIP`` built with timm vs
 transformers ``SiglipModel``); open_clip's SigLIP tokenizer needs the hub, so that pair is image-only.
-Nothing here is a pass/fail test; ratios are transformers / open_clip, measured in the same run.
+Every stage runs --repeats times, the two backends interleaved, so load from other processes hits both
+alike; the table shows the median and the min-max. Nothing here is a pass/fail test; ratios are
+transformers / open_clip medians, measured in the same run.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,46 +111,51 @@ def main() -> None:
         for name, e in emb.items():
             print(f"{name}: {e.key}  dim {e.dim}  {n_params(e.model):.1f}M parameters  "
                   f"torch threads {torch.get_num_threads()}", flush=True)
-        res: dict[tuple[str, str], float] = {}
-        tensors = {}
-        for name, e in emb.items():  # preprocess: every image once
-            t = time.perf_counter()
-            tensors[name] = torch.stack([e.preprocess(im) for im in images])
-            res[("preprocess", name)] = len(images) / (time.perf_counter() - t)
+        res: dict[tuple[str, str], list[float]] = {}
+
+        def add(stage: str, name: str, rate: float) -> None:
+            res.setdefault((stage, name), []).append(rate)
+
         b = a.batch_size
-        batches = {name: [x[i:i + b] for i in range(0, len(x), b)] for name, x in tensors.items()}
         caps = [captions[i:i + b] for i in range(0, len(captions), b)]
+        tensors = {name: torch.stack([e.preprocess(im) for im in images[:b]]) for name, e in emb.items()}
         for name, e in emb.items():  # warm-up
-            e.encode_images(batches[name][0])
+            e.encode_images(tensors[name])
             e.encode_texts(caps[0])
-        img_t = {n: [] for n in emb}
-        txt_t = {n: [] for n in emb}
-        for _ in range(a.repeats):  # interleaved, so load from other processes hits both alike
+        for r in range(a.repeats):  # every stage interleaved: load from other processes hits both backends alike
             for name, e in emb.items():
-                img_t[name].append(timed(lambda: [e.encode_images(x) for x in batches[name]]))
-                txt_t[name].append(timed(lambda: [e.encode_texts(c) for c in caps]))
-        for name in emb:
-            res[("image fwd", name)] = len(images) / statistics.median(img_t[name])
-            res[("text fwd", name)] = len(images) / statistics.median(txt_t[name])
-        for name, e in emb.items():
-            rep = embed(store, embedder=e, batch_size=b, progress=False, echo=lambda s: None)
-            assert rep.embedded == len(images), rep
-            res[("embed e2e", name)] = rep.embedded / rep.seconds
+                t = time.perf_counter()
+                x = torch.stack([e.preprocess(im) for im in images])
+                add("preprocess", name, len(images) / (time.perf_counter() - t))
+                add("image fwd", name, len(images) / timed(lambda: [e.encode_images(x[i:i + b])
+                                                                    for i in range(0, len(x), b)]))
+                add("text fwd", name, len(images) / timed(lambda: [e.encode_texts(c) for c in caps]))
+                fresh = str(work / f"e2e-{name}-{r}.duckdb")
+                shutil.copy(store, fresh)
+                rep = embed(fresh, embedder=e, batch_size=b, progress=False, echo=lambda s: None)
+                assert rep.embedded == len(images), rep
+                add("embed e2e", name, rep.embedded / rep.seconds)
         if a.siglip:
-            siglip_pair(res, tensors, images, b, a.repeats)
+            siglip_pair(add, b, a.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    stages = list(dict.fromkeys(s for s, _ in res))
-    table = pd.DataFrame([{"stage": s, "open_clip /s": res.get((s, "open_clip")), "transformers /s": res.get((s, "transformers")),
-                           "ratio hf/oc": res.get((s, "transformers"), np.nan) / res.get((s, "open_clip"), np.nan)}
-                          for s in stages])
+    def cell(stage: str, name: str) -> str:
+        v = res.get((stage, name))
+        return f"{statistics.median(v):7.2f} ({min(v):.1f}-{max(v):.1f})" if v else ""
+
+    def ratio(stage: str) -> str:
+        return f"{statistics.median(res[(stage, 'transformers')]) / statistics.median(res[(stage, 'open_clip')]):.2f}"
+
+    table = pd.DataFrame([{"stage": s, "open_clip /s (min-max)": cell(s, "open_clip"),
+                           "transformers /s (min-max)": cell(s, "transformers"), "ratio hf/oc": ratio(s)}
+                          for s in dict.fromkeys(k for k, _ in res)])
     print(f"\nimages={a.images} batch={a.batch_size} repeats={a.repeats} fp32 CPU, cores={os.cpu_count()} "
-          f"(text fwd: captions/s; others: images/s)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+          f"(median of repeats; text fwd: captions/s; others: images/s)")
+    print(table.to_string(index=False))
 
 
-def siglip_pair(res: dict, tensors: dict, images: list, b: int, repeats: int) -> None:
+def siglip_pair(add, b: int, repeats: int) -> None:
     """SigLIP B/16-224 image forward: open_clip (timm tower) vs transformers SiglipModel, random weights."""
     import open_clip
     import torch
@@ -169,7 +175,8 @@ def siglip_pair(res: dict, tensors: dict, images: list, b: int, repeats: int) ->
             for n, f in runs.items():
                 times[n].append(timed(f))
     for n in runs:
-        res[("SigLIP B/16 image fwd", n)] = b / statistics.median(times[n])
+        for v in times[n]:
+            add("SigLIP B/16 image fwd", n, b / v)
     print(f"SigLIP B/16: open_clip {n_params(oc.visual):.1f}M vs transformers {n_params(hf.vision_model):.1f}M "
           "vision parameters", flush=True)
 

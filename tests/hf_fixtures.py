@@ -37,7 +37,8 @@ def clip_bpe_files(folder: Path) -> Path:
     from open_clip.tokenizer import bytes_to_unicode
 
     folder.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]  # as open_clip.tokenizer.SimpleTokenizer
     base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
@@ -61,9 +62,9 @@ def tiny_clip(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2,
 
     tok = CLIPTokenizer.from_pretrained(str(clip_bpe_files(folder / "_bpe")))
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                         num_attention_heads=heads, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
+                         num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch),
         projection_dim=projection, audit_random_weights=True)
@@ -103,9 +104,9 @@ def tiny_siglip(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 
 
     tok = SiglipTokenizer(vocab_file=str(train_spm(folder / "_spm")), model_max_length=64)
     cfg = SiglipConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                         num_attention_heads=heads, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id),
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
+                         num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=64,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id),
         vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch),
         audit_random_weights=True)
