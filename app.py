@@ -6,17 +6,19 @@ import streamlit as st
 st.set_page_config(page_title="CLIP filter audit", page_icon=":material/troubleshoot:", layout="wide")
 
 # Every file in pages/ is listed here (tests/test_architecture.py checks it); order = sidebar order.
+# URL paths differ from the file names on purpose: on a fresh server Streamlit serves /<file stem> as a legacy
+# stand-alone page (wrong sidebar, narrow layout) until app.py has run once; these paths always go through here.
 PAGES = [
-    ("pages/overview.py", "Overview", ":material/dashboard:"),
-    ("pages/filter_preview.py", "Filter preview", ":material/tune:"),
-    ("pages/fairness.py", "Who's in, who's out", ":material/groups:"),
-    ("pages/origin.py", "Dataset origin", ":material/fingerprint:"),
-    ("pages/embedding_map.py", "Embedding map", ":material/scatter_plot:"),
-    ("pages/balancing.py", "Balancing", ":material/balance:"),
-    ("pages/export.py", "Export", ":material/download:"),
+    ("pages/overview.py", "Overview", ":material/dashboard:", "overview"),
+    ("pages/filter_preview.py", "Filter preview", ":material/tune:", "preview"),
+    ("pages/fairness.py", "Who's in, who's out", ":material/groups:", "who"),
+    ("pages/origin.py", "Dataset origin", ":material/fingerprint:", "dataset-origin"),
+    ("pages/embedding_map.py", "Embedding map", ":material/scatter_plot:", "map"),
+    ("pages/balancing.py", "Balancing", ":material/balance:", "balance"),
+    ("pages/export.py", "Export", ":material/download:", "download"),
 ]
 
 here = Path(__file__).parent
-pages = [st.Page(path, title=title, icon=icon, default=(i == 0))
-         for i, (path, title, icon) in enumerate(PAGES) if (here / path).exists()]
+pages = [st.Page(path, title=title, icon=icon, url_path=url, default=(i == 0))
+         for i, (path, title, icon, url) in enumerate(PAGES) if (here / path).exists()]
 st.navigation(pages).run()

@@ -62,11 +62,7 @@ def test_slider_moves_the_kept_count_in_chromium(server, demo_store):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        # Open the entry page first: on a fresh server Streamlit serves a deep link to pages/X.py as a
-        # legacy stand-alone page until app.py (with st.navigation) has run once.
-        page.goto(server, timeout=60_000)
-        page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
-        page.goto(f"{server}/filter_preview", timeout=60_000)
+        page.goto(f"{server}/preview", timeout=60_000)  # a deep link on a fresh server (url path from app.py)
         page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
         page.wait_for_function("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 4",
                                timeout=90_000)
