@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from audit.selection import Rule, Selection, select
+from audit.selection import Rule, RuleError, Selection, select
 from audit.store import Store, store_version
 
 EXPORT_FORMATS = ("csv", "parquet", "npy")
@@ -49,13 +49,17 @@ def datacomp_uid_array(uids: Sequence[str]) -> np.ndarray:
     return arr
 
 
-def selection_frame(store: Store, rules: Sequence[Rule]) -> tuple[pd.DataFrame, Selection, list[str]]:
-    """Every sample with every score column, the keep decision and the reasons it was excluded."""
+def selection_frame(store: Store, rules: Sequence[Rule], *, recipe=None) -> tuple[pd.DataFrame, Selection, list[str]]:
+    """Every sample with every score column, the keep decision and the reasons it was excluded.
+
+    ``recipe`` (an audit.recipes.Recipe) replaces the plain intersection of ``rules`` when given."""
     names = store.score_names()
     scores = store.score_frame(names)
     samples = store.df(f"SELECT {', '.join(SAMPLE_EXPORT_COLUMNS)} FROM samples ORDER BY uid")
     frame = samples.merge(scores, on="uid", how="left")
-    sel = select(list(rules), {n: frame[n].to_numpy(dtype=float) for n in names}, n=len(frame))
+    columns = {n: frame[n].to_numpy(dtype=float) for n in names}
+    sel = (recipe.evaluate(columns, n=len(frame)) if recipe is not None
+           else select(list(rules), columns, n=len(frame)))
     frame["keep"] = sel.keep
     frame["excluded_by"] = sel.reasons()
     return frame, sel, names
@@ -101,11 +105,22 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
 def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None = None, echo=print) -> dict:
     """Write the kept subset to ``out`` and its manifest to ``out + '.manifest.json'``."""
     fmt = format_of(out, fmt)
-    parsed = [Rule.parse(r) for r in rules]
+    recipe, extra = None, None
+    try:
+        parsed = [Rule.parse(r) for r in rules]
+    except RuleError:  # named filters (basic, laion, …) or ordered steps (… then …): audit.recipes
+        from audit.recipes import Recipe
+
+        parsed, recipe = None, Recipe
     with Store.reader(store_path) as st:
-        frame, sel, _ = selection_frame(st, parsed)
+        if recipe is not None:
+            recipe = Recipe.parse(rules, names=st.score_names())
+            parsed = recipe.rules
+        frame, sel, _ = selection_frame(st, parsed, recipe=recipe)
         data = render(frame, fmt)
-        man = manifest(st, parsed, sel, fmt)
+        if recipe is not None:
+            extra = {"recipe": str(recipe), "kept_after_step": sel.step_kept, "equivalent_rules": sel.as_rules()}
+        man = manifest(st, parsed, sel, fmt, extra=extra)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_bytes(data)
     Path(str(out) + ".manifest.json").write_text(json.dumps(man, indent=2, default=str))

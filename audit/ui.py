@@ -220,3 +220,80 @@ def attribute_labels(_store: Store, k: str, attrs: tuple[str, ...]) -> pd.DataFr
     from audit.store import label_frame
 
     return label_frame(_store, list(attrs))
+
+
+# ---- scores (issue 3): recipe columns, reasons and the side-by-side comparison of the Filter preview -----
+@st.cache_resource(max_entries=64, show_spinner=False)
+def score_column(_store: Store, k: str, name: str) -> np.ndarray:
+    """One score for every sample, ORDER BY uid (aligned with preview_data). Held, not copied: read-only."""
+    return _store.score_frame([name])[name].to_numpy(dtype=float)
+
+
+def score_columns(store: Store, k: str, names) -> dict[str, np.ndarray]:
+    return {n: score_column(store, k, n) for n in names}
+
+
+@st.cache_data(max_entries=64, show_spinner="Ranking both scores…")
+def spearman(_store: Store, k: str, a: str, b: str) -> tuple[float, int]:
+    """Spearman ρ between two stored scores over the samples that have both; (ρ, n)."""
+    from audit.recipes import spearman as rho
+
+    return rho(score_column(_store, k, a), score_column(_store, k, b))
+
+
+def reason_chart(table: pd.DataFrame, *, title: str):
+    """Horizontal bars per exclusion reason: samples that failed it, and those that failed only it."""
+    import plotly.graph_objects as go
+
+    t = table.sort_values("excluded", ascending=True)
+    fig = go.Figure()
+    fig.add_bar(y=t["reason"], x=t["excluded"], orientation="h", name="failed this rule",
+                marker_color=PALETTE["excluded"], hovertemplate="%{y}<br>failed by %{x:,} samples<extra></extra>")
+    fig.add_bar(y=t["reason"], x=t["only_reason"], orientation="h", name="failed only this rule",
+                marker_color="#f59f00", hovertemplate="%{y}<br>%{x:,} samples fail nothing else<extra></extra>")
+    fig.update_layout(title=title, barmode="group", height=max(220, 46 * len(t) + 120),
+                      margin=dict(l=10, r=10, t=50, b=40), xaxis_title="samples",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+    return fig
+
+
+def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, label_a: str, label_b: str,
+                  max_groups: int = 30):
+    """Inclusion rate per group under two filters (95% Wilson intervals), groups ordered by filter A."""
+    import plotly.graph_objects as go
+
+    a = table_a.nlargest(max_groups, "n") if len(table_a) > max_groups else table_a
+    a = a.sort_values("rate").reset_index(drop=True)
+    b = table_b.set_index("group").loc[a["group"]].reset_index()
+    labels = [f"{g} (n={n:,})" for g, n in zip(a["group"], a["n"])]
+    fig = go.Figure()
+    for t, name, color, sym in ((a, label_a, PALETTE["kept"], "circle"), (b, label_b, "#1c7ed6", "diamond")):
+        fig.add_scatter(x=t["rate"], y=labels, mode="markers", name=name,
+                        marker=dict(color=color, size=10, symbol=sym),
+                        error_x=dict(type="data", symmetric=False, array=t["ci_high"] - t["rate"],
+                                     arrayminus=t["rate"] - t["ci_low"], color=color, thickness=1.2),
+                        hovertemplate="%{y}<br>" + name + ": %{x:.3f}<extra></extra>")
+    both = pd.concat([a, b])
+    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+                      height=max(320, 34 * len(a) + 210), margin=dict(l=10, r=10, t=50, b=100),
+                      xaxis=dict(range=_rate_range(both, float(table_a.attrs.get("overall", both["rate"].mean())))),
+                      legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))
+    return fig
+
+
+def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str):
+    """2-D histogram of two scores (no overplotting at any pool size); rows with a NaN are left out."""
+    import plotly.graph_objects as go
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return go.Figure().update_layout(title=f"{title}: no sample has both scores", height=200)
+    # binned here, so the browser gets a 60 × 60 grid, not every sample
+    counts, xe, ye = np.histogram2d(x[ok], y[ok], bins=60)
+    z = np.where(counts > 0, counts, np.nan).T
+    fig = go.Figure(go.Heatmap(x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=z, colorscale="Blues",
+                               colorbar=dict(title="samples"),
+                               hovertemplate="x %{x:.4f}<br>y %{y:.4f}<br>%{z:,} samples<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=340,
+                      margin=dict(l=10, r=10, t=50, b=40))
+    return fig

@@ -1,9 +1,12 @@
-"""Filter preview: move a threshold and see, live, who is kept and who is excluded, by group."""
+"""Filter preview: move a threshold, combine rules as the papers do, and see, live, who is kept and who is
+excluded, by group, with the reason for every exclusion; compare two filters side by side."""
 import numpy as np
 import streamlit as st
 
 from audit import ui
-from audit.selection import Rule
+from audit.metrics import rates_from_codes
+from audit.recipes import FILTER_TITLES, Recipe, exact_spec, named_filters, overlap
+from audit.selection import Rule, RuleError
 
 st.title("Filter preview")
 store = ui.get_store()
@@ -19,12 +22,67 @@ if cat.empty:
     st.stop()
 
 names = cat["name"].tolist()
+filters = named_filters(names)
+NONE = "(none)"
+
+
+def _first(prefix: str) -> str | None:
+    hits = [n for n in names if n.startswith(prefix)]
+    return next((n for n in hits if n.endswith("datacomp_l14")), hits[0] if hits else None)
+
+
+# Paper recipes available on this store: label -> widget values (applied by a callback before the widgets draw)
+PRESETS = {}
+neg, nsi, vas_s = _first("negclip_"), _first("normsim_inf_"), _first("vas_datacomp") or _first("vas_")
+clip = "clip_l14_similarity_score" if "clip_l14_similarity_score" in names else _first("clip_")
+ib = next((f for f in filters if f.startswith("image_based")), None)
+if neg and nsi:
+    PRESETS["negCLIPLoss top 30% then NormSim∞ top 20% of the pool (Wang et al. 2024)"] = dict(
+        score=neg, mode="top fraction", top_fraction=0.3, and_terms=[], then_score=nsi, then_top=0.2)
+if clip and ib:
+    PRESETS["CLIP score top 30% ∩ image-based (DataComp-1B recipe)"] = dict(
+        score=clip, mode="top fraction", top_fraction=0.3, and_terms=[ib], then_score=NONE)
+if clip and vas_s:
+    PRESETS["CLIP score top 44% then VAS top 30% of the pool (VAS paper, DataComp small)"] = dict(
+        score=clip, mode="top fraction", top_fraction=0.44, and_terms=[], then_score=vas_s, then_top=0.3)
+for f in ("basic", "laion", "text_based", "metaclip"):
+    if f in filters:
+        PRESETS[FILTER_TITLES[f]] = dict(mode="off", and_terms=[f], then_score=NONE)
+
+
+def _apply_preset() -> None:
+    chosen = st.session_state.get("preset")
+    for key_, value in PRESETS.get(chosen, {}).items():
+        st.session_state[key_] = value
+    st.session_state["recipe_text"] = ""
+
+
+def _short(text: str, n: int = 70) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _title(f: str) -> str:
+    if f.startswith("image_based"):
+        return f"{f} — {FILTER_TITLES['image_based']}"
+    return f"{f} — {FILTER_TITLES.get(f, f)}"
+
+
 default = names.index("clip_l14_similarity_score") if "clip_l14_similarity_score" in names else 0
+# widgets a preset can set get their defaults through session state (a widget given both warns)
+for key_, value_ in (("score", names[default]), ("top_fraction", 0.30), ("then_score", NONE), ("then_top", 0.20),
+                     ("and_terms", [])):
+    st.session_state.setdefault(key_, value_)
+if st.session_state["score"] not in names:
+    st.session_state["score"] = names[default]
+if st.session_state["then_score"] not in names:
+    st.session_state["then_score"] = NONE
+st.session_state["and_terms"] = [f for f in st.session_state["and_terms"] if f in filters]
 c1, c2, c3 = st.columns([2, 1.3, 2])
-score = c1.selectbox("Score", names, index=default, format_func=lambda n: ui.score_label(cat, n), key="score")
-mode = c2.radio("Rule", ["top fraction", "threshold"], horizontal=True, key="mode",
+score = c1.selectbox("Score", names, format_func=lambda n: ui.score_label(cat, n), key="score")
+mode = c2.radio("Rule", ["top fraction", "threshold", "off"], horizontal=True, key="mode",
                 help="top fraction: DataComp --fraction (the (int(N·p)+1)-th largest score of the whole pool "
-                     "is the threshold; ties are kept). threshold: keep score ≥ t.")
+                     "is the threshold; ties are kept). threshold: keep score ≥ t. off: no rule on this score "
+                     "(use the named filters below).")
 groups = store.group_columns()
 gdefault = groups.index("caption_gender") if "caption_gender" in groups else 0
 group = c3.selectbox("Inclusion rate by", groups, index=gdefault, format_func=lambda g: ui.group_label(store, g),
@@ -34,30 +92,103 @@ data = ui.preview_data(store, k, score, group)
 if len(data.sorted_desc) == 0:
     st.warning(f"No sample has a value for {score}.")
     st.stop()
+rule = None
 if mode == "top fraction":
-    value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="top_fraction")
+    value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, step=0.01, key="top_fraction")
     rule = Rule(score, "top", float(value))
-else:
+elif mode == "threshold":
     lo, hi = float(data.sorted_desc[-1]), float(data.sorted_desc[0])
     start = float(np.quantile(data.sorted_desc, 0.7, method="lower"))
     value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
                       key="threshold")
     rule = Rule(score, ">=", float(value))
-st.session_state["keep_specs"] = [str(rule)]
+
+# ---- combine rules into a recipe ------------------------------------------------------------------------
+active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
+    st.session_state.get("then_score", NONE) != NONE
+with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons for every exclusion", expanded=active):
+    if PRESETS:
+        st.selectbox("Paper recipe", ["(choose to fill the controls)"] + list(PRESETS), key="preset",
+                     on_change=_apply_preset)
+    a1, a2 = st.columns(2)
+    and_terms = a1.multiselect(
+        "AND named filters (each rule is its own exclusion reason)", filters, key="and_terms", format_func=_title,
+        help="basic: words > 2, chars > 5, English, min side ≥ 200, aspect ≤ 3. laion: B/32 ≥ 0.28 and English. "
+             "image_based: caption pre-filter and target clusters. text_based: English and an entity word. "
+             "metaclip: a metadata entry matched and the seeded draw kept it.")
+    and_rules = a1.text_input("AND more rules", key="and_rules", placeholder="clip_b32_similarity_score>=0.28 & basic_aspect<=2",
+                              help="SCORE>=V, SCORE<=V, SCORE:top=P or named filters, joined with &")
+    then_score = a2.selectbox("THEN, among the samples left: keep the top of", [NONE] + names, key="then_score",
+                              format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
+                              help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
+                                   "NormSim∞ top 20% keeps 20% of the pool).")
+    then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
+                         disabled=then_score == NONE)
+    recipe_text = st.text_input(
+        "Or type a whole recipe (replaces the controls above)", key="recipe_text",
+        placeholder="negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2")
+
+step1 = ([exact_spec(rule)] if rule is not None else []) + list(and_terms) + ([and_rules] if and_rules.strip() else [])
+spec = " & ".join(step1)
+if then_score != NONE:
+    if not spec:
+        st.error("A THEN step needs a first step: set a rule on the score, or add named filters.")
+        st.stop()
+    spec += f" then {then_score}:top={float(then_top)!r}"
+if recipe_text.strip():
+    spec = recipe_text.strip()
+simple = spec == (exact_spec(rule) if rule is not None else None)
 
 min_n = st.sidebar.number_input("Minimum n per group (smaller groups are greyed)", 1, 10_000, ui.MIN_N)
-table, tau, keep = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
+ev = None
+if simple:  # one rule on one score: the fast path (no other columns are read)
+    table, tau, keep = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
+    st.session_state["keep_specs"] = [str(rule)] if rule.op == "top" else [exact_spec(rule)]
+    st.session_state["keep_recipe"] = None
+    shown = rule.reason
+else:
+    if not spec:
+        st.info("No rule: pick a rule on the score, or add named filters or a recipe under **Combine rules**.")
+        st.session_state["keep_specs"] = []
+        st.stop()
+    try:
+        recipe = Recipe.parse(spec, names=names)
+        ev = recipe.evaluate(ui.score_columns(store, k, recipe.scores()), n=data.n)
+    except RuleError as exc:
+        st.error(str(exc))
+        st.stop()
+    keep = ev.keep
+    table = rates_from_codes(keep, data.codes, data.labels, min_n=int(min_n))
+    tau = ev.thresholds.get(str(rule), float("nan")) if rule is not None else float("nan")
+    st.session_state["keep_specs"] = ev.as_rules()
+    st.session_state["keep_recipe"] = str(recipe)
+    shown = str(recipe)
+
 kept = int(keep.sum())
 m = st.columns(4)
-m[0].metric("Kept", f"{kept:,}", help="samples with score ≥ threshold")
+m[0].metric("Kept", f"{kept:,}", help="samples the filter keeps")
 m[1].metric("Excluded", f"{data.n - kept:,}")
 m[2].metric("Kept share", f"{kept / data.n:.1%}")
-m[3].metric("Threshold τ", f"{tau:.4f}")
-if data.n_missing:
+if ev is None or np.isfinite(tau):
+    m[3].metric("Threshold τ", f"{tau:.4f}", help=f"on {score}")
+else:
+    m[3].metric("Steps", f"{len(ev.step_kept)}", help="ordered steps of the recipe")
+if ev is not None:
+    st.markdown(f"**Recipe**: `{shown}`" + (
+        "  ·  kept after each step: " + " → ".join(f"{x:,}" for x in ev.step_kept) if ev.recipe.ordered else ""))
+    st.caption("Export uses the equivalent plain rules over the whole pool: "
+               + ", ".join(f"`{r}`" for r in ev.as_rules()))
+if data.n_missing and (ev is None or score in ev.recipe.scores()):
     st.caption(f"{data.n_missing:,} samples have no {score} value (no embedding for that model): they are "
                f"excluded by this rule and counted in their groups.")
-if bool(cat.loc[cat["name"] == score, "random_weights"].iloc[0]):
-    st.warning(f"{score} comes from a model with RANDOM weights: this preview exercises the pipeline only.")
+used = [score] if ev is None else ev.recipe.scores()
+rw = [s for s in used if s in names and bool(cat.loc[cat["name"] == s, "random_weights"].iloc[0])]
+if rw:
+    st.warning(f"{', '.join(rw)} come(s) from a model with RANDOM weights: this preview exercises the pipeline only.")
+proxy = [s for s in used if "TEXT PROXY" in str(cat.loc[cat["name"] == s, "description"].iloc[0] if s in names else "")]
+if proxy:
+    st.info(f"{', '.join(proxy)}: the target set is a **text proxy** (class-name prompts through the text "
+            "encoder), not image embeddings; see the score's description on the Overview page.")
 
 left, right = st.columns([3, 2])
 with left:
@@ -68,14 +199,92 @@ with left:
         st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
                    "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden).")
 with right:
-    st.plotly_chart(ui.histogram(data.values, title=f"{score}", tau=tau), width="stretch")
-    st.markdown(f"**Why excluded** — `{rule.reason}`: {data.n - kept:,} samples")
+    st.plotly_chart(ui.histogram(data.values, title=f"{score}", tau=tau if np.isfinite(tau) else None),
+                    width="stretch")
+    if ev is None:
+        st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
 
 show = table[["group", "n", "kept", "rate", "ci_low", "ci_high", "difference", "ratio", "pool_share", "kept_share",
               "small"]].sort_values("rate")
 st.dataframe(show, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
                             ("rate", "ci_low", "ci_high", "difference", "ratio", "pool_share", "kept_share")})
+
+# ---- why excluded: counts per reason and one sample's reasons ---------------------------------------------
+if ev is not None and ev.failed:
+    st.subheader("Why excluded")
+    reasons = ev.reason_table()
+    st.plotly_chart(ui.reason_chart(reasons, title="Exclusions per reason (a sample can fail several rules)"),
+                    width="stretch")
+    r1, r2 = st.columns([3, 2]) if ev.recipe.ordered else (st.container(), None)
+    r1.dataframe(reasons.sort_values("excluded", ascending=False), hide_index=True, width="stretch",
+                 column_config={"pool_share": st.column_config.NumberColumn(format="%.3f"),
+                                "only_reason": st.column_config.NumberColumn(help="excluded by this rule alone")})
+    if r2 is not None:
+        r2.dataframe(ev.funnel(), hide_index=True, width="stretch")
+        r2.caption("Samples left after each step; a sample excluded at one step is not tested by later steps.")
+    excluded_idx = np.flatnonzero(~keep)
+    if len(excluded_idx):
+        pick = np.random.default_rng(0).choice(excluded_idx, size=min(200, len(excluded_idx)), replace=False)
+        pick_uids = [str(u) for u in data.uids[np.sort(pick)]]
+        w1, w2 = st.columns([1, 2])
+        chosen = w1.selectbox("An excluded sample", pick_uids, key="why_pick")
+        typed = w1.text_input("…or any uid", key="why_uid").strip()
+        uid = typed or chosen
+        pos = np.searchsorted(data.uids.astype(str), uid)
+        if pos >= data.n or str(data.uids[pos]) != uid:
+            w2.error(f"No sample with uid {uid!r} in this store.")
+        else:
+            frame = ui.samples(store, k, (uid,))
+            why = ev.why(int(pos))
+            with w2:
+                cap = frame["caption"].iloc[0] if len(frame) else ""
+                st.markdown(f"**{uid}** — {cap}")
+                if why:
+                    st.markdown("Excluded because:\n" + "\n".join(f"- {r}" for r in why))
+                else:
+                    st.success("Kept by this recipe.")
+                rt = ev.rule_table(ui.score_columns(store, k, ev.recipe.scores()), int(pos))
+                st.dataframe(rt, hide_index=True, width="stretch",
+                             column_config={"value": st.column_config.NumberColumn(format="%.4f"),
+                                            "passed": st.column_config.CheckboxColumn(
+                                                help="empty: an earlier step had already excluded it")})
+
+# ---- compare two filters --------------------------------------------------------------------------------
+st.subheader("Compare two filters")
+st.caption("Filter A is the filter above. Filter B: the top fraction of another score (or a typed recipe). "
+           "Overlap of the kept sets, and how the two scores rank the pool: Spearman ρ of the **Score** picked "
+           "at the top and the **Filter B score**.")
+b1, b2, b3 = st.columns([2, 1.5, 2.5])
+others = [n for n in names if n != score] or names
+bdefault = next((others.index(n) for n in (neg, clip, nsi) if n in others), 0)
+cmp_score = b1.selectbox("Filter B score", others, index=bdefault, key="cmp_score",
+                         format_func=lambda n: ui.score_label(cat, n))
+cmp_top = b2.slider("B: keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="cmp_top")
+cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder="basic & laion")
+spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
+try:
+    rb = Recipe.parse(spec_b, names=names)
+    keep_b = rb.evaluate(ui.score_columns(store, k, rb.scores()), n=data.n).keep
+except RuleError as exc:
+    st.error(f"Filter B: {exc}")
+    st.stop()
+ov = overlap(keep, keep_b)
+rho, n_rho = ui.spearman(store, k, score, cmp_score)
+mc = st.columns(5)
+mc[0].metric("A keeps", f"{ov['kept_a']:,}")
+mc[1].metric("B keeps", f"{ov['kept_b']:,}")
+mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only {ov['only_b']:,}")
+mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
+mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
+             help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
+table_b = rates_from_codes(keep_b, data.codes, data.labels, min_n=int(min_n))
+g1, g2 = st.columns([3, 2])
+g1.plotly_chart(ui.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
+                                 label_a="A: " + _short(shown), label_b="B: " + _short(spec_b)), width="stretch")
+g2.plotly_chart(ui.density_chart(ui.score_column(store, k, score), ui.score_column(store, k, cmp_score),
+                                 xlabel=score, ylabel=cmp_score, title="Both scores, every sample"),
+                width="stretch")
 
 st.subheader("Samples of a group")
 gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")

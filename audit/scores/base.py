@@ -116,14 +116,15 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
     # compute without holding the write lock
     with Store.reader(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
-        values = cls().compute(ctx)
+        scorer = cls()
+        values = scorer.compute(ctx)
     with Store.writer(store_path) as st:
         sim = st.df("SELECT coalesce(simulated, false) AS s FROM samples ORDER BY uid")["s"].to_numpy(bool)
         for out_name, v in values.items():
             scored = ~np.isnan(np.asarray(v, dtype=float))
             simulated_only = bool(scored.any() and sim[scored].all())  # every scored sample is simulated
             st.write_scores(out_name, uids, v, run_id=run_id, kind=name, model=model, random_weights=random_weights,
-                            simulated=simulated_only, description=cls.description)
+                            simulated=simulated_only, description=_description(scorer, out_name))
         n_missing = int(sum(np.isnan(np.asarray(v, dtype=float)).sum() for v in values.values()))
         st.end_run(run_id, rows_in=len(uids), rows_out=len(uids), note=f"{n_missing} missing values")
     for out_name, v in values.items():
@@ -134,3 +135,12 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
              + (" [RANDOM-WEIGHT MODEL: not meaningful]" if random_weights else ""))
     return list(values)
 
+
+# ---- appended (scores area): per-run descriptions -------------------------------------------------
+def _description(scorer: Score, column: str) -> str:
+    """A score instance may set ``run_description`` (str, or {column: str}) in compute(), e.g. to say
+    which target set it used; otherwise the class description is stored."""
+    desc = getattr(scorer, "run_description", None)
+    if isinstance(desc, dict):
+        desc = desc.get(column)
+    return desc or type(scorer).description

@@ -1,0 +1,227 @@
+"""MetaCLIP curation (Xu et al., ICLR 2024; methods.md §4): sub-string matching and balanced sampling.
+
+    spacing(text) = " " + text + " " with , . ; : ? ! ` wrapped in spaces and \\t \\n \\r turned into spaces
+    e matches text  iff  " " + e + " " is a substring of spacing(text)          (case-sensitive)
+    count_e         = number of captions of the pool that match e
+    p_e             = min(1, t / count_e)                                        (t = 20,000 by default)
+    metaclip_p      = 1 − Π_{e ∈ matched(x)} (1 − p_e)       (0 when nothing matches: never kept)
+    metaclip_keep   = 1 iff some matched e has U_{x,e} < p_e, U ~ Uniform(0, 1) drawn with --seed
+
+Matching uses one Aho-Corasick automaton (pyahocorasick) over all " e " strings, as the reference
+``substr_matching.py``. The metadata is ``--metadata FILE`` (one entry per line, or a JSON list such as
+MetaCLIP's ``metadata.json``). Without one, a list is built from the pool's *own* frequent word n-grams
+(unigrams and bigrams of the spaced captions found in at least ``--min-count`` captions): a stand-in for
+MetaCLIP's 500,000 WordNet/Wikipedia entries, said so in the run's description. The reference's balancing
+draws with the unseeded global ``random``; here the draw is seeded.
+Stored columns: ``metaclip_p``, ``metaclip_keep``, ``metaclip_matches`` (number of matched entries) and
+``metaclip_min_count`` (count of the rarest matched entry; NaN if none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from audit.scores.base import SCORES, Score, ScoreContext
+
+DEFAULT_T = 20_000
+DEFAULT_MIN_COUNT = 3
+PUNCT = [",", ".", ";", ":", "?", "!", "`"]
+COLUMNS = ("metaclip_p", "metaclip_keep", "metaclip_matches", "metaclip_min_count")
+
+
+def spacing(text: str) -> str:
+    """MetaCLIP's ``spacing``: pad with spaces, wrap punctuation in spaces, tabs/newlines become spaces."""
+    t = " " + text + " "
+    for p in PUNCT:
+        t = t.replace(p, " " + p + " ")
+    for c in ("\t", "\n", "\r"):
+        t = t.replace(c, " ")
+    return t
+
+
+def build_automaton(entries: Sequence[str]):
+    import ahocorasick
+
+    auto = ahocorasick.Automaton()
+    for i, e in enumerate(entries):
+        auto.add_word(" " + e + " ", i)
+    auto.make_automaton()
+    return auto
+
+
+def match(captions: Sequence[str], entries: Sequence[str], automaton=None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted index of (text id, entry id) pairs, sorted, one per matched (text, entry).
+
+    -> (text_ids int64 (P,), entry_ids int64 (P,)).
+    """
+    auto = automaton if automaton is not None else build_automaton(entries)
+    tids, eids = [], []
+    for i, c in enumerate(captions):
+        if not isinstance(c, str) or not c:
+            continue
+        found = sorted({v for _, v in auto.iter(spacing(c))})
+        tids.extend([i] * len(found))
+        eids.extend(found)
+    return np.asarray(tids, dtype=np.int64), np.asarray(eids, dtype=np.int64)
+
+
+def match_naive(caption: str, entries: Sequence[str]) -> set[int]:
+    """The reference's pure-python matcher (O(|entries|·|text|)); for tests."""
+    t = spacing(caption)
+    return {i for i, e in enumerate(entries) if " " + e + " " in t}
+
+
+def entry_probability(counts: np.ndarray, t: float) -> np.ndarray:
+    """p_e = min(1, t / count_e); entries never matched get 1 (they never matter)."""
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(c > 0, np.minimum(1.0, t / np.maximum(c, 1e-300)), 1.0)
+
+
+def keep_probability(text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray, n_texts: int) -> np.ndarray:
+    """P(keep x) = 1 − Π_{e∈matched(x)} (1 − p_e); 0 for texts without matches. -> (n_texts,)."""
+    with np.errstate(divide="ignore"):
+        log_miss = np.log1p(-np.minimum(p_entry[entry_ids], 1.0))   # −inf where p_e = 1
+    s = np.bincount(text_ids, weights=log_miss, minlength=n_texts) if len(text_ids) else np.zeros(n_texts)
+    has_inf = np.bincount(text_ids, weights=np.isneginf(log_miss).astype(float), minlength=n_texts) > 0 \
+        if len(text_ids) else np.zeros(n_texts, bool)
+    s = np.where(has_inf, 0.0, s)
+    p = np.where(has_inf, 1.0, -np.expm1(s))
+    matched = np.bincount(text_ids, minlength=n_texts) > 0 if len(text_ids) else np.zeros(n_texts, bool)
+    return np.where(matched, p, 0.0)
+
+
+def draw(text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray, n_texts: int,
+         rng: np.random.Generator) -> np.ndarray:
+    """MetaCLIP's balance_sampling: one uniform per (text, entry) pair, keep texts with some U < p_e."""
+    u = rng.random(len(text_ids))
+    hit = u < p_entry[entry_ids]
+    keep = np.zeros(n_texts, dtype=bool)
+    keep[text_ids[hit]] = True
+    return keep
+
+
+def pool_ngrams(captions: Sequence[str], *, min_count: int = DEFAULT_MIN_COUNT, max_n: int = 2) -> list[str]:
+    """Unigrams and bigrams of the spaced captions found in ≥ min_count captions (single punctuation dropped)."""
+    counts: Counter = Counter()
+    for c in captions:
+        if not isinstance(c, str):
+            continue
+        toks = [t for t in spacing(c).split(" ") if t]
+        grams = set(toks)
+        if max_n >= 2:
+            grams.update(" ".join(toks[i:i + 2]) for i in range(len(toks) - 1))
+        counts.update(grams)
+    drop = set(PUNCT)
+    return sorted(g for g, n in counts.items() if n >= min_count and g not in drop
+                  and not all(ch in "".join(PUNCT) for ch in g.replace(" ", "")))
+
+
+def read_metadata(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        entries = json.loads(text)
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(f"{path}: a JSON metadata file must be a list of strings")
+    else:
+        entries = text.splitlines()
+    entries = list(dict.fromkeys(e for e in entries if e.strip() and e not in PUNCT))
+    if not entries:
+        raise ValueError(f"{path}: no metadata entries")
+    return entries
+
+
+def metaclip_columns(captions: Sequence[str], entries: Sequence[str], *, t: float,
+                     rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """All MetaCLIP columns for the captions, plus the entry counts (len(entries),)."""
+    n = len(captions)
+    tids, eids = match(captions, entries)
+    counts = np.bincount(eids, minlength=len(entries)) if len(eids) else np.zeros(len(entries), np.int64)
+    p_e = entry_probability(counts, t)
+    n_match = np.bincount(tids, minlength=n).astype(float) if len(tids) else np.zeros(n)
+    min_count = np.full(n, np.inf)
+    if len(tids):
+        np.minimum.at(min_count, tids, counts[eids].astype(float))
+    min_count[np.isinf(min_count)] = np.nan
+    cols = {"metaclip_p": keep_probability(tids, eids, p_e, n),
+            "metaclip_keep": draw(tids, eids, p_e, n, rng).astype(float),
+            "metaclip_matches": n_match, "metaclip_min_count": min_count}
+    return cols, counts
+
+
+@SCORES.register
+class MetaClip(Score):
+    name = "metaclip"
+    version = 1
+    uses_model = False
+    description = "MetaCLIP curation: keep probability 1 − Π(1 − min(1, t/count_e)) over matched metadata entries"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--metadata", metavar="FILE",
+                            help="metadata entries: one per line, or a JSON list (default: the pool's own n-grams)")
+        parser.add_argument("--t", type=float, default=DEFAULT_T, help="balancing threshold t (default: %(default)s)")
+        parser.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT,
+                            help="without --metadata: keep pool n-grams found in at least this many captions")
+        parser.add_argument("--entries-out", metavar="CSV", help="also write entry, count, p_e to this CSV")
+
+    @classmethod
+    def params_from_args(cls, args: argparse.Namespace) -> dict:
+        if args.t <= 0:
+            raise ValueError(f"--t must be > 0, got {args.t}")
+        out = {"t": args.t, "min_count": args.min_count, "entries_out": args.entries_out}
+        if args.metadata:
+            from audit.scores.targets import fingerprint
+
+            read_metadata(args.metadata)  # fail early with a clear message
+            out.update(metadata=str(Path(args.metadata).resolve()), metadata_fingerprint=fingerprint(args.metadata))
+        return out
+
+    @classmethod
+    def output_names(cls, model, params) -> list[str]:
+        return list(COLUMNS)
+
+    @classmethod
+    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
+        # t scaled to the demo pool (20,000 took a 1.6B pool to 400M): t = 100 keeps ~44% of the 100k demo pool;
+        # metadata from the pool's own n-grams.
+        return [(None, {"t": 100.0, "min_count": DEFAULT_MIN_COUNT, "entries_out": None})]
+
+    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        p = ctx.params
+        caps = ctx.samples(["caption"])["caption"].tolist()
+        if p.get("metadata"):
+            entries = read_metadata(p["metadata"])
+            source = f"{len(entries):,} entries from {Path(p['metadata']).name}"
+        else:
+            entries = pool_ngrams(caps, min_count=int(p.get("min_count", DEFAULT_MIN_COUNT)))
+            source = (f"{len(entries):,} entries built from the pool's OWN unigrams and bigrams (in ≥ "
+                      f"{p.get('min_count', DEFAULT_MIN_COUNT)} captions), not MetaCLIP's 500k WordNet/Wikipedia list")
+            ctx.echo(f"no --metadata given: {source}")
+        t = float(p.get("t", DEFAULT_T))
+        cols, counts = metaclip_columns(caps, entries, t=t, rng=ctx.rng)
+        head = np.argsort(-counts, kind="stable")[:8]
+        ctx.echo("head entries (count): " + ", ".join(f"{entries[i]!r} ({counts[i]:,})" for i in head))
+        ctx.echo(f"entries matched at least once: {(counts > 0).sum():,} of {len(entries):,}; "
+                 f"above t={t:g}: {(counts > t).sum():,}")
+        if p.get("entries_out"):
+            import pandas as pd
+
+            pd.DataFrame({"entry": entries, "count": counts, "p": entry_probability(counts, t)}).to_csv(
+                p["entries_out"], index=False)
+            ctx.echo(f"entry counts -> {p['entries_out']}")
+        self.run_description = {
+            "metaclip_p": f"{self.description}; t={t:g}; metadata: {source}; case-sensitive space-delimited matching",
+            "metaclip_keep": f"MetaCLIP seeded draw (seed {p.get('seed')}): 1 if kept; unmatched captions never kept",
+            "metaclip_matches": "MetaCLIP: number of metadata entries the caption matches",
+            "metaclip_min_count": "MetaCLIP: pool count of the caption's rarest matched entry (NaN: none matched)",
+        }
+        return cols

@@ -1,0 +1,187 @@
+"""Every score through the CLI on hand-made stores, and the demo runs on the shared demo store."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from audit.cli import main
+from audit.store import Store
+
+E = np.eye(4, dtype=np.float32)
+
+
+@pytest.fixture
+def tiny(make_store):
+    """4 samples, a 4-d model 'm' with img = e_i, txt = e_i except sample d (txt = e1)."""
+    samples = [
+        {"uid": "a", "caption": "a brown dog running", "width": 200, "height": 600},
+        {"uid": "b", "caption": "a brown dog running", "width": 199, "height": 199},
+        {"uid": "c", "caption": "brown dog", "width": 800, "height": 800},
+        {"uid": "d", "caption": "a dog on the beach.", "width": 640, "height": 480},
+    ]
+    img = E.copy()
+    txt = E.copy()
+    txt[3] = E[0]
+    return make_store(samples, vectors={"m": (["a", "b", "c", "d"], img, txt)},
+                      scores={"clip_b32_similarity_score": [0.30, 0.28, 0.27, 0.5]})
+
+
+def values(store, name):
+    with Store.reader(store) as st:
+        return st.score_frame([name])[name].to_numpy(float)
+
+
+def test_negclip_cli_by_hand(tiny):
+    assert main(["score", "negclip", "--store", tiny, "--model", "m", "--tau", "0.5", "--k", "2"]) == 0
+    got = values(tiny, "negclip_m")
+    # S_ij = f_i·g_j with g_a = g_d = e1: S_aa = S_ad = S_bb = S_cc = 1, every other entry 0 (one batch: B ≥ N)
+    tau = 0.5
+    lse = lambda *v: math.log(sum(math.exp(x / tau) for x in v))  # noqa: E731
+    r = {"a": 0.5 * tau * (lse(1, 0, 0, 1) + lse(1, 0, 0, 0)),   # row a: S_aa, S_ad = 1; column a: S_aa only
+         "b": 0.5 * tau * (lse(0, 1, 0, 0) + lse(0, 1, 0, 0)),
+         "c": 0.5 * tau * (lse(0, 0, 1, 0) + lse(0, 0, 1, 0)),
+         "d": 0.5 * tau * (lse(0, 0, 0, 0) + lse(1, 0, 0, 0))}   # row d: f_d = e4 sees nothing; column d: S_ad = 1
+    want = [1 - r["a"], 1 - r["b"], 1 - r["c"], 0 - r["d"]]
+    assert got == pytest.approx(want, abs=1e-5)
+    with Store.reader(tiny) as st:
+        runs = st.runs()
+    params = json.loads(runs[runs["name"] == "negclip"].iloc[-1]["params"])
+    assert params["tau"] == 0.5 and params["k"] == 2 and params["batch_size"] == 32768
+
+
+def test_normsim_and_vas_against_a_target_file(tiny, tmp_path):
+    target = tmp_path / "target.npy"
+    np.save(target, np.stack([E[0], E[1]]) * 3.0)             # rows are re-normalised on load
+    for p in ("2", "inf"):
+        assert main(["score", "normsim", "--store", tiny, "--model", "m", "--p", p, "--target", str(target)]) == 0
+    assert values(tiny, "normsim_inf_m").tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert values(tiny, "normsim_2_m").tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert main(["score", "vas", "--store", tiny, "--model", "m", "--target", str(target),
+                 "--target-fraction", "1"]) == 0
+    assert values(tiny, "vas_m").tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])   # = normsim_2² / M
+    with Store.reader(tiny) as st:
+        cat = st.score_catalog().set_index("name")
+    assert "target.npy" in cat.loc["normsim_inf_m", "description"]
+    pq = tmp_path / "target.parquet"
+    import pandas as pd
+
+    pd.DataFrame({"embedding": [list(E[2])]}).to_parquet(pq)
+    assert main(["score", "normsim", "--store", tiny, "--model", "m", "--p", "inf", "--target", str(pq),
+                 "--tag", "third"]) == 0
+    assert values(tiny, "normsim_inf_m_third").tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_vas_d_cli(tiny):
+    assert main(["score", "vas-d", "--store", tiny, "--model", "m", "--iters", "1", "--fraction-vas", "0.5",
+                 "--target-fraction", "1"]) == 0
+    v = values(tiny, "vas_d_m")
+    assert np.isfinite(v).all() and (v >= 1).sum() == 2        # int(0.5·4) = 2 survivors
+
+
+def test_basic_laion_text_metaclip_cli(tiny, tmp_path, monkeypatch):
+    from audit import lang
+
+    monkeypatch.setattr(lang, "is_english", lambda texts: np.ones(len(texts), bool))  # stub the detector
+    assert main(["score", "basic", "--store", tiny]) == 0
+    assert values(tiny, "basic").tolist() == [1.0, 0.0, 0.0, 1.0]   # aspect 3.0 kept, 199 px, 2 words
+    assert main(["score", "laion", "--store", tiny]) == 0
+    assert values(tiny, "laion").tolist() == [1.0, 1.0, 0.0, 1.0]
+    ents = tmp_path / "ents.txt"
+    ents.write_text("beach\nBrown\n")
+    assert main(["score", "text-based", "--store", tiny, "--entities", str(ents)]) == 0
+    # tokens are lower-cased; "beach." keeps its period (the reference's whitespace split), so d has no entity
+    assert values(tiny, "text_based").tolist() == [1.0, 1.0, 1.0, 0.0]
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(["dog", "brown dog", "beach"]))
+    assert main(["score", "metaclip", "--store", tiny, "--metadata", str(meta), "--t", "2"]) == 0
+    # counts: dog 4, brown dog 3, beach 1 -> p = 0.5, 2/3, 1
+    p = values(tiny, "metaclip_p")
+    assert p == pytest.approx([1 - 0.5 / 3, 1 - 0.5 / 3, 1 - 0.5 / 3, 1.0])
+    assert values(tiny, "metaclip_keep")[3] == 1.0
+
+
+def test_image_based_cli(tiny, tmp_path, monkeypatch):
+    from audit import lang
+
+    monkeypatch.setattr(lang, "is_english", lambda texts: np.ones(len(texts), bool))
+    target = tmp_path / "t.npy"
+    np.save(target, E[:1])
+    assert main(["score", "image-based", "--store", tiny, "--model", "m", "--target", str(target),
+                 "--clusters", "4"]) == 0
+    # 4 orthogonal points, 4 clusters: each its own centroid; the target e1 falls in a's cluster
+    assert values(tiny, "image_based_target_m").tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert values(tiny, "image_based_m").tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert values(tiny, "image_based_caption_m").tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_clear_messages_for_bad_input(tiny, tmp_path, capsys):
+    assert main(["score", "normsim", "--store", tiny, "--model", "m"]) == 1
+    assert "--target FILE" in capsys.readouterr().err
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((2, 3), np.float32))
+    assert main(["score", "normsim", "--store", tiny, "--model", "m", "--target", str(bad)]) == 1
+    assert "dimension 3 but m has 4" in capsys.readouterr().err
+    assert main(["score", "text-based", "--store", tiny]) == 1
+    assert "entity list" in capsys.readouterr().err
+    assert main(["score", "metaclip", "--store", tiny, "--metadata", str(tmp_path / "none.txt")]) == 1
+    assert "not found" in capsys.readouterr().err
+    with Store.writer(tiny) as st:
+        st.cursor().execute("DELETE FROM score_catalog WHERE name = 'clip_b32_similarity_score'")
+    assert main(["score", "laion", "--store", tiny]) == 1
+    assert "ViT-B/32 score" in capsys.readouterr().err
+
+
+def test_demo_runs_every_score_with_its_contract_name(demo_store):
+    with Store.reader(demo_store) as st:
+        cat = st.score_catalog().set_index("name")
+    for name in ["negclip_datacomp_l14", "normsim_2_datacomp_l14", "normsim_inf_datacomp_l14", "vas_datacomp_l14",
+                 "vas_d_datacomp_b32", "basic", "basic_aspect", "laion", "laion_b32", "image_based_datacomp_l14",
+                 "text_based", "metaclip_p", "metaclip_keep"]:
+        assert name in cat.index, name
+    assert "TEXT PROXY" in cat.loc["normsim_inf_datacomp_l14", "description"]
+    assert "OWN unigrams" in cat.loc["metaclip_p", "description"]
+    assert "py3langid" in cat.loc["basic", "description"]
+    assert cat.loc["negclip_datacomp_l14", "simulated"]
+    # negclip ranks like the CLIP score (the paper reports Spearman 0.93-0.98 on real data)
+    from audit.recipes import spearman
+
+    with Store.reader(demo_store) as st:
+        f = st.score_frame(["negclip_datacomp_l14", "clip_datacomp_l14", "metaclip_keep", "metaclip_p"])
+    rho, n = spearman(f["negclip_datacomp_l14"].to_numpy(), f["clip_datacomp_l14"].to_numpy())
+    assert rho > 0.85 and n > 3000
+    assert f.loc[f["metaclip_p"] == 0, "metaclip_keep"].eq(0).all()
+
+
+def test_export_accepts_recipes(demo_store, tmp_path):
+    out = tmp_path / "sub.csv"
+    spec = "negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2"
+    assert main(["export", "--store", demo_store, "--out", str(out), "--keep", spec]) == 0
+    man = json.loads((tmp_path / "sub.csv.manifest.json").read_text())
+    with Store.reader(demo_store) as st:
+        n = st.count("samples")
+    assert man["kept"] == int(n * 0.2) + 1 and man["recipe"] == spec
+    assert man["kept_after_step"] == [int(n * 0.3) + 1, int(n * 0.2) + 1]
+    out2 = tmp_path / "same.csv"
+    assert main(["export", "--store", demo_store, "--out", str(out2)] +
+                sum((["--keep", r] for r in man["equivalent_rules"]), [])) == 0
+    assert out2.read_bytes() == out.read_bytes()
+    assert main(["export", "--store", demo_store, "--out", str(tmp_path / "b.csv"), "--keep", "basic",
+                 "--keep", "clip_l14_similarity_score:top=0.3"]) == 0
+    man = json.loads((tmp_path / "b.csv.manifest.json").read_text())
+    assert "basic: caption has ≤ 2 words" in man["excluded_by_reason"]
+
+
+def test_image_based_with_given_centroids(tiny, tmp_path, monkeypatch):
+    from audit import lang
+
+    monkeypatch.setattr(lang, "is_english", lambda texts: np.ones(len(texts), bool))
+    cen = tmp_path / "c.npy"
+    np.save(cen, np.array([[1, 0, 0, 0], [0, 2, 0, 0]], np.float32))   # unnormalised, as DataComp's
+    target = tmp_path / "t.npy"
+    np.save(target, E[1:2])
+    assert main(["score", "image-based", "--store", tiny, "--model", "m", "--target", str(target),
+                 "--centroids", str(cen)]) == 0
+    # ip argmax: a=e1 -> 0 (1 vs 0), b=e2 -> 1, c=e3 and d=e4 -> ties at 0 -> 0; target e2 -> cluster 1
+    assert values(tiny, "image_based_cluster_m").tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert values(tiny, "image_based_m").tolist() == [0.0, 1.0, 0.0, 0.0]
