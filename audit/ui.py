@@ -222,6 +222,97 @@ def attribute_labels(_store: Store, k: str, attrs: tuple[str, ...]) -> pd.DataFr
     return label_frame(_store, list(attrs))
 
 
+# ---- balancing (issue 6): cached balancing inputs/results and the two charts of the Balancing page ----
+@st.cache_resource(max_entries=8, show_spinner="Reading memberships and proxies…")
+def balance_inputs(_store: Store, k: str, attribute: str, proxies: tuple[str, ...], groups: tuple[str, ...],
+                   target: str, utility: str | None, model: str | None):
+    """audit.balance.load_inputs, held (read-only)."""
+    from audit.balance import load_inputs
+
+    return load_inputs(_store, attribute, list(proxies), groups=list(groups) or None, target=target,
+                       utility=utility, model=model)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Solving the balancing program…")
+def balance_m4(_store: Store, k: str, inputs_key: tuple, _inputs, budget: float, eps_rep: float | None,
+               eps_assoc: float | None, seed: int):
+    """(M4Result, keep) for the inputs identified by inputs_key."""
+    from audit.balance import run_m4
+
+    return run_m4(_inputs, budget=budget, eps_rep=eps_rep, eps_assoc=eps_assoc, seed=seed)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Matching captions against the MetaCLIP entries…")
+def balance_metaclip_index(_store: Store, k: str):
+    from audit.balance import metaclip_index
+
+    return metaclip_index(_store)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def balance_metaclip(_store: Store, k: str, budget: float, seed: int):
+    from audit.balance import metaclip_q
+
+    return metaclip_q(_store, budget=budget, index=balance_metaclip_index(_store, k), seed=seed)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def balance_clip(_store: Store, k: str, score: str, budget: float):
+    from audit.balance import clip_filter_q
+
+    return clip_filter_q(_store, score, budget)
+
+
+def shares_chart(table: pd.DataFrame, groups: list[str], target: np.ndarray, *, title: str):
+    """Each method's share of the kept membership mass minus the target share, per group (0 = on target)."""
+    import plotly.graph_objects as go
+
+    colors = ["#868e96", "#2b8a3e", "#1c7ed6", "#e8590c", "#ae3ec9"]
+    fig = go.Figure()
+    rows = list(table.iterrows())
+    for i, (_, r) in reversed(list(enumerate(rows))):
+        vals = [float(r[f"share {g}"]) - float(t) for g, t in zip(groups, target)]
+        shares = [float(r[f"share {g}"]) for g in groups]
+        fig.add_bar(name=str(r["method"]), y=groups, x=vals, orientation="h", marker_color=colors[i % len(colors)],
+                    customdata=shares, legendrank=i,
+                    hovertemplate="%{y}: share %{customdata:.4f} (%{x:+.4f} vs target)<extra>" + str(r["method"])
+                                  + "</extra>")
+    fig.add_vline(x=0, line=dict(color="#212529", width=1.5))
+    span = float(np.nanmax(np.abs([[float(r[f"share {g}"]) - float(t) for g, t in zip(groups, target)]
+                                   for _, r in rows]))) if rows else 0.01
+    span = max(span * 1.15, 1e-3)
+    fig.update_layout(title=title, barmode="group", height=140 + 34 * len(groups) * max(1, len(rows)),
+                      margin=dict(l=10, r=10, t=50, b=40), xaxis_title="share of kept members − target share",
+                      yaxis_title="group (imputed)", xaxis=dict(range=[-span, span], zeroline=False),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0), legend_title_text="")
+    return fig
+
+
+def association_heatmaps(assoc: dict[str, np.ndarray], groups: list[str], proxies: list[str], *, title: str):
+    """One heatmap row per method: group × proxy association, diverging colours centred at 0, one shared scale."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(assoc)
+    zmax = max(1e-12, max(float(np.max(np.abs(a))) if a.size else 0.0 for a in assoc.values()))
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"{n} (max |assoc| {np.max(np.abs(assoc[n])) if assoc[n].size else 0:.4f})"
+                                        for n in names])
+    labels = [p if len(p) <= 28 else p[:27] + "…" for p in proxies]
+    show_text = len(proxies) <= 10
+    for i, n in enumerate(names, start=1):
+        fig.add_trace(go.Heatmap(
+            z=assoc[n], x=labels, y=groups, zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r",
+            showscale=(i == 1), colorbar=dict(title="assoc.", len=0.9),
+            texttemplate="%{z:.4f}" if show_text else None, textfont=dict(size=11),
+            hovertemplate="group %{y}<br>proxy %{x}<br>association %{z:.5f}<extra>" + n + "</extra>"), row=i, col=1)
+        fig.update_yaxes(title_text="group", row=i, col=1)
+    fig.update_xaxes(title_text="proxy", tickangle=-35, row=len(names), col=1)
+    fig.update_layout(title=title, height=120 + len(names) * (45 * len(groups) + 60),
+                      margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
 # ---- scores (issue 3): recipe columns, reasons and the side-by-side comparison of the Filter preview -----
 @st.cache_resource(max_entries=64, show_spinner=False)
 def score_column(_store: Store, k: str, name: str) -> np.ndarray:

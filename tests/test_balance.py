@@ -1,0 +1,241 @@
+"""The balance stage (audit.balance): CLI on a hand-made pool with an injected gender × concept association,
+streaming = in-memory, bad input, MetaCLIP at a matched budget, the demo step and the Balancing page."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.cli import main
+from audit.store import Store
+
+
+def _pool(make_store) -> str:
+    """600 rows: 200 women (150 at a wedding, 50 athletes), 200 men (50 / 150), 200 cars (no gender).
+
+    Caption gender comes from the caption lexicon; the concept attribute is the concept word of the caption
+    (written here, not imputed). Before balancing (q ≡ 1): shares 1/2, 1/2 (RB = 0); ȳ_wedding = 1/3 and
+    Σ a_woman (y − 1/3) = ½ (150·⅔ − 50·⅓) − ½ (50·⅔ − 150·⅓) = 50, so AB = 50 / 600 = 1/12.
+    """
+    rows = []
+    spec = [("woman", "wedding", 150), ("woman", "athlete", 50), ("man", "wedding", 50), ("man", "athlete", 150)]
+    i = 0
+    for gender, concept, k in spec:
+        for _ in range(k):
+            rows.append({"uid": f"u{i:04d}", "caption": f"a {gender} at a {concept}", "concept": concept})
+            i += 1
+    for _ in range(200):
+        rows.append({"uid": f"u{i:04d}", "caption": "a red car on the road", "concept": "car"})
+        i += 1
+    path = make_store([{k: v for k, v in r.items() if k != "concept"} for r in rows])
+    from audit.annotators.base import run_annotator
+
+    run_annotator("caption", path, params={}, echo=lambda s: None)
+    frame = pd.DataFrame({"uid": [r["uid"] for r in rows], "attribute": "concept",
+                          "label": [r["concept"] for r in rows], "confidence": 1.0, "method": "test: concept word"})
+    with Store.writer(path) as st:
+        run = st.start_run("test", "concept", params={})
+        st.write_annotations(frame, run_id=run, method="test: concept word", imputed=False)
+        st.end_run(run)
+    return path
+
+
+def _independent_ab(path: str, weights: pd.DataFrame) -> tuple[float, float]:
+    """RB and AB of §5.1 recomputed with pandas from the output file and the stored labels."""
+    with Store.reader(path) as st:
+        lab = st.df("SELECT uid, attribute, label FROM annotations WHERE attribute IN ('caption_gender', 'concept')")
+    wide = lab.pivot(index="uid", columns="attribute", values="label")
+    d = weights.set_index("uid").join(wide)
+    q = d["q"].to_numpy()
+    total = q.sum()
+    rb = max(abs(q[d["caption_gender"] == g].sum() / q[d["caption_gender"].isin(["woman", "man"])].sum() - 0.5)
+             for g in ("woman", "man"))
+    ab = 0.0
+    for g in ("woman", "man"):
+        a = np.where(d["caption_gender"] == g, 0.5, np.where(d["caption_gender"].isin(["woman", "man"]), -0.5, 0.0))
+        for c in ("wedding", "athlete", "car"):
+            y = (d["concept"] == c).to_numpy(float)
+            ybar = (q * y).sum() / total
+            ab = max(ab, abs((q * a * (y - ybar)).sum()) / total)
+    return rb, ab
+
+
+def test_m4_cli_removes_injected_association(make_store, tmp_path, capsys):
+    path = _pool(make_store)
+    out = tmp_path / "w.csv"
+    rc = main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--proxies", "concept",
+               "--budget", "0.6", "--eps-rep", "0.01", "--eps-assoc", "0.01", "--seed", "3", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "status: met" in text
+    w = pd.read_csv(out)
+    assert len(w) == 600 and list(w.columns) == ["uid", "q", "keep"]
+    assert w["q"].between(0, 1).all()
+    assert w["q"].sum() == pytest.approx(0.6 * 600, abs=1e-6)
+    rb0, ab0 = _independent_ab(path, w.assign(q=1.0))
+    assert rb0 == pytest.approx(0.0) and ab0 == pytest.approx(1 / 12)
+    assert "0.0833" in text                                    # AB before, as printed
+    rb, ab = _independent_ab(path, w)
+    assert ab <= 0.01 + 1e-6 and rb <= 0.01 + 1e-6
+    # seeded Bernoulli draw: reproducible, and q = 0 / 1 rows are never / always kept
+    assert ((w["q"] == 0) <= (w["keep"] == 0)).all() and ((w["q"] >= 1) <= (w["keep"] == 1)).all()
+    rc = main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--proxies", "concept",
+               "--budget", "0.6", "--eps-rep", "0.01", "--eps-assoc", "0.01", "--seed", "3", "--out",
+               str(tmp_path / "w2.parquet")])
+    assert rc == 0
+    w2 = pd.read_parquet(tmp_path / "w2.parquet")
+    assert (w2["keep"].to_numpy() == w["keep"].to_numpy()).all()
+    np.testing.assert_allclose(w2["q"], w["q"], atol=1e-9)
+    with Store.reader(path) as st:  # the run is recorded
+        runs = st.runs()
+    assert ((runs["stage"] == "balance") & (runs["name"] == "m4")).sum() == 2
+
+
+def test_m4_cli_streaming_equals_in_memory(make_store, tmp_path, capsys):
+    path = _pool(make_store)
+    args = ["balance", "m4", "--store", path, "--attribute", "caption_gender", "--proxies", "concept",
+            "--budget", "0.6", "--eps-rep", "0.01", "--eps-assoc", "0.01", "--seed", "9"]
+    assert main(args + ["--out", str(tmp_path / "a.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.csv"), "--stream", "--batch-rows", "97"]) == 0
+    text = capsys.readouterr().out
+    assert "streamed in batches of 97" in text
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert (a["uid"] == b["uid"]).all()
+    np.testing.assert_allclose(a["q"], b["q"], atol=1e-5)
+    assert (a["keep"] == b["keep"]).mean() > 0.99   # same seeded uniforms; only q within 1e-5 of U may differ
+
+
+def test_m4_cli_infeasible_is_reported(make_store, tmp_path, capsys):
+    path = _pool(make_store)
+    rc = main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--proxies", "concept",
+               "--budget", "0.95", "--eps-rep", "0", "--eps-assoc", "0", "--out", str(tmp_path / "w.csv")])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "status: infeasible" in text and "best achievable" in text
+    w = pd.read_csv(tmp_path / "w.csv")
+    assert w["q"].sum() == pytest.approx(0.95 * 600, abs=1e-6)
+    rb, ab = _independent_ab(path, w)
+    assert 0 < ab < 1 / 12                                    # reduced, though not to 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--attribute", "nope", "--proxies", "concept"], "unknown attribute"),
+    (["--attribute", "caption_gender", "--proxies", "caption_gender"], "sensitive attribute itself"),
+    (["--attribute", "caption_gender", "--proxies", "concept", "--target", "woman=2,cat=1"], "unknown groups"),
+    (["--attribute", "caption_gender", "--proxies", "concept", "--target", "0.2,0.3,0.5"], "3 proportions"),
+    (["--attribute", "caption_gender", "--proxies", "zs:wedding"], "at least two prompts"),
+    (["--attribute", "caption_gender", "--proxies", "concept=boat"], "not found"),
+    (["--attribute", "caption_gender", "--groups", "woman,alien"], "not found"),
+    (["--attribute", "caption_age"], "at least two groups"),
+    (["--attribute", "caption_gender", "--utility", "nosuchscore"], "unknown score"),
+])
+def test_m4_cli_bad_input_is_a_clear_error(make_store, tmp_path, capsys, extra, message):
+    path = _pool(make_store)
+    rc = main(["balance", "m4", "--store", path, "--budget", "0.8", "--out", str(tmp_path / "w.csv"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert message in err and "Traceback" not in err
+
+
+def test_m4_cli_budget_and_suffix_are_checked(make_store, tmp_path, capsys):
+    path = _pool(make_store)
+    with pytest.raises(SystemExit):
+        main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--budget", "1.5", "--out", "x.csv"])
+    rc = main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--budget", "0.8",
+               "--out", str(tmp_path / "w.txt")])
+    assert rc == 1 and ".csv or .parquet" in capsys.readouterr().err
+
+
+def test_m4_utility_weighting(make_store, tmp_path):
+    path = _pool(make_store)
+    with Store.writer(path) as st:  # utility 2 for the first half of the uids, 1 for the rest
+        run = st.start_run("test", "u", params={})
+        uids = st.sample_uids()
+        st.write_scores("quality", uids, np.where(np.arange(600) < 300, 2.0, 1.0), run_id=run, kind="test")
+    out = tmp_path / "w.csv"
+    assert main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--budget", "0.5",
+                 "--eps-rep", "off", "--eps-assoc", "off", "--utility", "quality", "--out", str(out)]) == 0
+    w = pd.read_csv(out)
+    # no constraints: q = clip(η u / ū) = 0.5 · u / 1.5 exactly
+    np.testing.assert_allclose(w["q"], np.where(np.arange(600) < 300, 2 / 3, 1 / 3), atol=1e-9)
+
+
+# ---- the demo store --------------------------------------------------------------------------------------------
+def test_demo_step_stores_a_balancing(demo_store):
+    from audit.store import meta_get
+
+    with Store.reader(demo_store) as st:
+        meta = json.loads(meta_get(st, "balance.m4"))
+        q = st.score_frame(["m4_q"])["m4_q"].to_numpy()
+        n = st.count("samples")
+    assert meta["status"] == "met"
+    assert meta["rb"] <= meta["params"]["eps_rep"] + 1e-6 and meta["ab"] <= meta["params"]["eps_assoc"] + 1e-6
+    assert q.sum() == pytest.approx(0.9 * n, abs=1e-5)
+    assert any(p.startswith("zs:") for p in meta["proxies"])          # zero-shot proxies through the text encoder
+    methods = [r["method"] for r in meta["comparison"]]
+    assert "M4" in methods and any(m.startswith("CLIP score") for m in methods) and "MetaCLIP" in methods
+    clip_row = next(r for r in meta["comparison"] if r["method"].startswith("CLIP score"))
+    assert clip_row["kept (Σq)"] >= int(0.9 * n)                          # DataComp fraction rule
+
+
+def test_metaclip_cli_at_a_matched_budget(demo_store, tmp_path, capsys):
+    out = tmp_path / "mc.csv"
+    assert main(["balance", "metaclip", "--store", demo_store, "--budget", "0.5", "--attribute", "caption_gender",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    w = pd.read_csv(out)
+    assert w["q"].sum() == pytest.approx(0.5 * len(w), rel=1e-6)
+    assert "chosen so that" in text and "RB" in text
+    # without --budget or --t: the metaclip score's stored probabilities
+    assert main(["balance", "metaclip", "--store", demo_store, "--out", str(tmp_path / "stored.csv")]) == 0
+    stored = pd.read_csv(tmp_path / "stored.csv")
+    with Store.reader(demo_store) as st:
+        ref = st.score_frame(["metaclip_p"])["metaclip_p"].to_numpy()
+    np.testing.assert_allclose(stored["q"], np.nan_to_num(ref), atol=1e-12)
+
+
+def test_embedding_view_reader_matches_parts(demo_store):
+    from audit.store import iter_embedding_rows
+    from audit.vectors import iter_vectors
+
+    with Store.reader(demo_store) as st:
+        uids, cols = next(iter_vectors(st, "datacomp_b32", columns=("img",)))
+        got = {}
+        for u, x in iter_embedding_rows(st, "datacomp_b32"):
+            got.update(zip(u, x))
+    np.testing.assert_allclose(np.stack([got[u] for u in uids[:50]]), cols["img"][:50], atol=1e-6)
+
+
+def test_balancing_page(demo_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("AUDIT_STORE", demo_store)
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app.py"), default_timeout=90)
+    at.run()
+    at.switch_page("pages/balancing.py")
+    at.run()
+    assert not at.exception
+    assert [m.label for m in at.metric][:3] == ["Kept (M4 draw)", "RB after", "AB after"]
+    assert any("every tolerance is met" in s.value for s in at.success)
+    assert any("imputed" in c.value for c in at.caption)
+    at.slider(key="bal_budget").set_value(0.7).run()
+    assert not at.exception
+    at.number_input(key="bal_eps_assoc").set_value(0.0).run()
+    at.number_input(key="bal_eps_rep").set_value(0.0).run()
+    assert not at.exception
+
+
+def test_balancing_page_without_attributes(make_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    path = make_store([{"uid": "a", "caption": "x"}])
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/balancing.py")
+    at.run()
+    assert not at.exception
+    assert any("no attributes" in w.value for w in at.warning)
