@@ -137,15 +137,18 @@ class Store:
     path: str
     con: duckdb.DuckDBPyConnection
     read_only: bool
+    vectors_root: Path | None = None   # set for snapshots: their vectors stay beside the live store
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, *, read_only: bool = False, wait_s: float = 60.0) -> "Store":
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False, wait_s: float = 60.0,
+             vectors_root: str | os.PathLike | None = None) -> "Store":
         path = str(path)
         if not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         con = connect(path, read_only=read_only, wait_s=wait_s)
-        st = cls(path=path, con=con, read_only=read_only)
+        st = cls(path=path, con=con, read_only=read_only,
+                 vectors_root=Path(vectors_root) if vectors_root is not None else None)
         if not read_only:
             st._init_schema()
         return st
@@ -302,7 +305,7 @@ class Store:
 
     # ---- embeddings -----------------------------------------------------------------------------
     def vectors_dir(self) -> Path:
-        return vectors_dir(self.path)
+        return self.vectors_root or vectors_dir(self.path)
 
     def model_dir(self, model: str) -> Path:
         return self.vectors_dir() / slug(model)

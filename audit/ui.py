@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from audit.preview import PreviewData
-from audit.store import Store, StoreError, snapshot, store_version
+from audit.store import Store, StoreError, snapshot, store_version, vectors_dir
 
 DEFAULT_STORE = "data/demo.duckdb"
 MIN_N = 30
@@ -35,7 +35,7 @@ def _snapshot_dir(path: str) -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Opening a snapshot of the store…")
 def _open_snapshot(path: str, version: int) -> Store:
     snap = snapshot(path, _snapshot_dir(path), wait_s=20)
-    return Store.open(snap, read_only=True)
+    return Store.open(snap, read_only=True, vectors_root=vectors_dir(path))
 
 
 def get_store() -> Store | None:

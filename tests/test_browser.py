@@ -62,12 +62,16 @@ def test_slider_moves_the_kept_count_in_chromium(server, demo_store):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{server}/preview", timeout=60_000)  # a deep link on a fresh server (url path from app.py)
-        page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
+        # Open the entry page first: on a fresh server Streamlit answers the first deep link with a
+        # "page not found" notice before app.py's navigation takes over.
+        page.goto(server, timeout=60_000)
+        page.wait_for_selector("[data-testid='stMetric']", timeout=120_000)
+        page.goto(f"{server}/preview", timeout=60_000)
+        page.wait_for_selector("[data-testid='stMetric']", timeout=120_000)
         page.wait_for_function("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 4",
-                               timeout=90_000)
+                               timeout=120_000)
         assert kept_value(page) == expect[0.30]
-        thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
+        thumb = page.locator("input[type='range'][aria-label='Keep the top fraction of the pool']")
         thumb.focus()
         for _ in range(5):  # step 0.01 each: 0.30 -> 0.35
             thumb.press("ArrowRight")

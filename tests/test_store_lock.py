@@ -46,3 +46,18 @@ def test_cli_writes_while_the_dashboard_is_open(demo_store, tmp_path, monkeypatc
     assert any("newer data" in i.value for i in at.sidebar.info)
     at.sidebar.button[0].click().run()
     assert not at.exception and not any("newer data" in i.value for i in at.sidebar.info)
+
+
+def test_snapshot_reads_the_live_stores_vectors(demo_store, tmp_path):
+    """The dashboard's snapshot copy has no vectors folder of its own: it must read the live one."""
+    from audit.store import vectors_dir
+    from audit.vectors import iter_vectors
+
+    snap = snapshot(demo_store, tmp_path / "snaps", wait_s=30)
+    with Store.reader(demo_store) as live:
+        n_live = sum(len(u) for u, _ in iter_vectors(live, "datacomp_l14"))
+    st = Store.open(snap, read_only=True, vectors_root=vectors_dir(demo_store))
+    try:
+        assert sum(len(u) for u, _ in iter_vectors(st, "datacomp_l14")) == n_live > 0
+    finally:
+        st.close()
