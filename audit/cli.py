@@ -139,7 +139,9 @@ def _add_export(sub) -> None:
     _store_arg(p)
     p.add_argument("--out", required=True, help="output file; the format follows the suffix")
     p.add_argument("--keep", action="append", default=[], metavar="SPEC",
-                   help="SCORE>=VALUE, SCORE<=VALUE or SCORE:top=FRACTION; several intersect")
+                   help="SCORE>=VALUE, SCORE<=VALUE or SCORE:top=FRACTION; several intersect. A recipe works too: "
+                        "'A:top=0.3 then B:top=0.2' (ordered steps, fractions of the whole pool), 'A:top=0.3 & basic' "
+                        "(see docs/scores.md)")
     p.add_argument("--format", choices=["csv", "parquet", "npy"])
     p.set_defaults(func=_run_export)
 

@@ -468,6 +468,17 @@ class Store:
         }
 
 
+@contextlib.contextmanager
+def failed_run_guard(store_path: str, run_id: int) -> Iterator[None]:
+    """Mark the run 'failed' (with the error) if the block raises, so no run is left 'running' by an error."""
+    try:
+        yield
+    except Exception as exc:
+        with contextlib.suppress(Exception), Store.writer(store_path) as st:
+            st.end_run(run_id, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+
 def param_key(params: dict) -> str:
     """Stable key of a parameter dict, used to make re-runs with the same parameters a no-op."""
     import hashlib

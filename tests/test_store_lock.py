@@ -61,3 +61,25 @@ def test_snapshot_reads_the_live_stores_vectors(demo_store, tmp_path):
         assert sum(len(u) for u, _ in iter_vectors(st, "datacomp_l14")) == n_live > 0
     finally:
         st.close()
+
+
+def test_a_score_that_fails_marks_its_run_failed(make_store, monkeypatch):
+    import numpy as np
+    import pytest
+
+    from audit.scores.base import run_score
+    from audit.scores.clip_score import ClipScore
+
+    u = ["a", "b"]
+    path = make_store([{"uid": x, "caption": "c"} for x in u],
+                      vectors={"m": (u, np.eye(2, 4), np.eye(2, 4))})
+
+    def boom(self, ctx):
+        raise ValueError("target has the wrong dimension")
+
+    monkeypatch.setattr(ClipScore, "compute", boom)
+    with pytest.raises(ValueError):
+        run_score("clip", path, model="m", echo=lambda s: None)
+    with Store.reader(path) as st:
+        run = st.df("SELECT status, note FROM runs WHERE stage = 'score'").iloc[0]
+    assert run["status"] == "failed" and "wrong dimension" in run["note"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit.registry import Registry
-from audit.store import Store, param_key
+from audit.store import Store, failed_run_guard, param_key
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"
@@ -73,7 +73,7 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         random_weights = bool(st.model_info(model)["random_weights"]) if model else False
         run_id = st.start_run("annotate", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-    with Store.reader(store_path) as rd:
+    with failed_run_guard(store_path, run_id), Store.reader(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
         frame = cls().compute(ctx)
         n_samples = rd.count("samples")

@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Iterator
 import numpy as np
 
 from audit.registry import Registry
-from audit.store import Store, StoreError, slug
+from audit.store import Store, StoreError, failed_run_guard, slug
 
 
 @dataclass
@@ -114,7 +114,7 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
                               random_weights=random_weights)
         uids = [r[0] for r in st.cursor().execute("SELECT uid FROM samples ORDER BY uid").fetchall()]
     # compute without holding the write lock
-    with Store.reader(store_path) as rd:
+    with failed_run_guard(store_path, run_id), Store.reader(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
         scorer = cls()
         values = scorer.compute(ctx)
