@@ -129,7 +129,7 @@ def build_demo(store: str, *, rows: int = 100_000, seed: int = 0, photos: bool =
         ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: echo("    " + s))
         from audit.embed import embed
 
-        embed(store, model="ViT-B-32", pretrained="none", batch_size=16, workers=0, progress=False,
+        embed(store, model="ViT-B-32", pretrained="none", batch_size=16, workers=0, progress=False, precision="fp32",
               echo=lambda s: echo("    " + s))
     from audit.annotators import ANNOTATORS
     from audit.scores import SCORES

@@ -173,13 +173,14 @@ class EmbedReport:
     failed: int
     no_image: int
     seconds: float
+    load_seconds: float
     random_weights: bool
     autocast_bf16: bool
 
     def lines(self) -> list[str]:
         rate = self.embedded / self.seconds if self.seconds else 0.0
         out = [f"model: {self.model}" + ("  [RANDOM WEIGHTS: embeddings carry no meaning]" if self.random_weights else ""),
-               f"embedded now: {self.embedded} ({rate:.1f} images/s)", f"already embedded: {self.skipped_done}",
+               f"embedded now: {self.embedded} ({rate:.1f} images/s; model loaded in {self.load_seconds:.1f} s)", f"already embedded: {self.skipped_done}",
                f"failed to decode (rejects): {self.failed}", f"no image (url only, not embedded): {self.no_image}",
                f"bf16 autocast: {'on' if self.autocast_bf16 else 'off'}"]
         return out
@@ -199,8 +200,9 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
     from audit.store import Store
     from audit.vectors import embedded_uids
 
-    t0 = time.perf_counter()
+    t_load = time.perf_counter()
     emb = embedder or make_embedder(backend, model, pretrained, precision=precision)
+    load_s = time.perf_counter() - t_load
     with Store.reader(store_path) as rd:
         work = rd.df("SELECT uid, caption, image_ref FROM samples ORDER BY uid")
         folder = rd.model_dir(emb.key)
@@ -239,6 +241,7 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
             seq += 1
             buf_u, buf_i, buf_t = [], [], []
 
+    t0 = time.perf_counter()  # the rate counts the embedding loop only, not loading the model
     bar = tqdm(total=len(todo), desc=f"embed {emb.key}", unit="img", disable=not progress)
     try:
         for pos, batch, bad in loader:
@@ -262,7 +265,7 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
         st.register_model(emb.key, dim=emb.dim, backend=emb.backend, arch=emb.arch, pretrained=emb.pretrained,
                           random_weights=emb.random_weights, run_id=run_id)
         st.end_run(run_id, rows_in=len(todo), rows_out=embedded, rows_rejected=len(rejects))
-    rep = EmbedReport(emb.key, embedded, len(done), len(rejects), no_image, time.perf_counter() - t0,
+    rep = EmbedReport(emb.key, embedded, len(done), len(rejects), no_image, time.perf_counter() - t0, load_s,
                       emb.random_weights, emb.autocast)
     for line in rep.lines():
         echo(line)

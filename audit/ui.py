@@ -54,6 +54,22 @@ def get_store() -> Store | None:
         return None
 
 
+def page(title: str) -> tuple[Store, str, dict]:
+    """Every page's header: title, the store snapshot (or a message and stop), freshness note, sidebar caption.
+
+    Returns (store, cache key, overview info).
+    """
+    st.title(title)
+    store = get_store()
+    if store is None:
+        st.stop()
+    freshness_notice()
+    k = key(store)
+    info = overview(store, k)
+    store_caption(store, info)
+    return store, k, info
+
+
 def freshness_notice() -> None:
     """Sidebar note when the live store is newer than the snapshot on screen."""
     path = store_path()

@@ -11,14 +11,7 @@ from audit.balance import (DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M
                            compare, default_clip_score, default_model, weights_frame)
 from audit.store import SAMPLE_GROUP_COLUMNS, label_counts, meta_get
 
-st.title("Balancing")
-store = ui.get_store()
-if store is None:
-    st.stop()
-ui.freshness_notice()
-k = ui.key(store)
-info = ui.overview(store, k)
-ui.store_caption(store, info)
+store, k, info = ui.page("Balancing")
 st.caption(M4_NOTE + " MetaCLIP balancing follows methods.md §4.3 with t chosen so that its expected kept "
                      "fraction equals the same budget η. RB and AB are defined in methods.md §5.1.")
 

@@ -7,14 +7,7 @@ from audit import ui
 from audit.export import manifest, render, selection_frame
 from audit.selection import Rule, RuleError
 
-st.title("Export")
-store = ui.get_store()
-if store is None:
-    st.stop()
-ui.freshness_notice()
-k = ui.key(store)
-info = ui.overview(store, k)
-ui.store_caption(store, info)
+store, k, info = ui.page("Export")
 
 current = st.session_state.get("keep_specs", [])
 st.markdown("The selection from **Filter preview** is carried here; add more rules (they intersect), one per line, "

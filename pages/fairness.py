@@ -11,14 +11,7 @@ from audit.fairness import HARMONISE, SEP, confusion, flag_rates
 from audit.report import REPORT_COLUMNS, table_from_frame
 from audit.selection import Rule, RuleError
 
-st.title("Who's in, who's out")
-store = ui.get_store()
-if store is None:
-    st.stop()
-ui.freshness_notice()
-k = ui.key(store)
-info = ui.overview(store, k)
-ui.store_caption(store, info)
+store, k, info = ui.page("Who's in, who's out")
 cat = info["scores"]
 acat = info["attributes"]
 if cat.empty:

@@ -8,14 +8,7 @@ from audit.metrics import rates_from_codes
 from audit.recipes import FILTER_TITLES, Recipe, exact_spec, named_filters, overlap
 from audit.selection import Rule, RuleError
 
-st.title("Filter preview")
-store = ui.get_store()
-if store is None:
-    st.stop()
-ui.freshness_notice()
-k = ui.key(store)
-info = ui.overview(store, k)
-ui.store_caption(store, info)
+store, k, info = ui.page("Filter preview")
 cat = info["scores"]
 if cat.empty:
     st.warning("This store has no scores yet. Run `python -m audit score clip --store … --model …` first.")

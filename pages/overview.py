@@ -4,13 +4,7 @@ import streamlit as st
 
 from audit import ui
 
-st.title("Overview")
-store = ui.get_store()
-if store is None:
-    st.stop()
-ui.freshness_notice()
-info = ui.overview(store, ui.key(store))
-ui.store_caption(store, info)
+store, k, info = ui.page("Overview")
 c = info["counts"]
 
 cols = st.columns(5)
