@@ -404,3 +404,59 @@ def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, tit
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=340,
                       margin=dict(l=10, r=10, t=50, b=40))
     return fig
+
+
+# ---- origin probe and embedding map (issue 5): cached inputs of the Dataset origin and Embedding map pages --
+@st.cache_data(max_entries=8, show_spinner=False)
+def origin_runs(_store: Store, k: str) -> pd.DataFrame:
+    from audit.store import origin_runs as runs
+
+    return runs(_store)
+
+
+@st.cache_data(max_entries=8, show_spinner="Loading the origin probe…")
+def origin_result(_store: Store, k: str, run_id: int) -> dict | None:
+    from audit.store import origin_result as result
+
+    return result(_store, run_id=run_id)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def map_catalog(_store: Store, k: str) -> pd.DataFrame:
+    from audit.store import map_catalog as catalog
+
+    return catalog(_store)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the map coordinates…")
+def map_coords(_store: Store, k: str, model: str) -> pd.DataFrame:
+    """uid, x, y, fit, pos of every mapped sample (pos aligns with score_column / attribute_labels). Read-only."""
+    from audit.store import map_coords as coords
+
+    return coords(_store, model)
+
+
+@st.cache_data(max_entries=16, show_spinner="Loading captions of the points shown…")
+def map_points(_store: Store, k: str, model: str, max_points: int, seed: int = 0) -> pd.DataFrame:
+    """The displayed sample of the map: at most ``max_points`` rows with x, y, pos, source and caption."""
+    from audit.embedmap import display_sample
+
+    coords = map_coords(_store, k, model)
+    pick = display_sample(len(coords), max_points, seed)
+    shown = coords.iloc[pick][["uid", "x", "y", "pos"]].reset_index(drop=True)
+    meta = _store.samples_page(shown["uid"].tolist())[["uid", "source", "caption"]]
+    return shown.merge(meta, on="uid", how="left")
+
+
+def keep_mask(store: Store, k: str, specs: tuple[str, ...]) -> np.ndarray:
+    """Keep mask over every sample (ORDER BY uid) for plain keep rules (audit.selection); raises RuleError."""
+    from audit.selection import Rule, RuleError, select
+
+    rules = [Rule.parse(s) for s in specs]
+    names = store.score_names()
+    for r in rules:
+        if r.score not in names:
+            raise RuleError(f"unknown score {r.score!r} in rule {str(r)!r}; this store has: {', '.join(names)}")
+    cols = score_columns(store, k, sorted({r.score for r in rules}))
+    n = int(store.count("samples"))
+    return select(rules, cols, n=n).keep
