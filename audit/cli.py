@@ -105,7 +105,8 @@ def _run_scores(a) -> int:
     for r in cat.itertuples():
         flags = " [random weights]" if r.random_weights else ""
         flags += " [simulated]" if r.simulated else ""
-        print(f"{r.name}\t{r.kind}\t{r.model or ''}{flags}")
+        model = r.model if isinstance(r.model, str) else ""  # NaN for scores that use no embeddings
+        print(f"{r.name}\t{r.kind}\t{model}{flags}")
     return 0
 
 
