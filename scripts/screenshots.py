@@ -25,7 +25,7 @@ def main(out: str = "bench/out/screens", port: int = 8601, pages=None) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
                                         args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": int(os.environ.get("SHOT_HEIGHT", "2400"))})
             for name in pages or PAGES:
                 for _ in range(60):
                     try:
