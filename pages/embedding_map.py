@@ -72,8 +72,9 @@ if colour == FILTER:
         st.error(str(exc))
         st.stop()
     st.caption("Filter: " + (" ∩ ".join(f"`{s}`" for s in specs) if specs else "none (everything kept)")
-               + ("" if st.session_state.get("keep_specs") else " — a default (CLIP score top 30%); set your own on "
-                                                              "**Filter preview** or above."))
+               + ("" if st.session_state.get("keep_specs") else " — a default rule (top 30% of this model's CLIP "
+                                                              "score when stored); set your own on **Filter "
+                                                              "preview** or in the sidebar."))
 
 
 def values_for(pos: np.ndarray):

@@ -200,8 +200,8 @@ else:
         ch.update_layout(title="Logistic coefficients on concept presence (red: marks the source)",
                          height=140 + 45 * len(cls), margin=dict(l=10, r=10, t=50, b=110),
                          xaxis=dict(tickangle=-45, title="concept"))
-        st.plotly_chart(ch, width="stretch")
         if crec.get("status") == "ok" and not crec.get("above_chance"):
             st.caption(f"⚠️ The concept probe is not above chance here (accuracy {crec['accuracy']:.3f}, 95% CI "
-                       f"{crec['ci_low']:.3f}–{crec['ci_high']:.3f}, chance {crec['chance']:.3f}): these "
-                       "coefficients are noise, not concepts that mark a source.")
+                       f"{crec['ci_low']:.3f}–{crec['ci_high']:.3f}, chance {crec['chance']:.3f}): the "
+                       "coefficients below are noise, not concepts that mark a source.")
+        st.plotly_chart(ch, width="stretch")
