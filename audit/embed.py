@@ -17,7 +17,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from audit.hf_backend import transformers_embedder  # light: imports transformers only when called
+from audit.hf_backend import transformers_embedder
+from audit.torchutil import autocast, choose_autocast
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -92,28 +93,12 @@ class OpenClipEmbedder:
         self.autocast = self._choose_autocast(precision)
 
     def _choose_autocast(self, precision: str) -> bool:
-        """bf16 autocast where it is faster: on CUDA always; on CPU only if a timed trial says so."""
         import torch
 
-        if precision in ("fp32", "bf16"):
-            return precision == "bf16"
-        if self.device.startswith("cuda"):
-            return True
-        x = torch.randn(4, 3, 224, 224)
-        times = {}
-        for use in (False, True):
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use):
-                self.model.encode_image(x)  # warm-up
-                t = time.perf_counter()
-                self.model.encode_image(x)
-                times[use] = time.perf_counter() - t
-        return times[True] < 0.9 * times[False]
+        return choose_autocast(precision, self.device, self.model.encode_image, torch.randn(4, 3, 224, 224))
 
     def _ctx(self):
-        import torch
-
-        dev = "cuda" if self.device.startswith("cuda") else "cpu"
-        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.autocast)
+        return autocast(self.device, self.autocast)
 
     def encode_images(self, batch) -> np.ndarray:
         import torch

@@ -195,29 +195,18 @@ class TransformersEmbedder:
 
     # -- precision, as OpenClipEmbedder: bf16 autocast on CUDA; on CPU only if a timed trial is faster --
     def _choose_autocast(self, precision: str) -> bool:
-        import torch
         from PIL import Image
 
-        if precision in ("fp32", "bf16"):
-            return precision == "bf16"
-        if self.device.startswith("cuda"):
-            return True
+        from audit.torchutil import choose_autocast
+
         one = self.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))
-        x = one.unsqueeze(0).repeat(4, 1, 1, 1)
-        times = {}
-        for use in (False, True):
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use):
-                self.model.get_image_features(pixel_values=x)  # warm-up
-                t = time.perf_counter()
-                self.model.get_image_features(pixel_values=x)
-                times[use] = time.perf_counter() - t
-        return times[True] < 0.9 * times[False]
+        return choose_autocast(precision, self.device, lambda x: self.model.get_image_features(pixel_values=x),
+                               one.unsqueeze(0).repeat(4, 1, 1, 1))
 
     def _ctx(self):
-        import torch
+        from audit.torchutil import autocast
 
-        dev = "cuda" if self.device.startswith("cuda") else "cpu"
-        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.autocast)
+        return autocast(self.device, self.autocast)
 
     def encode_images(self, batch) -> np.ndarray:
         """(n, 3, H, W) tensor from ``preprocess`` -> (n, d) L2-normalised float32."""
