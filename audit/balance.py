@@ -161,7 +161,7 @@ def plan_proxies(store, specs: list[str], attribute: str, *, min_proxy: int = MI
                  max_labels: int = MAX_PROXY_LABELS) -> ProxyPlan:
     from audit.store import SAMPLE_GROUP_COLUMNS, label_counts
 
-    known = set(store.attributes()) | {c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")}
+    known = set(store.attributes()) | set(SAMPLE_GROUP_COLUMNS)
     cols: list[tuple[str, str, str | None]] = []
     zs: list[str] = []
     attrs: list[str] = []

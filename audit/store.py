@@ -35,7 +35,7 @@ import pandas as pd
 SCHEMA_VERSION = 1
 
 # Columns of `samples` a user may group by in the dashboard (allow-list for GROUP BY identifiers).
-SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated", "has_image", "size_bucket")
+SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated")
 SAMPLE_COLUMNS = (
     "uid", "source", "caption", "url", "domain", "tld", "width", "height",
     "image_ref", "sha256", "simulated", "ingest_run",
@@ -438,7 +438,7 @@ class Store:
     # ---- preview columns -------------------------------------------------------------------------
     def group_columns(self) -> list[str]:
         """Every categorical column the dashboard can group by: sample columns then attributes."""
-        return [c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")] + self.attributes()
+        return list(SAMPLE_GROUP_COLUMNS) + self.attributes()
 
     def score_and_groups(self, score: str, group: str) -> pd.DataFrame:
         """One row per sample: uid, score value (NaN if missing) and group label ('unknown' if none)."""
@@ -538,15 +538,14 @@ def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
     attrs = set(store.attributes())
     exprs, joins, params = ["s.uid"], [], []
     for i, col in enumerate(columns):
-        if col in SAMPLE_GROUP_COLUMNS and col not in ("has_image", "size_bucket"):
+        if col in SAMPLE_GROUP_COLUMNS:
             exprs.append(f"coalesce(CAST(s.{ident(col)} AS VARCHAR), 'unknown') AS g{i}")
         elif col in attrs:
             joins.append(f"LEFT JOIN annotations a{i} ON a{i}.uid = s.uid AND a{i}.attribute = ?")
             params.append(col)
             exprs.append(f"coalesce(a{i}.label, 'unknown') AS g{i}")
         else:
-            known = ", ".join([c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")]
-                              + sorted(attrs))
+            known = ", ".join(store.group_columns())
             raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
     frame = store.df(f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params)
     return frame.rename(columns={f"g{i}": col for i, col in enumerate(columns)})
@@ -557,7 +556,7 @@ def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
     attrs = set(store.attributes())
     exprs, joins, params = ["s.uid"], [], []
     for i, col in enumerate(columns):
-        if col in SAMPLE_GROUP_COLUMNS and col not in ("has_image", "size_bucket"):
+        if col in SAMPLE_GROUP_COLUMNS:
             exprs.append(f"coalesce(CAST(s.{ident(col)} AS VARCHAR), 'unknown') AS l{i}, 1.0::DOUBLE AS c{i}")
         elif col in attrs:
             # one row per uid even if an annotator wrote several: the most confident label wins
@@ -566,8 +565,7 @@ def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
             params.append(col)
             exprs.append(f"coalesce(a{i}.label, 'unknown') AS l{i}, coalesce(a{i}.conf, 0.0)::DOUBLE AS c{i}")
         else:
-            known = ", ".join([c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")]
-                              + sorted(attrs))
+            known = ", ".join(store.group_columns())
             raise StoreError(f"unknown attribute or sample column {col!r}; this store has: {known}")
     return f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params
 

@@ -54,7 +54,7 @@ if tmode == "custom":
     target = c3.text_input("Target (G=P,G=P)", ",".join(f"{g}={1 / max(1, len(groups)):.3f}" for g in groups),
                            key=f"bal_custom_{attribute}")
 
-others = [c for c in SAMPLE_GROUP_COLUMNS if c not in ("has_image", "size_bucket")] + attrs
+others = list(SAMPLE_GROUP_COLUMNS) + attrs
 others = [c for c in others if c != attribute]
 p_default = [p for p in defaults.get("proxies", []) if p in others]
 zs_default = next((p[3:] for p in defaults.get("proxies", []) if p.startswith("zs:")), "")
