@@ -144,3 +144,17 @@ def _description(scorer: Score, column: str) -> str:
     if isinstance(desc, dict):
         desc = desc.get(column)
     return desc or type(scorer).description
+
+
+def read_string_list(path: str, what: str, *, error: type[Exception] = ValueError) -> list[str]:
+    """Strings from a file: a JSON list of strings, or one entry per line (lines as written)."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(e, str) for e in items):
+            raise error(f"{path}: a JSON {what} must be a list of strings")
+        return items
+    return text.splitlines()

@@ -19,14 +19,13 @@ Stored columns: ``metaclip_p``, ``metaclip_keep``, ``metaclip_matches`` (number 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score, ScoreContext, read_string_list
 
 DEFAULT_T = 20_000
 DEFAULT_MIN_COUNT = 3
@@ -126,13 +125,7 @@ def read_metadata(path: str) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"metadata file not found: {path}")
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        entries = json.loads(text)
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise ValueError(f"{path}: a JSON metadata file must be a list of strings")
-    else:
-        entries = text.splitlines()
+    entries = read_string_list(path, "metadata file")
     entries = list(dict.fromkeys(e for e in entries if e.strip() and e not in PUNCT))
     if not entries:
         raise ValueError(f"{path}: no metadata entries")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from audit.scores.base import read_string_list
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 # The demo pool's object concepts that are also ImageNet-1k classes or class words (audit.simulate.CONCEPTS).
@@ -83,13 +84,7 @@ def class_names(spec: str) -> list[str]:
         return imagenet_classnames()
     p = Path(spec)
     if p.suffix and p.exists():
-        text = p.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            names = json.loads(text)
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise TargetError(f"{spec}: a JSON class list must be a list of strings")
-        else:
-            names = text.splitlines()
+        names = read_string_list(spec, "class list", error=TargetError)
     elif p.suffix and not p.exists() and "," not in spec:
         raise TargetError(f"class file not found: {spec}")
     else:
