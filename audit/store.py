@@ -532,23 +532,10 @@ def store_version(path: str | os.PathLike) -> int:
 def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
     """uid plus one label column per sample group column or attribute, every sample, ORDER BY uid.
 
-    A sample without a label for an attribute gets ``unknown``. Names come from an allow-list
-    (SAMPLE_GROUP_COLUMNS and the attribute catalogue); attribute names are passed as parameters.
+    A sample without a label for an attribute gets ``unknown``; the labels are those of
+    label_confidence_frame (one per sample: the most confident when an annotator wrote several).
     """
-    attrs = set(store.attributes())
-    exprs, joins, params = ["s.uid"], [], []
-    for i, col in enumerate(columns):
-        if col in SAMPLE_GROUP_COLUMNS:
-            exprs.append(f"coalesce(CAST(s.{ident(col)} AS VARCHAR), 'unknown') AS g{i}")
-        elif col in attrs:
-            joins.append(f"LEFT JOIN annotations a{i} ON a{i}.uid = s.uid AND a{i}.attribute = ?")
-            params.append(col)
-            exprs.append(f"coalesce(a{i}.label, 'unknown') AS g{i}")
-        else:
-            known = ", ".join(store.group_columns())
-            raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
-    frame = store.df(f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params)
-    return frame.rename(columns={f"g{i}": col for i, col in enumerate(columns)})
+    return label_confidence_frame(store, columns)[["uid", *columns]]
 
 
 # ---- balancing (issue 6): labels with confidences (whole pool or streamed), meta key/value ------------
@@ -566,7 +553,7 @@ def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
             exprs.append(f"coalesce(a{i}.label, 'unknown') AS l{i}, coalesce(a{i}.conf, 0.0)::DOUBLE AS c{i}")
         else:
             known = ", ".join(store.group_columns())
-            raise StoreError(f"unknown attribute or sample column {col!r}; this store has: {known}")
+            raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
     return f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params
 
 
