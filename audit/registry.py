@@ -1,7 +1,8 @@
-"""A name -> class registry that refuses duplicate names (Lilac's register_signal convention)."""
+"""A name -> class registry that refuses duplicate names (Lilac's register_signal convention), and the base of
+its plug-ins (scores and annotators)."""
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import ClassVar, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -35,3 +36,24 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return iter(self._items[n] for n in self.names())
+
+
+class PlugIn:
+    """What every registered plug-in declares: a name, a version (part of the run's parameters, so a new version
+    recomputes), its own command-line options, and the runs the demo makes of it."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Add the plug-in's own options to its subcommand's argparse parser."""
+
+    @classmethod
+    def params_from_args(cls, args) -> dict:
+        return {}
+
+    @classmethod
+    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
+        """(model, params) pairs the demo builder runs; [] keeps the plug-in out of the demo."""
+        return []

@@ -35,7 +35,7 @@ def main() -> None:
     if not store:
         store = str(ROOT / "bench" / "out" / "annotators.duckdb")
         if not Path(store).exists():
-            from audit.demo import build_demo
+            from audit.demo.builder import build_demo
 
             print(f"building {store} ({args.rows} simulated rows + 25 photos)…", flush=True)
             build_demo(store, rows=args.rows, seed=0, photos=True, echo=lambda s: None)

@@ -35,7 +35,7 @@ def problem(n: int, c: int, seed: int = 0):
 
 
 def bench_solver(n: int, c: int, skip_lbfgs: bool) -> list[dict]:
-    from audit.m4 import solve_m4, solve_m4_streaming
+    from audit.analyses.balance.m4 import solve_m4, solve_m4_streaming
 
     S, Y = problem(n, c)
     rows = []
@@ -63,11 +63,11 @@ def bench_solver(n: int, c: int, skip_lbfgs: bool) -> list[dict]:
 def bench_demo_step(rows: int) -> dict:
     """Simulated pool → ingest → clip and metaclip scores → caption lexicon → demo_step (timed alone)."""
     from audit.annotators.base import run_annotator
-    from audit.balance import demo_step
-    from audit.ingest import ingest
+    from audit.demo.builder import record_simulator
+    from audit.demo.steps import balance_step as demo_step
+    from audit.ingest.run import ingest
     from audit.scores.base import run_score
-    from audit.simulate import SOURCES, SimConfig, write_pool
-    from audit.store import Store
+    from audit.demo.simulate import SOURCES, SimConfig, write_pool
 
     quiet = lambda s: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +76,7 @@ def bench_demo_step(rows: int) -> dict:
         write_pool(pool, SimConfig(rows=rows, seed=0))
         for name in ("truth.parquet", "latent.json"):
             (pool / name).replace(Path(tmp) / name)
-        with Store.writer(store) as st:
-            st.cursor().execute("INSERT OR REPLACE INTO meta VALUES ('simulator', ?)", ['{"seed": 0, "rows": %d}' % rows])
+        record_simulator(store, SimConfig(rows=rows, seed=0))
         for name in SOURCES:
             ingest("datacomp", [str(pool / f"{name}.parquet")], store_path=store, source=name, simulated=True,
                    progress=False, echo=quiet)

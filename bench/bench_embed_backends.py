@@ -41,8 +41,8 @@ def photo_store(work: Path, n: int) -> tuple[str, list, list[str]]:
     """A folder store of n images: the demo's 25 real photos repeated (distinct files, same pixels)."""
     from PIL import Image
 
-    from audit.demo import write_photos
-    from audit.ingest import ingest
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
 
     src = work / "src"
     write_photos(src)
@@ -98,7 +98,7 @@ def main() -> None:
 
     import torch
 
-    from audit.embed import embed, make_embedder
+    from audit.embed.runner import embed, make_embedder
 
     work = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     try:

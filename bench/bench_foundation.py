@@ -19,7 +19,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from audit.preview import PreviewData  # noqa: E402
+from audit.decide.preview import PreviewData  # noqa: E402
 from audit.store import Store  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []
@@ -80,8 +80,8 @@ def preview_latency(path: str, n: int, repeats: int) -> None:
 
 
 def ingest_rate(tmp: Path, n: int) -> None:
-    from audit.ingest import ingest
-    from audit.simulate import SimConfig, write_pool
+    from audit.ingest.run import ingest
+    from audit.demo.simulate import SimConfig, write_pool
 
     pool = tmp / "pool"
     write_pool(pool, SimConfig(rows=n, seed=5, shards=4))
@@ -98,10 +98,11 @@ def ingest_rate(tmp: Path, n: int) -> None:
 def embed_ratio(tmp: Path, n_images: int, batch: int, repeats: int = 3) -> None:
     import torch
 
-    from audit.demo import write_photos
-    from audit.embed import OpenClipEmbedder, embed
+    from audit.demo.builder import write_photos
+    from audit.embed.open_clip_backend import OpenClipEmbedder
+    from audit.embed.runner import embed
     from audit.images import load_image
-    from audit.ingest import ingest
+    from audit.ingest.run import ingest
 
     folder = tmp / "photos"
     cap = write_photos(folder)

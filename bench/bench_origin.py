@@ -44,7 +44,7 @@ def row(what: str, value: str, note: str = "") -> None:
 
 def synthetic_store(path: str, n: int, dim: int, seed: int = 0, part_rows: int = 100_000) -> float:
     """n samples from 3 sources with clustered unit vectors (float16 Parquet parts). Returns seconds."""
-    from audit.ingest import write_vectors
+    from audit.store.vectors import write_vectors
     from audit.store import Store
 
     t0 = time.perf_counter()
@@ -69,7 +69,8 @@ def synthetic_store(path: str, n: int, dim: int, seed: int = 0, part_rows: int =
 
 def one_map(path: str, fit: int, n_epochs: int | None, transform_epochs: int | None, knn: str) -> dict:
     """Run in a child process: build the map, report timings and peak RSS."""
-    from audit.embedmap import MapParams, build_map
+    from audit.analyses.embedmap.layout import MapParams
+    from audit.analyses.embedmap.run import build_map
 
     t0 = time.perf_counter()
     out = build_map(path, "synthetic", MapParams(fit_sample=fit, n_epochs=n_epochs, transform_epochs=transform_epochs,
@@ -103,8 +104,8 @@ def bench_map(tmp: Path, n: int, dim: int, fit: int, n_epochs, transform_epochs,
 
 
 def bench_probe() -> None:
-    from audit.features import image_features
-    from audit.origin import probe_family
+    from audit.analyses.origin.features import image_features
+    from audit.analyses.origin.probe import probe_family
 
     rng = np.random.default_rng(0)
     n_per, dim = 5000, 768

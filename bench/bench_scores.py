@@ -111,7 +111,7 @@ def bench_normsim(rows: int, d: int, m: int, device) -> list[tuple]:
 
 def bench_metaclip(n_captions: int) -> list[tuple]:
     from audit.scores.metaclip import build_automaton, match, match_naive, pool_ngrams
-    from audit.simulate import SimConfig, simulate_truth
+    from audit.demo.simulate import SimConfig, simulate_truth
 
     caps = simulate_truth(SimConfig(rows=n_captions, seed=0))["caption"].tolist()
     entries = pool_ngrams(caps)

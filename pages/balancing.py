@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from audit import ui
-from audit.balance import (DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, NON_GROUPS, BalanceError,
-                           compare, default_clip_score, default_model, weights_frame)
-from audit.store import SAMPLE_GROUP_COLUMNS, label_counts, meta_get
+from audit import charts, ui
+from audit.analyses.balance.core import DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, NON_GROUPS, BalanceError, compare, weights_frame
+from audit.analyses.balance.run import default_clip_score, default_model
 
-store, k, info = ui.page("Balancing")
+store, info = ui.page("Balancing")
 st.caption(M4_NOTE + " MetaCLIP balancing follows methods.md §4.3 with t chosen so that its expected kept "
                      "fraction equals the same budget η. RB and AB are defined in methods.md §5.1.")
 
@@ -20,7 +19,7 @@ if not attrs:
     st.warning("This store has no attributes yet. Run `python -m audit annotate caption --store …` first.")
     st.stop()
 cat = info["attributes"]
-stored = json.loads(meta_get(store, "balance.m4") or "null") or {}
+stored = ui.stored_json(store, "balance.m4") or {}
 defaults = stored.get("params") or {}
 
 
@@ -38,7 +37,7 @@ a_default = defaults.get("attribute") if defaults.get("attribute") in attrs else
     "caption_gender" if "caption_gender" in attrs else attrs[0])
 attribute = c1.selectbox("Sensitive attribute", attrs, index=attrs.index(a_default), format_func=attr_label,
                          key="bal_attribute")
-counts = label_counts(store, attribute)
+counts = ui.label_counts(store, attribute)
 labels = [str(x) for x in counts["label"] if x not in NON_GROUPS]
 n_of = dict(zip(counts["label"].astype(str), counts["n"]))
 g_default = [g for g in (defaults.get("groups") or []) if g in labels] if attribute == defaults.get("attribute") else []
@@ -54,8 +53,7 @@ if tmode == "custom":
     target = c3.text_input("Target (G=P,G=P)", ",".join(f"{g}={1 / max(1, len(groups)):.3f}" for g in groups),
                            key=f"bal_custom_{attribute}")
 
-others = list(SAMPLE_GROUP_COLUMNS) + attrs
-others = [c for c in others if c != attribute]
+others = [c for c in store.group_columns() if c != attribute]
 p_default = [p for p in defaults.get("proxies", []) if p in others]
 zs_default = next((p[3:] for p in defaults.get("proxies", []) if p.startswith("zs:")), "")
 c1, c2, c3 = st.columns([2.2, 2.2, 1.6])
@@ -97,8 +95,8 @@ if len(zs_prompts) == 1:
 proxy_specs = tuple(proxies + (["zs:" + "|".join(zs_prompts)] if zs_prompts else []))
 inputs_key = (attribute, proxy_specs, tuple(groups), target, utility, model if zs_prompts else None)
 try:
-    inputs = ui.balance_inputs(store, k, *inputs_key)
-    res, keep = ui.balance_m4(store, k, inputs_key, inputs, float(budget), float(eps_rep), float(eps_assoc), seed)
+    inputs = ui.balance_inputs(store, *inputs_key)
+    res, keep = ui.balance_m4(store, inputs_key, inputs, float(budget), float(eps_rep), float(eps_assoc), seed)
 except (BalanceError, ValueError) as exc:
     st.error(f"Cannot balance with these settings: {exc}")
     st.stop()
@@ -110,7 +108,7 @@ kept = {"pool (no filter)": n, "M4": int(keep.sum())}
 notes = list(inputs.notes)
 mc_info = None
 try:
-    q_mc, keep_mc, mc_info = ui.balance_metaclip(store, k, float(budget), seed)
+    q_mc, keep_mc, mc_info = ui.balance_metaclip(store, float(budget), seed)
     methods[f"MetaCLIP (t={mc_info['t']:,.4g})"] = q_mc
     kept[f"MetaCLIP (t={mc_info['t']:,.4g})"] = int(keep_mc.sum())
 except Exception as exc:  # a comparison only: say why it is missing
@@ -120,7 +118,7 @@ if clip_scores:
     clip_score = st.sidebar.selectbox("CLIP score for the comparison", clip_scores,
                                       index=clip_scores.index(clip_default) if clip_default in clip_scores else 0,
                                       format_func=lambda s: ui.score_label(info["scores"], s), key="bal_clip")
-    q_clip, tau = ui.balance_clip(store, k, clip_score, float(budget))
+    q_clip, tau = ui.balance_clip(store, clip_score, float(budget))
     methods[f"CLIP score top {budget:.0%}"] = q_clip
     kept[f"CLIP score top {budget:.0%}"] = int(q_clip.sum())
 table, assoc = compare(inputs, methods, kept)
@@ -161,10 +159,10 @@ st.caption("kept (Σq): expected kept count; drawn kept: the seeded draw (CLIP f
            + (f"MetaCLIP: {mc_info['source']}; captions without a matched entry are never kept."
               if mc_info else ""))
 
-st.plotly_chart(ui.shares_chart(table, inputs.groups, inputs.target,
+st.plotly_chart(charts.shares_chart(table, inputs.groups, inputs.target,
                                 title=f"Group shares of kept members vs target ({attribute}, imputed)"), width="stretch")
 if inputs.proxies:
-    st.plotly_chart(ui.association_heatmaps(assoc, inputs.groups, inputs.proxies,
+    st.plotly_chart(charts.association_heatmaps(assoc, inputs.groups, inputs.proxies,
                                             title="Association of each group with each proxy"), width="stretch")
     st.caption("Cell = Σ_i q_i (s_ik − π_k m_i)(y_ir − ȳ_r) / Σq: how much more of proxy r group k's kept rows carry "
                "than its target share implies (0: none; red: over-represented at that proxy, blue: under). One shared "

@@ -4,10 +4,10 @@ import json
 import streamlit as st
 
 from audit import ui
-from audit.export import manifest, render, selection_frame
-from audit.selection import Rule, RuleError
+from audit.export.writer import manifest, render
+from audit.decide.selection import Rule, RuleError
 
-store, k, info = ui.page("Export")
+store, info = ui.page("Export")
 
 current = st.session_state.get("keep_specs", [])
 st.markdown("The selection from **Filter preview** is carried here; add more rules (they intersect), one per line, "
@@ -21,14 +21,8 @@ except RuleError as exc:
     st.stop()
 
 
-@st.cache_data(max_entries=8, show_spinner="Applying the rules to the whole pool…")
-def _selection(_store, key: str, specs: tuple[str, ...]):
-    frame, sel, names = selection_frame(_store, [Rule.parse(s) for s in specs])
-    return frame, sel
-
-
 try:
-    frame, sel = _selection(store, k, tuple(specs))
+    frame, sel = ui.export_selection(store, tuple(specs))
 except RuleError as exc:
     st.error(str(exc))
     st.stop()

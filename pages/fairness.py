@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from audit import ui
-from audit.export import neutralise
-from audit.fairness import HARMONISE, SEP, confusion, flag_rates
-from audit.report import REPORT_COLUMNS, table_from_frame
-from audit.selection import Rule, RuleError
+from audit import charts, ui
+from audit.export.csvsafe import neutralise
+from audit.measure.fairness import HARMONISE, SEP, confusion, flag_rates
+from audit.measure.report import REPORT_COLUMNS, table_from_frame
+from audit.decide.selection import Rule, RuleError
 
-store, k, info = ui.page("Who's in, who's out")
+store, info = ui.page("Who's in, who's out")
 cat = info["scores"]
 acat = info["attributes"]
 if cat.empty:
@@ -52,20 +52,9 @@ mode = c2.radio("Rule", ["top fraction", "threshold"], horizontal=True, key="fz_
                 help="top fraction: DataComp --fraction (threshold = the (int(N·p)+1)-th largest score; ties kept). "
                      "threshold: keep score ≥ t.")
 with c3:
-    if mode == "top fraction":
-        value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="fz_top")
-        rule = Rule(score, "top", float(value))
-    else:
-        vals = ui.score_values(store, k, score)
-        vals = vals[~np.isnan(vals)]
-        if len(vals) == 0:
-            st.warning(f"No sample has a value for {score}.")
-            st.stop()
-        lo, hi = float(vals.min()), float(vals.max())
-        start = float(np.quantile(vals, 0.7, method="lower"))
-        value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
-                          key="fz_threshold")
-        rule = Rule(score, ">=", float(value))
+    rule = ui.rule_widget(store, score, mode, top_key="fz_top", threshold_key="fz_threshold")
+if rule is None:
+    st.stop()
 extra = st.text_input("More rules, intersected (comma-separated, e.g. `clip_b32_similarity_score>=0.28`)",
                       key="fz_extra", placeholder="SCORE>=VALUE, SCORE<=VALUE or SCORE:top=FRACTION")
 rules = [rule]
@@ -91,7 +80,7 @@ min_n = int(g3.number_input("Minimum n", 1, 100_000, ui.MIN_N, key="fz_min_n",
                                  "amplification test and the regression."))
 by = [by1] + ([by2] if by2 != "(none)" else [])
 
-frame = ui.fairness_frame(store, k, tuple(dict.fromkeys(r.score for r in rules)), tuple(by))
+frame = ui.fairness_frame(store, tuple(dict.fromkeys(r.score for r in rules)), tuple(by))
 rep = table_from_frame(frame, rules, by, min_n=min_n)
 table, sel = rep.table, rep.selection
 keep = sel.keep
@@ -116,12 +105,12 @@ title = " × ".join(by)
 MAX_CHART = 40
 shown = table.sort_values("n", ascending=False).head(MAX_CHART)
 shown.attrs.update(table.attrs)
-fig = ui.rate_chart(shown, title=f"Inclusion rate by {title}", min_n=min_n)
+fig = charts.rate_chart(shown, title=f"Inclusion rate by {title}", min_n=min_n)
 st.plotly_chart(fig, width="stretch")
 if len(table) > MAX_CHART:
     st.caption(f"The chart shows the {MAX_CHART} largest of {len(table):,} groups; the table has all of them.")
 st.caption("Dots: inclusion rate kept/n with its 95% Wilson interval; grey dots: n below the minimum. "
-           "Dashed line: the overall rate. difference = rate − overall, ratio = rate / overall.")
+           "Dashed line: the overall rate. diff_to_overall = rate − overall, ratio_to_overall = rate / overall.")
 
 
 def grey_small(row: pd.Series) -> list[str]:
@@ -136,7 +125,7 @@ view = table[REPORT_COLUMNS].reset_index(drop=True)
 FLAG_HELP = {"small": "n below the minimum (greyed, not tested)", "labelled": "not unknown/multiple",
              "under_represented": "share of the labelled pool below 0.8/k", "amplified": "exclusion amplification"}
 config = {c: st.column_config.NumberColumn(format="%.4f", width="small") for c in
-          ("rate", "ci_low", "ci_high", "pool_share", "kept_share", "difference", "ratio")}
+          ("rate", "ci_low", "ci_high", "pool_share", "kept_share", "diff_to_overall", "ratio_to_overall")}
 config.update({c: st.column_config.CheckboxColumn(c.replace("under_represented", "under-rep."), help=h, width="small")
                for c, h in FLAG_HELP.items()})
 config.update({"n": st.column_config.NumberColumn(width="small"), "kept": st.column_config.NumberColumn(width="small")})
@@ -173,29 +162,7 @@ if len(pts) < 3:
     st.info(f"The across-groups regression needs at least 3 labelled groups; {by1}"
             + (f" × {by2}" if len(by) > 1 else "") + f" has {len(pts)}. Try an intersection or another attribute.")
 else:
-    import plotly.graph_objects as go
-
-    big = pts[~pts["small"]]
-    colors = np.where(pts["amplified"], ui.PALETTE["excluded"], np.where(pts["small"], ui.PALETTE["small"],
-                                                                          ui.PALETTE["kept"]))
-    sfig = go.Figure(go.Scatter(
-        x=pts["n"], y=pts["rate"], mode="markers+text" if len(pts) <= 25 else "markers", text=pts["group"],
-        textposition="top center",
-        marker=dict(color=colors, size=10), name="groups",
-        error_y=dict(type="data", symmetric=False, array=pts["ci_high"] - pts["rate"],
-                     arrayminus=pts["rate"] - pts["ci_low"], color="#868e96", thickness=1),
-        hovertemplate="%{text}<br>n %{x:,}<br>rate %{y:.3f}<extra></extra>"))
-    if reg is not None:
-        xs = np.logspace(np.log10(big["n"].min()), np.log10(big["n"].max()), 50)
-        sfig.add_trace(go.Scatter(x=xs, y=reg.intercept + reg.slope * np.log10(xs), mode="lines",
-                                  line=dict(color=ui.PALETTE["overall"]), name="least-squares fit"))
-    sfig.add_hline(y=overall, line=dict(color="#495057", dash="dash"), annotation_text=f"overall {overall:.3f}",
-                   annotation_position="bottom left")
-    sfig.update_layout(title="Inclusion rate vs number in the pool (labelled groups)", height=420,
-                       xaxis=dict(type="log", title="samples in the pool (log scale)"),
-                       yaxis=dict(title="inclusion rate (95% Wilson interval)"),
-                       margin=dict(l=10, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.2))
-    st.plotly_chart(sfig, width="stretch")
+    st.plotly_chart(charts.rate_vs_count_chart(pts, reg, overall), width="stretch")
     st.caption("Red: amplified; grey: n below the minimum (not in the fit). "
                + ("Regression (scipy.stats.linregress): " + reg.sentence() if reg else
                   "The regression needs at least 3 labelled groups with n ≥ the minimum."))
@@ -210,7 +177,7 @@ if not flags:
     st.info("Run `python -m audit annotate nsfw --store …` and `python -m audit annotate copyright --store … "
             "--model …` to see whether this filter removes or keeps them.")
 else:
-    labs = ui.attribute_labels(store, k, tuple(a for a, _, _ in flags))
+    labs = ui.attribute_labels(store, tuple(a for a, _, _ in flags))
     rows, bars = [], []
     for a, lab, title_ in flags:
         fr = flag_rates(keep, labs[a].to_numpy() == lab)
@@ -224,18 +191,7 @@ else:
     st.dataframe(ft, hide_index=True, key="fz_flags",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
                                 ("their inclusion rate", "kept / pool")})
-    import plotly.graph_objects as go
-
-    bfig = go.Figure()
-    for where, key_, color in (("pool", "pool", "#868e96"), ("kept set", "kept", ui.PALETTE["kept"])):
-        vals = [fr[f"{key_}_rate"] for _, fr in bars]
-        bfig.add_trace(go.Bar(
-            name=f"share in the {where}", x=[t for t, _ in bars], y=vals, marker_color=color,
-            error_y=dict(type="data", symmetric=False, array=[fr[f"{key_}_ci"][1] - v for (_, fr), v in zip(bars, vals)],
-                         arrayminus=[v - fr[f"{key_}_ci"][0] for (_, fr), v in zip(bars, vals)])))
-    bfig.update_layout(barmode="group", height=300, yaxis_title="share of samples (95% Wilson interval)",
-                       margin=dict(l=10, r=10, t=30, b=30), legend=dict(orientation="h", y=1.12))
-    st.plotly_chart(bfig, width="stretch")
+    st.plotly_chart(charts.flag_share_bars(bars), width="stretch")
     st.caption("kept / pool > 1: the filter concentrates the category; < 1: it removes it. "
                "Labels are imputed from evidence; see each attribute's method below.")
     for a, _, _ in flags:
@@ -256,7 +212,7 @@ else:
                       if "caption_gender" in text_attrs else 0, key="fz_agree_text")
     want = [a for a in pairs.get(ta, ()) if a in image_attrs] or image_attrs
     ia = a2.selectbox("Image attribute", image_attrs, index=image_attrs.index(want[0]), key="fz_agree_image")
-    labs = ui.attribute_labels(store, k, (ta, ia))
+    labs = ui.attribute_labels(store, (ta, ia))
     ag = confusion(labs[ta].to_numpy(), labs[ia].to_numpy(), map_a=HARMONISE.get(ta), map_b=HARMONISE.get(ia),
                    name_a=ta, name_b=ia)
     if ag.n_both == 0:
@@ -278,10 +234,7 @@ st.subheader("Samples of a group")
 gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="fz_sample_group")
 reveal = st.toggle("Reveal NSFW thumbnails", value=False, key="fz_reveal",
                    help="Thumbnails whose imputed nsfw label is 'nsfw' are blurred until revealed.")
-blur = set()
-if "nsfw" in attrs:
-    nl = ui.attribute_labels(store, k, ("nsfw",))
-    blur = set(nl.loc[nl["nsfw"] == "nsfw", "uid"])
+blur = ui.blur_uids(store)
 in_group = rep.labels == gsel
 rng = np.random.default_rng(0)
 uids = frame["uid"].to_numpy()
@@ -289,4 +242,4 @@ for name, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
     idx = np.flatnonzero(mask)
     pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
     st.markdown(f"**{name}** ({len(idx):,} in {gsel.replace(SEP, ' × ')}; showing {len(pick)})")
-    ui.show_samples(store, ui.samples(store, k, tuple(uids[pick])), reveal=reveal, blur_uids=blur)
+    ui.show_samples(store, ui.samples(store, tuple(uids[pick])), reveal=reveal, blur_uids=blur)

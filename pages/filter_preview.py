@@ -3,12 +3,12 @@ excluded, by group, with the reason for every exclusion; compare two filters sid
 import numpy as np
 import streamlit as st
 
-from audit import ui
-from audit.metrics import rates_from_codes
-from audit.recipes import FILTER_TITLES, Recipe, exact_spec, named_filters, overlap
-from audit.selection import Rule, RuleError
+from audit import charts, ui
+from audit.measure.metrics import rates_from_codes
+from audit.decide.recipes import FILTER_TITLES, Recipe, exact_spec, named_filters, overlap, paper_presets, paper_scores
+from audit.decide.selection import RuleError
 
-store, k, info = ui.page("Filter preview")
+store, info = ui.page("Filter preview")
 cat = info["scores"]
 if cat.empty:
     st.warning("This store has no scores yet. Run `python -m audit score clip --store … --model …` first.")
@@ -19,28 +19,10 @@ filters = named_filters(names)
 NONE = "(none)"
 
 
-def _first(prefix: str) -> str | None:
-    hits = [n for n in names if n.startswith(prefix)]
-    return next((n for n in hits if n.endswith("datacomp_l14")), hits[0] if hits else None)
-
-
 # Paper recipes available on this store: label -> widget values (applied by a callback before the widgets draw)
-PRESETS = {}
-neg, nsi, vas_s = _first("negclip_"), _first("normsim_inf_"), _first("vas_datacomp") or _first("vas_")
-clip = "clip_l14_similarity_score" if "clip_l14_similarity_score" in names else _first("clip_")
-ib = next((f for f in filters if f.startswith("image_based")), None)
-if neg and nsi:
-    PRESETS["negCLIPLoss top 30% then NormSim∞ top 20% of the pool (Wang et al. 2024)"] = dict(
-        score=neg, mode="top fraction", top_fraction=0.3, and_terms=[], then_score=nsi, then_top=0.2)
-if clip and ib:
-    PRESETS["CLIP score top 30% ∩ image-based (DataComp-1B recipe)"] = dict(
-        score=clip, mode="top fraction", top_fraction=0.3, and_terms=[ib], then_score=NONE)
-if clip and vas_s:
-    PRESETS["CLIP score top 44% then VAS top 30% of the pool (VAS paper, DataComp small)"] = dict(
-        score=clip, mode="top fraction", top_fraction=0.44, and_terms=[], then_score=vas_s, then_top=0.3)
-for f in ("basic", "laion", "text_based", "metaclip"):
-    if f in filters:
-        PRESETS[FILTER_TITLES[f]] = dict(mode="off", and_terms=[f], then_score=NONE)
+main = paper_scores(names)
+neg, nsi, clip = main["negclip"], main["normsim_inf"], main["clip"]
+PRESETS = paper_presets(names, filters, none=NONE)
 
 
 def _apply_preset() -> None:
@@ -81,20 +63,12 @@ gdefault = groups.index("caption_gender") if "caption_gender" in groups else 0
 group = c3.selectbox("Inclusion rate by", groups, index=gdefault, format_func=lambda g: ui.group_label(store, g),
                      key="group")
 
-data = ui.preview_data(store, k, score, group)
+data = ui.preview_data(store, score, group)
 if len(data.sorted_desc) == 0:
     st.warning(f"No sample has a value for {score}.")
     st.stop()
-rule = None
-if mode == "top fraction":
-    value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, step=0.01, key="top_fraction")
-    rule = Rule(score, "top", float(value))
-elif mode == "threshold":
-    lo, hi = float(data.sorted_desc[-1]), float(data.sorted_desc[0])
-    start = float(np.quantile(data.sorted_desc, 0.7, method="lower"))
-    value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
-                      key="threshold")
-    rule = Rule(score, ">=", float(value))
+rule = None if mode == "off" else ui.rule_widget(store, score, mode, top_key="top_fraction", threshold_key="threshold",
+                                                  values=data.sorted_desc, top_default=None)
 
 # ---- combine rules into a recipe ------------------------------------------------------------------------
 active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
@@ -146,7 +120,7 @@ else:
         st.stop()
     try:
         recipe = Recipe.parse(spec, names=names)
-        ev = recipe.evaluate(ui.score_columns(store, k, recipe.scores()), n=data.n)
+        ev = recipe.evaluate(ui.score_columns(store, recipe.scores()), n=data.n)
     except RuleError as exc:
         st.error(str(exc))
         st.stop()
@@ -186,28 +160,28 @@ if proxy:
 left, right = st.columns([3, 2])
 with left:
     glabel = ui.group_label(store, group)
-    fig = ui.rate_chart(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n))
+    fig = charts.rate_chart(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n))
     st.plotly_chart(fig, width="stretch")
     if group in store.attributes():
         st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
                    "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden).")
 with right:
-    st.plotly_chart(ui.histogram(data.values, title=f"{score}", tau=tau if np.isfinite(tau) else None),
+    st.plotly_chart(charts.histogram(data.values, title=f"{score}", tau=tau if np.isfinite(tau) else None),
                     width="stretch")
     if ev is None:
         st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
 
-show = table[["group", "n", "kept", "rate", "ci_low", "ci_high", "difference", "ratio", "pool_share", "kept_share",
+show = table[["group", "n", "kept", "rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share",
               "small"]].sort_values("rate")
 st.dataframe(show, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
-                            ("rate", "ci_low", "ci_high", "difference", "ratio", "pool_share", "kept_share")})
+                            ("rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share")})
 
 # ---- why excluded: counts per reason and one sample's reasons ---------------------------------------------
 if ev is not None and ev.failed:
     st.subheader("Why excluded")
     reasons = ev.reason_table()
-    st.plotly_chart(ui.reason_chart(reasons, title="Exclusions per reason (a sample can fail several rules)"),
+    st.plotly_chart(charts.reason_chart(reasons, title="Exclusions per reason (a sample can fail several rules)"),
                     width="stretch")
     r1, r2 = st.columns([3, 2]) if ev.recipe.ordered else (st.container(), None)
     r1.dataframe(reasons.sort_values("excluded", ascending=False), hide_index=True, width="stretch",
@@ -228,7 +202,7 @@ if ev is not None and ev.failed:
         if pos >= data.n or str(data.uids[pos]) != uid:
             w2.error(f"No sample with uid {uid!r} in this store.")
         else:
-            frame = ui.samples(store, k, (uid,))
+            frame = ui.samples(store, (uid,))
             why = ev.why(int(pos))
             with w2:
                 cap = frame["caption"].iloc[0] if len(frame) else ""
@@ -237,7 +211,7 @@ if ev is not None and ev.failed:
                     st.markdown("Excluded because:\n" + "\n".join(f"- {r}" for r in why))
                 else:
                     st.success("Kept by this recipe.")
-                rt = ev.rule_table(ui.score_columns(store, k, ev.recipe.scores()), int(pos))
+                rt = ev.rule_table(ui.score_columns(store, ev.recipe.scores()), int(pos))
                 st.dataframe(rt, hide_index=True, width="stretch",
                              column_config={"value": st.column_config.NumberColumn(format="%.4f"),
                                             "passed": st.column_config.CheckboxColumn(
@@ -258,12 +232,12 @@ cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder=
 spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
 try:
     rb = Recipe.parse(spec_b, names=names)
-    keep_b = rb.evaluate(ui.score_columns(store, k, rb.scores()), n=data.n).keep
+    keep_b = rb.evaluate(ui.score_columns(store, rb.scores()), n=data.n).keep
 except RuleError as exc:
     st.error(f"Filter B: {exc}")
     st.stop()
 ov = overlap(keep, keep_b)
-rho, n_rho = ui.spearman(store, k, score, cmp_score)
+rho, n_rho = ui.spearman(store, score, cmp_score)
 mc = st.columns(5)
 mc[0].metric("A keeps", f"{ov['kept_a']:,}")
 mc[1].metric("B keeps", f"{ov['kept_b']:,}")
@@ -273,9 +247,9 @@ mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f
              help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
 table_b = rates_from_codes(keep_b, data.codes, data.labels, min_n=int(min_n))
 g1, g2 = st.columns([3, 2])
-g1.plotly_chart(ui.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
+g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
                                  label_a="A: " + _short(shown), label_b="B: " + _short(spec_b)), width="stretch")
-g2.plotly_chart(ui.density_chart(ui.score_column(store, k, score), ui.score_column(store, k, cmp_score),
+g2.plotly_chart(charts.density_chart(ui.score_column(store, score), ui.score_column(store, cmp_score),
                                  xlabel=score, ylabel=cmp_score, title="Both scores, every sample"),
                 width="stretch")
 
@@ -285,12 +259,10 @@ reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagg
 code = int(np.flatnonzero(data.labels == gsel)[0])
 in_group = data.codes == code
 rng = np.random.default_rng(0)
-blur = set()
-if "nsfw" in store.attributes():
-    blur = set(store.df("SELECT uid FROM annotations WHERE attribute = 'nsfw' AND label = 'nsfw'")["uid"])
+blur = ui.blur_uids(store)
 for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
     idx = np.flatnonzero(mask)
     pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
     st.markdown(f"**{title}** ({len(idx):,} in {gsel}; showing {len(pick)})")
-    frame = ui.samples(store, k, tuple(data.uids[pick]))
+    frame = ui.samples(store, tuple(data.uids[pick]))
     ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)

@@ -1,10 +1,9 @@
 """Overview: pool size, sources, rejects by reason, score histograms, models and runs."""
-import plotly.express as px
 import streamlit as st
 
-from audit import ui
+from audit import charts, ui
 
-store, k, info = ui.page("Overview")
+store, info = ui.page("Overview")
 c = info["counts"]
 
 cols = st.columns(5)
@@ -19,22 +18,13 @@ if c["simulated"]:
 
 left, right = st.columns(2)
 with left:
-    src = info["sources"].copy()
-    src["label"] = src["source"] + src["simulated"].map({True: " (simulated)", False: ""})
-    fig = px.bar(src, x="n", y="label", orientation="h", title="Samples by source", text="n")
-    fig.update_layout(height=60 + 40 * len(src), yaxis_title=None, xaxis_title="samples",
-                      margin=dict(l=10, r=10, t=40, b=30))
-    st.plotly_chart(fig, width="stretch")
+    st.plotly_chart(charts.source_bars(info["sources"]), width="stretch")
 with right:
     rej = info["rejects"]
     if rej.empty:
         st.success("No rejected inputs.")
     else:
-        fig = px.bar(rej, x="n", y="reason", color="stage", orientation="h", title="Rejected inputs by reason",
-                     text="n")
-        fig.update_layout(height=60 + 40 * len(rej), yaxis_title=None, xaxis_title="rows",
-                          margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(autorange="reversed"))
-        st.plotly_chart(fig, width="stretch")
+        st.plotly_chart(charts.reject_bars(rej), width="stretch")
         st.caption("Every input row is either a sample or a reject: nothing is dropped silently.")
 
 st.subheader("Score distributions")
@@ -46,9 +36,9 @@ else:
                             format_func=lambda n: ui.score_label(cat, n))
     hcols = st.columns(max(1, min(3, len(chosen))))
     for i, name in enumerate(chosen):
-        v = ui.score_values(store, ui.key(store), name)
+        v = ui.score_values(store, name)
         with hcols[i % len(hcols)]:
-            st.plotly_chart(ui.histogram(v, title=ui.score_label(cat, name)), width="stretch")
+            st.plotly_chart(charts.histogram(v, title=ui.score_label(cat, name)), width="stretch")
             st.caption(f"{len(v):,} values")
 
 with st.expander("Embedding models"):

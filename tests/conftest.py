@@ -22,7 +22,7 @@ APP = str(ROOT / "app.py")  # AppTest resolves relative paths against the callin
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> str:
     """A demo store of DEMO_ROWS simulated rows (no photos, no model): every score/annotator demo run."""
-    from audit.demo import build_demo
+    from audit.demo.builder import build_demo
 
     path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
     build_demo(str(path), rows=DEMO_ROWS, seed=0, photos=False, echo=lambda s: None)
@@ -36,7 +36,7 @@ def make_store(tmp_path):
     ``samples`` are dicts with at least uid and caption; vectors are written as the embed stage does;
     scores align with the samples' uid order (sorted by uid).
     """
-    from audit.ingest import write_vectors
+    from audit.store.vectors import write_vectors
 
     def make(samples: list[dict], vectors: dict | None = None, scores: dict | None = None,
              name: str = "t.duckdb") -> str:

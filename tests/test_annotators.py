@@ -158,8 +158,8 @@ def test_every_annotator_ran_in_the_demo(demo_store):
 # ---- the real photos from the wheels --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def photo_store(tmp_path_factory):
-    from audit.demo import write_photos
-    from audit.ingest import ingest
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
 
     d = tmp_path_factory.mktemp("photos")
     cap = write_photos(d / "photos")

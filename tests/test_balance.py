@@ -1,4 +1,4 @@
-"""The balance stage (audit.balance): CLI on a hand-made pool with an injected gender × concept association,
+"""The balance stage (audit.analyses.balance): CLI on a hand-made pool with an injected gender × concept association,
 streaming = in-memory, bad input, MetaCLIP at a matched budget, the demo step and the Balancing page."""
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_m4_utility_weighting(make_store, tmp_path):
 
 # ---- the demo store --------------------------------------------------------------------------------------------
 def test_demo_step_stores_a_balancing(demo_store):
-    from audit.store import meta_get
+    from audit.store.results import meta_get
 
     with Store.reader(demo_store) as st:
         meta = json.loads(meta_get(st, "balance.m4"))
@@ -198,8 +198,8 @@ def test_metaclip_cli_at_a_matched_budget(demo_store, tmp_path, capsys):
 
 
 def test_embedding_view_reader_matches_parts(demo_store):
-    from audit.store import iter_embedding_rows
-    from audit.vectors import iter_vectors
+    from audit.store.vectors import iter_embedding_rows
+    from audit.store.vectors import iter_vectors
 
     with Store.reader(demo_store) as st:
         uids, cols = next(iter_vectors(st, "datacomp_b32", columns=("img",)))

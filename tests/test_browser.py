@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.selection import Rule, apply_rule
+from audit.decide.selection import Rule, apply_rule
 from audit.store import Store
 from conftest import ROOT
 

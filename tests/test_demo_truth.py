@@ -3,14 +3,13 @@
 Each simulated sample i has a known score mean mu_i, so its probability of passing an absolute threshold t is
 p_i(t) = 1 − Φ((t − mu_i)/σ) and a group's expected inclusion rate is the mean of p_i over its members.
 """
-import numpy as np
 import pandas as pd
 import pytest
 
 from audit.annotators.base import run_annotator
-from audit.ingest import ingest
-from audit.preview import PreviewData
-from audit.simulate import SOURCES, SimConfig, expected_inclusion, write_pool
+from audit.ingest.run import ingest
+from audit.decide.preview import PreviewData
+from audit.demo.simulate import SOURCES, SimConfig, expected_inclusion, write_pool
 from audit.store import Store
 
 T = 0.25

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from audit.ingest import ingest
+from audit.ingest.run import ingest
 from audit.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,10 @@ def test_kill_and_resume_embeds_each_sample_exactly_once(tmp_path):
 def test_embed_matches_direct_forward_and_rejects_bad_images(tmp_path):
     import torch
 
-    from audit.embed import OpenClipEmbedder, embed
+    from audit.embed.open_clip_backend import OpenClipEmbedder
+    from audit.embed.runner import embed
     from audit.images import load_image
-    from audit.vectors import load_matrix
+    from audit.store.vectors import load_matrix
 
     store = photo_folder(tmp_path, 6)
     with Store.reader(store) as st:

@@ -1,11 +1,14 @@
-"""The UMAP embedding map (audit.embedmap): neighbour search, umap-learn equivalence, chunked stage, CLI."""
+"""The UMAP embedding map (audit.analyses.embedmap): neighbour search, umap-learn equivalence, chunked stage, CLI."""
 import warnings
 
 import numpy as np
 import pytest
 
-from audit import embedmap as E
-from audit.store import Store, map_catalog, map_coords
+from audit.analyses.embedmap import layout as E
+from audit.analyses.embedmap import run as R
+from audit.demo import steps as S
+from audit.store import Store
+from audit.store.results import map_catalog, map_coords
 
 
 # ---- the demo store (its fixture runs demo_step, which also pays umap's one-off numba compilation) -----
@@ -17,7 +20,7 @@ def test_demo_store_map(demo_store):
         n_bad = int(st.scalar("SELECT count(*) FROM embeddings WHERE model = 'datacomp_l14' AND isnan(img[1])"))
     assert cat["model"].tolist() == ["datacomp_l14"]
     assert len(coords) == n_embedded - n_bad == int(cat.iloc[0]["n_rows"])
-    assert int(cat.iloc[0]["fit_rows"]) == min(E.DEMO_PARAMS.fit_sample, n_embedded)
+    assert int(cat.iloc[0]["fit_rows"]) == min(S.DEMO_PARAMS.fit_sample, n_embedded)
     assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
 
 
@@ -112,7 +115,7 @@ def test_place_equals_umap_transform():
 # ---- the stage on hand-made stores -----------------------------------------------------------------------
 def _clustered_store(make_store, n=600, dim=16, parts=3, name="m.duckdb", nan_rows=()):
     """Two well-separated clusters (sources a/b), vectors written as ``parts`` Parquet parts."""
-    from audit.ingest import write_vectors
+    from audit.store.vectors import write_vectors
 
     rng = np.random.default_rng(0)
     src = np.where(np.arange(n) % 2 == 0, "a", "b")
@@ -142,11 +145,11 @@ def test_map_stores_every_row_with_a_chunked_transform(make_store, monkeypatch):
         calls.append(len(z))
         return real(reducer, index, z, **kw)
 
-    monkeypatch.setattr(E, "transform_chunk", spy)
-    import audit.vectors as V
+    monkeypatch.setattr(R, "transform_chunk", spy)
+    import audit.store.vectors as V
 
     monkeypatch.setattr(V, "load_matrix", lambda *a, **k: pytest.fail("the map must stream vectors"))
-    out = E.build_map(path, "m", E.MapParams(fit_sample=150, chunk=70, n_epochs=50, pca=4), echo=lambda s: None)
+    out = R.build_map(path, "m", E.MapParams(fit_sample=150, chunk=70, n_epochs=50, pca=4), echo=lambda s: None)
     assert out["fit_rows"] == 150 and out["skipped"] == 1 and out["knn"] == "exact"
     assert max(calls) <= 70 and sum(calls) == 600 - 150 - 1 and len(calls) >= 3 * 2
     with Store.reader(path) as st:

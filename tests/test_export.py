@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.export import datacomp_uid_array, export, neutralise_cell, render, selection_frame
-from audit.selection import Rule
+from audit.export.writer import datacomp_uid_array, export, render, selection_frame
+from audit.export.csvsafe import neutralise_cell
+from audit.decide.selection import Rule
 from audit.store import Store
 from conftest import ROOT
 

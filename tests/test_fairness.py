@@ -1,4 +1,4 @@
-"""Fairness computations (audit.fairness), the `report` stage, and the page agreeing with it.
+"""Fairness computations (audit.measure.fairness), the `report` stage, and the page agreeing with it.
 
 Hand-computed numbers first, then independent cross-checks (scipy's Wilson interval, numpy's polyfit,
 scikit-learn's kappa), then the simulated pool's ground truth: expected inclusion rates from the hidden
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.fairness import (SEP, amplification_regression, combine_labels, confusion, flag_rates, group_table,
-                            is_labelled)
-from audit.metrics import wilson
-from audit.store import Store, label_frame
+from audit.measure.fairness import SEP, amplification_regression, combine_labels, confusion, flag_rates, group_table, is_labelled
+from audit.measure.metrics import wilson
+from audit.store import Store
+from audit.store.labels import label_frame
 
 SCORE = "clip_l14_similarity_score"
 
@@ -40,7 +40,7 @@ def test_group_table_hand_computed():
     assert t.attrs["overall"] == pytest.approx(4 / 12)
     assert t.loc["a", ["n", "kept"]].tolist() == [4, 2] and t.loc["b", ["n", "kept"]].tolist() == [6, 1]
     assert t.loc["a", "rate"] == 0.5 and t.loc["b", "rate"] == pytest.approx(1 / 6)
-    assert t.loc["a", "difference"] == pytest.approx(0.5 - 1 / 3) and t.loc["a", "ratio"] == pytest.approx(1.5)
+    assert t.loc["a", "diff_to_overall"] == pytest.approx(0.5 - 1 / 3) and t.loc["a", "ratio_to_overall"] == pytest.approx(1.5)
     assert t.loc["a", "pool_share"] == pytest.approx(4 / 12) and t.loc["a", "kept_share"] == pytest.approx(2 / 4)
     assert t.loc["b", "ci_low"] == pytest.approx(wilson(1, 6)[0])
     assert bool(t.loc["a", "small"]) and not bool(t.loc["b", "small"])      # greyed, still present
@@ -130,7 +130,7 @@ def _truth_frame(store: str, by: list[str]) -> pd.DataFrame:
 def test_injected_gaps_recovered_within_intervals(demo_store, columns):
     from scipy.stats import norm
 
-    from audit.simulate import expected_inclusion
+    from audit.demo.simulate import expected_inclusion
 
     t = 0.235
     d = _truth_frame(demo_store, ["caption_gender", "caption_age"])
@@ -152,7 +152,7 @@ def test_injected_gaps_recovered_within_intervals(demo_store, columns):
 
 
 def test_no_injected_gap_shows_no_amplification(monkeypatch):
-    from audit import simulate
+    from audit.demo import simulate as simulate
 
     monkeypatch.setattr(simulate, "SHIFTS", {})
     truth = simulate.simulate_truth(simulate.SimConfig(rows=20_000, seed=0))
@@ -189,7 +189,31 @@ def test_hand_made_store_equal_rates_no_amplification(make_store, tmp_path, monk
     assert t["rate"].tolist() == [0.5, 0.5, 0.5] and t["n"].tolist() == [200, 40, 10]
     assert not t["amplified"].any()
     assert t["under_represented"].tolist() == [False, True, True]
-    assert "exclusion amplification: none" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "exclusion amplification: none" in out_text
+    # all three groups have n >= 5 and rate 0.5: the between-group (fairlearn) gap is 0 and the ratio 1
+    assert "difference max − min rate = 0.0000, ratio min / max rate = 1.0000" in out_text
+
+
+def test_report_csv_renames_to_overall_columns_and_keeps_the_old_names(make_store, tmp_path, monkeypatch):
+    # group a: 3 of 4 kept (0.75), group b: 1 of 4 kept (0.25); overall 4 / 8 = 0.5
+    samples = [{"uid": f"{g}{i}", "caption": "x"} for g in "ab" for i in range(4)]
+    values = [1, 1, 1, 0, 1, 0, 0, 0]   # uid order: a0..a3, b0..b3
+    path = make_store(samples, scores={"s": np.asarray(values, float)})
+    with Store.writer(path) as st:
+        run = st.start_run("annotate", "hand", params={})
+        st.write_annotations(pd.DataFrame({"uid": [s["uid"] for s in samples], "attribute": "grp",
+                                           "label": [s["uid"][0] for s in samples], "confidence": 1.0,
+                                           "method": "hand"}), run_id=run, method="hand")
+    out = tmp_path / "r.csv"
+    assert _cli(monkeypatch, ["report", "--store", path, "--keep", "s>=0.5", "--by", "grp", "--min-n", "1",
+                              "--out", str(out)]) == 0
+    t = pd.read_csv(out).set_index("group")
+    assert t["diff_to_overall"].tolist() == [0.25, -0.25] and t["ratio_to_overall"].tolist() == [1.5, 0.5]
+    assert (t["difference"] == t["diff_to_overall"]).all() and (t["ratio"] == t["ratio_to_overall"]).all()
+    # the new names sit where the old ones were; the old ones follow the contract columns
+    assert list(t.reset_index().columns[8:10]) == ["diff_to_overall", "ratio_to_overall"]
+    assert list(t.columns[-2:]) == ["difference", "ratio"]
 
 
 # ---- the report stage ----------------------------------------------------------------------------------
@@ -201,7 +225,7 @@ def _cli(monkeypatch, argv):
 
 
 def test_report_matches_direct_computation(demo_store, tmp_path, monkeypatch):
-    from audit.selection import Rule, select
+    from audit.decide.selection import Rule, select
 
     out = tmp_path / "t.csv"
     assert _cli(monkeypatch, ["report", "--store", demo_store, "--keep", f"{SCORE}:top=0.3",
@@ -261,7 +285,7 @@ def test_page_agrees_with_report(demo_store, tmp_path, monkeypatch):
         assert sorted(page.index) == sorted(cli.index)
         for col in ("n", "kept"):
             assert (page.loc[cli.index, col].astype(int) == cli[col]).all()
-        for col in ("rate", "ci_low", "ci_high", "pool_share", "kept_share", "difference", "ratio"):
+        for col in ("rate", "ci_low", "ci_high", "pool_share", "kept_share", "diff_to_overall", "ratio_to_overall"):
             np.testing.assert_allclose(page.loc[cli.index, col].astype(float), cli[col], rtol=1e-9)
         assert (page.loc[cli.index, "amplified"].astype(bool) == cli["amplified"]).all()
     # threshold mode: the page's rule is the CLI's absolute threshold

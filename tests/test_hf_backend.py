@@ -31,8 +31,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 def photo_store(path: Path) -> str:
     """A folder store of the demo's real photos (25 images + 3 deliberately broken rows)."""
-    from audit.demo import write_photos
-    from audit.ingest import ingest
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
 
     folder = path.parent / (path.stem + "_photos")
     write_photos(folder)
@@ -58,7 +58,7 @@ def with_image(store: str):
 
 
 def direct_vectors(folder: Path, refs: list[str], captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Independent of audit.hf_backend: AutoModel + AutoProcessor as a model card shows, one sample at a time."""
+    """Independent of audit.embed.transformers_backend: AutoModel + AutoProcessor as a model card shows, one sample at a time."""
     import torch
     from transformers import AutoModel, AutoProcessor
 
@@ -95,8 +95,8 @@ def test_clip_tokenizer_derived_from_open_clip_bpe_gives_open_clip_ids(models):
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_embed_real_photos_equals_direct_transformers_calls(models, photos, tmp_path, family):
-    from audit.embed import embed
-    from audit.vectors import load_matrix
+    from audit.embed.runner import embed
+    from audit.store.vectors import load_matrix
 
     store = copy_store(photos, tmp_path)
     rep = embed(store, backend="transformers", model=str(models[family]), pretrained="ignored", batch_size=8, **QUIET)
@@ -127,7 +127,7 @@ def test_embed_real_photos_equals_direct_transformers_calls(models, photos, tmp_
 def test_partial_run_then_resume_embeds_every_sample_exactly_once(models, photos, tmp_path):
     import pyarrow.parquet as pq
 
-    from audit.embed import embed
+    from audit.embed.runner import embed
 
     store = copy_store(photos, tmp_path)
     first = embed(store, backend="transformers", model=str(models["clip"]), batch_size=4, flush_rows=4, limit=10,
@@ -148,7 +148,7 @@ def test_partial_run_then_resume_embeds_every_sample_exactly_once(models, photos
 def test_model_key_follows_the_files_not_the_folder_name(models, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from audit.hf_backend import TransformersEmbedder
+    from audit.embed.transformers_backend import TransformersEmbedder
 
     a = TransformersEmbedder(str(models["clip"]), precision="fp32")
     same = shutil.copytree(models["clip"], tmp_path / "tiny-clip")
@@ -165,8 +165,8 @@ def test_model_key_follows_the_files_not_the_folder_name(models, tmp_path):
 
 def test_unsupported_architecture_and_bad_paths_are_refused_clearly(models, photos, tmp_path, capsys):
     from audit.cli import main
-    from audit.embed import make_embedder
-    from audit.hf_backend import HFModelError
+    from audit.embed.runner import make_embedder
+    from audit.embed.transformers_backend import HFModelError
 
     with pytest.raises(HFModelError, match=r"unsupported architecture.*'bert'.*BertModel.*clip, siglip"):
         make_embedder("transformers", str(models["bert"]), None)
@@ -186,7 +186,7 @@ def test_features_accepts_tensor_output_object_and_tuple():
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from audit.hf_backend import features
+    from audit.embed.transformers_backend import features
 
     x = torch.arange(6.0).reshape(2, 3)
     assert features(x) is x
@@ -195,9 +195,9 @@ def test_features_accepts_tensor_output_object_and_tuple():
 
 
 def test_text_encoder_reloads_the_checkpoint_for_prompts(models, photos, tmp_path):
-    from audit.embed import embed
-    from audit.textenc import text_encoder
-    from audit.vectors import load_matrix
+    from audit.embed.runner import embed
+    from audit.embed.textenc import text_encoder
+    from audit.store.vectors import load_matrix
 
     src = shutil.copytree(models["siglip"], tmp_path / "tiny-siglip")
     store = copy_store(photos, tmp_path)
@@ -216,9 +216,9 @@ def test_text_encoder_reloads_the_checkpoint_for_prompts(models, photos, tmp_pat
 
 
 def test_registration_does_not_import_transformers():
-    code = ("import sys, audit.embed, audit.textenc; "
+    code = ("import sys, audit.embed.runner, audit.embed.textenc; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
-            "assert not bad, bad; assert 'transformers' in audit.embed.BACKENDS")
+            "assert not bad, bad; assert 'transformers' in audit.embed.runner.BACKENDS")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -228,7 +228,7 @@ def test_cli_hub_id_from_offline_cache_then_clip_score(models, photos, tmp_path,
     import huggingface_hub.constants as hub
 
     from audit.cli import main
-    from audit.textenc import text_encoder
+    from audit.embed.textenc import text_encoder
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--audit-test--tiny-clip"
@@ -264,7 +264,7 @@ def test_cli_hub_id_from_offline_cache_then_clip_score(models, photos, tmp_path,
 def test_filter_preview_lists_the_transformers_clip_score(models, photos, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from audit.embed import embed
+    from audit.embed.runner import embed
     from audit.scores.base import run_score
 
     store = copy_store(photos, tmp_path)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from audit.ingest import ingest
+from audit.ingest.run import ingest
 from audit.store import Store
 
 
@@ -175,7 +175,7 @@ def test_datacomp_good_and_bad_shards(tmp_path):
         assert emb.to_dict("list") == {"model": ["datacomp_b32", "datacomp_l14"], "n": [3, 3], "d": [512, 768]}
         assert set(st.score_names()) >= {"clip_b32_similarity_score", "clip_l14_similarity_score"}
         # stored vectors are unit norm, and dot(l14_img, l14_txt) reproduces the parquet's L/14 score
-        from audit.vectors import iter_vectors
+        from audit.store.vectors import iter_vectors
 
         sc = st.df("SELECT uid, value FROM scores WHERE name='clip_l14_similarity_score'").set_index("uid")["value"]
         for uids, cols in iter_vectors(st, "datacomp_l14"):

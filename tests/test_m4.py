@@ -1,13 +1,11 @@
-"""The M4 solver (audit.m4): hand-solvable problems, an independent SLSQP solve, metrics, streaming, MetaCLIP oracles."""
+"""The M4 solver (audit.analyses.balance.m4): hand-solvable problems, an independent SLSQP solve, metrics, streaming, MetaCLIP oracles."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from audit.m4 import (Moments, association_bias, association_matrix, bernoulli_keep, box_qp, constraint_values,
-                      group_shares, metaclip_keep_prob, metaclip_threshold_for_budget, representation_bias, solve_m4,
-                      solve_m4_streaming)
+from audit.analyses.balance.m4 import Moments, association_bias, association_matrix, bernoulli_keep, box_qp, constraint_values, group_shares, metaclip_keep_prob, metaclip_threshold_for_budget, representation_bias, solve_m4, solve_m4_streaming
 
 
 # ---- hand-solvable problems ---------------------------------------------------------------------------------

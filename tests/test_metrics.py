@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from audit.metrics import Z95, difference, group_rates, ratio, wilson
+from audit.measure.metrics import Z95, difference, group_rates, ratio, wilson
 
 
 def wilson_oracle(k, n, z=Z95):
@@ -38,8 +38,8 @@ def test_group_rates_by_hand():
     assert t.loc["a", "n"] == 2 and t.loc["a", "kept"] == 1 and t.loc["a", "rate"] == 0.5
     assert t.loc["b", "rate"] == pytest.approx(2 / 3)
     assert t.attrs["overall"] == pytest.approx(0.6)
-    assert t.loc["a", "difference"] == pytest.approx(0.5 - 0.6)
-    assert t.loc["b", "ratio"] == pytest.approx((2 / 3) / 0.6)
+    assert t.loc["a", "diff_to_overall"] == pytest.approx(0.5 - 0.6)
+    assert t.loc["b", "ratio_to_overall"] == pytest.approx((2 / 3) / 0.6)
     assert t.loc["a", "pool_share"] == pytest.approx(0.4) and t.loc["a", "kept_share"] == pytest.approx(1 / 3)
     assert bool(t.loc["a", "small"]) and not bool(t.loc["b", "small"])
     tt = group_rates(keep, groups)

@@ -1,4 +1,4 @@
-"""The dataset-origin probe (audit.origin): hand-computed numbers, sklearn cross-checks, the stage and CLI."""
+"""The dataset-origin probe (audit.analyses.origin): hand-computed numbers, sklearn cross-checks, the stage and CLI."""
 import json
 import math
 
@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit import origin as O
-from audit.store import Store, origin_result
+from audit.analyses.origin import probe as O
+from audit.analyses.origin import run as R
+from audit.store import Store
+from audit.store.results import origin_result
 
 
 def _wilson_by_hand(k, n, z=1.959963984540054):
@@ -216,7 +218,7 @@ def test_fewer_than_two_sources_gives_a_clear_message(make_store, capsys):
     from audit.cli import main
 
     path = _vector_store(make_store, {"only": 40})
-    res = O.run_origin(path, O.OriginParams(families=("image",)), echo=lambda s: None)
+    res = R.run_origin(path, R.OriginParams(families=("image",)), echo=lambda s: None)
     assert res["status"] == "too_few_classes" and "at least two source classes" in res["message"]
     assert main(["origin", "--store", path, "--families", "image"]) == 1
     assert "at least two source classes" in capsys.readouterr().out
@@ -255,7 +257,7 @@ def test_image_transformation_families_find_a_colour_cast(make_store, tmp_path):
             samples.append({"uid": f"{src}{i:03d}", "caption": "a texture", "source": src, "image_ref": str(p)})
     samples.append({"uid": "broken", "caption": "x", "source": "warm", "image_ref": str(tmp_path / "missing.png")})
     path = make_store(samples, name="img.duckdb")
-    res = O.run_origin(path, O.OriginParams(families=("mean_rgb", "hog")), echo=lambda s: None)
+    res = R.run_origin(path, R.OriginParams(families=("mean_rgb", "hog")), echo=lambda s: None)
     rgb, hog = res["families"]["mean_rgb"], res["families"]["hog"]
     assert rgb["status"] == "ok" and rgb["accuracy"] >= 0.95 and rgb["split"].startswith("stratified 5-fold")
     assert hog["ci_low"] <= hog["chance"]

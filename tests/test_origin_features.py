@@ -1,9 +1,9 @@
-"""Transformation features and caption statistics (audit.features): hand-computed values and cross-checks."""
+"""Transformation features and caption statistics (audit.analyses.origin.features): hand-computed values and cross-checks."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from audit import features as F
+from audit.analyses.origin import features as F
 
 
 def _img(arr):

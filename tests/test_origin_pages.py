@@ -40,7 +40,7 @@ def test_origin_page_without_a_probe_says_how_to_run_it(monkeypatch, make_store)
 
 
 def test_origin_page_with_one_source_shows_the_message(monkeypatch, make_store):
-    from audit.origin import OriginParams, run_origin
+    from audit.analyses.origin.run import OriginParams, run_origin
 
     path = make_store([{"uid": f"u{i}", "caption": "a photo of a cat", "source": "only"} for i in range(30)])
     run_origin(path, OriginParams(families=("caption_stats",)), echo=lambda s: None)

@@ -1,9 +1,8 @@
 """Streamlit AppTest for the foundation's pages: no exception, and moving the slider gives the expected counts."""
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from audit.selection import Rule, apply_rule
+from audit.decide.selection import Rule, apply_rule
 from audit.store import Store
 from conftest import APP
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from audit.recipes import Recipe, evaluate_specs, named_filters, overlap, spearman, threshold_among
-from audit.selection import Rule, RuleError, select
+from audit.decide.recipes import Recipe, evaluate_specs, named_filters, overlap, spearman, threshold_among
+from audit.decide.selection import Rule, RuleError, select
 
 # 10 samples; a ranks them 0 (best) .. 9, b ranks them in reverse except sample 0
 A = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], float)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from audit.recipes import Recipe, spearman
-from audit.selection import Rule, select
+from audit.decide.recipes import Recipe, spearman
+from audit.decide.selection import Rule, select
 from audit.store import Store
 from conftest import APP
 

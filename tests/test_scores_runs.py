@@ -144,7 +144,7 @@ def test_demo_runs_every_score_with_its_contract_name(demo_store):
     assert "py3langid" in cat.loc["basic", "description"]
     assert cat.loc["negclip_datacomp_l14", "simulated"]
     # negclip ranks like the CLIP score (the paper reports Spearman 0.93-0.98 on real data)
-    from audit.recipes import spearman
+    from audit.decide.recipes import spearman
 
     with Store.reader(demo_store) as st:
         f = st.score_frame(["negclip_datacomp_l14", "clip_datacomp_l14", "metaclip_keep", "metaclip_p"])

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from audit.preview import PreviewData
-from audit.selection import Rule, RuleError, apply_rule, select, top_fraction_threshold
+from audit.decide.preview import PreviewData
+from audit.decide.selection import Rule, RuleError, apply_rule, select, top_fraction_threshold
 
 
 def test_parse_forms():

@@ -51,7 +51,7 @@ def test_cli_writes_while_the_dashboard_is_open(demo_store, tmp_path, monkeypatc
 def test_snapshot_reads_the_live_stores_vectors(demo_store, tmp_path):
     """The dashboard's snapshot copy has no vectors folder of its own: it must read the live one."""
     from audit.store import vectors_dir
-    from audit.vectors import iter_vectors
+    from audit.store.vectors import iter_vectors
 
     snap = snapshot(demo_store, tmp_path / "snaps", wait_s=30)
     with Store.reader(demo_store) as live:

@@ -6,14 +6,13 @@ Every label is an estimate (perceived / imputed), never ground truth; the method
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from audit.registry import Registry
+from audit.registry import PlugIn, Registry
 from audit.store import Store, failed_run_guard, param_key
 
 UNKNOWN = "unknown"
@@ -29,28 +28,13 @@ class AnnotatorContext:
     echo: Callable[[str], None] = print
 
     def samples(self, columns: list[str]) -> pd.DataFrame:
-        return self.store.df(f"SELECT uid, {', '.join(columns)} FROM samples ORDER BY uid")
+        return self.store.sample_frame(columns)
 
 
-class Annotator:
-    name: ClassVar[str]
-    version: ClassVar[int] = 1
+class Annotator(PlugIn):
     method: ClassVar[str] = ""
     attributes: ClassVar[dict[str, str]] = {}   # attribute -> description
     imputed: ClassVar[bool] = True
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the annotator's own options."""
-
-    @classmethod
-    def params_from_args(cls, args: argparse.Namespace) -> dict:
-        return {}
-
-    @classmethod
-    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
-        """(model, params) pairs the demo builder runs; [] keeps the annotator out of the demo."""
-        return []
 
     def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
         raise NotImplementedError

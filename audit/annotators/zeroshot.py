@@ -138,11 +138,11 @@ def encoder_flags(store, model: str, label: str) -> bool:
 def run_zero_shot(ctx: AnnotatorContext, tasks: dict[str, dict[str, tuple[str, ...]]], *, margin: float,
                   background=BACKGROUND, text_model: str | None = None) -> tuple[pd.DataFrame, str, bool]:
     """Zero-shot labels for every sample: {attribute: groups} -> long frame, encoder label, flagged."""
-    from audit.textenc import text_encoder
-    from audit.vectors import iter_vectors
+    from audit.embed.textenc import text_encoder
+    from audit.store.vectors import iter_vectors
 
     model = ctx.model
-    uids = ctx.store.df("SELECT uid FROM samples ORDER BY uid")["uid"].to_numpy(dtype=object)
+    uids = np.asarray(ctx.store.sample_uids(), dtype=object)
     n = len(uids)
     encode, enc_label = text_encoder(ctx.store, model, text_model=text_model)
     flagged = encoder_flags(ctx.store, model, enc_label)

@@ -7,13 +7,12 @@ re-run with the same parameters a no-op. Score and decide are separate: threshol
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
-from audit.registry import Registry
+from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
 
 
@@ -34,42 +33,27 @@ class ScoreContext:
 
     def iter_vectors(self, columns=("img", "txt")) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Yield (row positions in ctx.uids, {column: float32 (n, d)}) chunk by chunk."""
-        from audit.vectors import iter_vectors
+        from audit.store.vectors import iter_vectors
 
         idx = self.index()
         for uids, cols in iter_vectors(self.store, self.model, columns=columns):
             yield np.fromiter((idx[u] for u in uids), dtype=np.int64, count=len(uids)), cols
 
     def samples(self, columns: list[str]):
-        return self.store.df(f"SELECT uid, {', '.join(columns)} FROM samples ORDER BY uid")
+        return self.store.sample_frame(columns)
 
     @property
     def random_weights(self) -> bool:
         return bool(self.store.model_info(self.model)["random_weights"]) if self.model else False
 
 
-class Score:
-    name: ClassVar[str]
-    version: ClassVar[int] = 1
+class Score(PlugIn):
     description: ClassVar[str] = ""
     uses_model: ClassVar[bool] = True
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the score's own options."""
-
-    @classmethod
-    def params_from_args(cls, args: argparse.Namespace) -> dict:
-        return {}
-
-    @classmethod
     def output_names(cls, model: str | None, params: dict) -> list[str]:
         return [cls.name if model is None else f"{cls.name}_{slug(model)}"]
-
-    @classmethod
-    def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
-        """(model, params) pairs the demo builder runs; [] keeps the score out of the demo."""
-        return []
 
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -112,14 +96,14 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
             return outputs
         run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-        uids = [r[0] for r in st.cursor().execute("SELECT uid FROM samples ORDER BY uid").fetchall()]
+        uids = st.sample_uids()
     # compute without holding the write lock
     with failed_run_guard(store_path, run_id), Store.reader(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
         scorer = cls()
         values = scorer.compute(ctx)
     with Store.writer(store_path) as st:
-        sim = st.df("SELECT coalesce(simulated, false) AS s FROM samples ORDER BY uid")["s"].to_numpy(bool)
+        sim = st.simulated_flags()
         for out_name, v in values.items():
             scored = ~np.isnan(np.asarray(v, dtype=float))
             simulated_only = bool(scored.any() and sim[scored].all())  # every scored sample is simulated

@@ -10,7 +10,7 @@ A sample is kept iff all hold (``baselines/apply_filter.py``, ``load_uids_with_b
 
 Stored columns: ``basic`` (1 kept / 0 excluded) and the measured values ``basic_words``, ``basic_chars``,
 ``basic_english`` (1/0), ``basic_min_side`` (px) and ``basic_aspect``, so each rule is its own reason in a
-recipe (``basic`` expands to the five rules, see audit.recipes) and a user can move one threshold alone.
+recipe (``basic`` expands to the five rules, see audit.decide.recipes) and a user can move one threshold alone.
 A missing size (url-only rows) or a zero side gives NaN for min side and aspect: both rules fail.
 """
 from __future__ import annotations

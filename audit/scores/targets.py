@@ -7,7 +7,7 @@ filter uses the same ImageNet-1k image embeddings (§1.4 f). Two ways to give on
 * ``--target FILE``: ``.npy`` of shape (M, d), or Parquet with one list/array column of length d (``img``,
   ``embedding``, ``image_features`` or the only list column). Rows are L2-normalised on load.
 * ``--classes SPEC``: class names embedded as prompts (``--template``, default ``"a photo of a {}."``) by the
-  text encoder of the same model (audit.textenc). This is a *text proxy* of an image target: CLIP's text
+  text encoder of the same model (audit.embed.textenc). This is a *text proxy* of an image target: CLIP's text
   and image embeddings sit in different cones (the modality gap), so absolute values differ from an image
   target; the score's description and the dashboard say "text proxy". SPEC is a comma list, a file (one
   name per line, or a JSON list), or ``imagenet`` (open_clip's 1,000 ImageNet-1k class names).
@@ -111,7 +111,7 @@ def target_params(args: argparse.Namespace) -> dict:
 
 def finite_unit_rows(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ok, rows): rows of ``f`` whose values are all finite, L2-normalised in place (f is float32 from
-    audit.vectors, ours to modify). ok: (n,) bool; rows: (ok.sum(), d)."""
+    audit.store.vectors, ours to modify). ok: (n,) bool; rows: (ok.sum(), d)."""
     sq = np.einsum("ij,ij->i", f, f)
     ok = np.isfinite(sq) & (sq > 0)
     if not ok.all():
@@ -170,7 +170,7 @@ def load_target(store, model: str, params: dict) -> Target:
     classes = params.get("classes")
     if not classes:
         raise TargetError(ERR_NO_TARGET)
-    from audit.textenc import text_encoder
+    from audit.embed.textenc import text_encoder
 
     encode, enc_label = text_encoder(store, model, text_model=params.get("text_model"))
     template = params.get("template") or DEFAULT_TEMPLATE

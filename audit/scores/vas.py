@@ -196,7 +196,7 @@ class VasD(Score):
         n_total = len(rows)
         cand = np.arange(n_total)
         if float(p.get("fraction", 1.0)) < 1.0:
-            from audit.selection import top_fraction_threshold
+            from audit.decide.selection import top_fraction_threshold
 
             name = ctx.store.check_score(p["clip_score"])
             sc = ctx.store.score_frame([name])[name].to_numpy(float)[rows]

@@ -1,0 +1,357 @@
+"""Every Plotly figure of the dashboard, built from plain frames and arrays (no streamlit, no store).
+
+Pages compute or fetch (through audit.ui), then call one of these and hand the figure to ``st.plotly_chart``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from audit.measure.metrics import MIN_N
+
+PALETTE = {"kept": "#2b8a3e", "excluded": "#c92a2a", "small": "#adb5bd", "overall": "#1c7ed6"}
+
+
+def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30):
+    """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line.
+
+    With more than ``max_groups`` groups (domains: thousands) the chart shows the largest ones and says so in
+    its title; the table beside it keeps every group.
+    """
+    overall = table.attrs["overall"]
+    if len(table) > max_groups:
+        title = f"{title} — the {max_groups} largest of {len(table):,} groups"
+        table = table.nlargest(max_groups, "n")
+    t = table.sort_values("rate", ascending=True).reset_index(drop=True)
+    colors = [PALETTE["small"] if s else PALETTE["kept"] for s in t["small"]]
+    labels = [f"{g} (n={n:,})" for g, n in zip(t["group"], t["n"])]
+    fig = go.Figure(go.Scatter(
+        x=t["rate"], y=labels, mode="markers", marker=dict(color=colors, size=10),
+        error_x=dict(type="data", symmetric=False, array=t["ci_high"] - t["rate"],
+                     arrayminus=t["rate"] - t["ci_low"], color="#495057", thickness=1.5),
+        customdata=np.stack([t["n"], t["kept"], t["ci_low"], t["ci_high"]], axis=1),
+        hovertemplate="%{y}<br>rate %{x:.3f} (95%% CI %{customdata[2]:.3f}–%{customdata[3]:.3f})"
+                      "<br>kept %{customdata[1]:,} of %{customdata[0]:,}<extra></extra>"))
+    fig.add_vline(x=overall, line=dict(color=PALETTE["overall"], dash="dash"),
+                  annotation_text=f"overall {overall:.3f}", annotation_position="top")
+    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+                      height=max(260, 34 * len(t) + 110), margin=dict(l=10, r=10, t=50, b=40),
+                      xaxis=dict(range=_rate_range(t, overall)))
+    return fig
+
+
+def _rate_range(t: pd.DataFrame, overall: float) -> list[float]:
+    """x range that shows every interval and the overall line, padded; starts at 0 when that is close."""
+    lo = float(min(t["ci_low"].min(), overall))
+    hi = float(max(t["ci_high"].max(), overall))
+    pad = max(0.02, 0.08 * (hi - lo))
+    lo = 0.0 if lo - pad < 0.15 * hi else lo - pad
+    return [max(0.0, lo), min(1.0, hi + pad)]
+
+
+def histogram(values: np.ndarray, *, title: str, tau: float | None = None):
+    v = values[~np.isnan(values)]
+    fig = go.Figure(go.Histogram(x=v, nbinsx=80, marker_color="#495057"))
+    if tau is not None and np.isfinite(tau):
+        fig.add_vline(x=tau, line=dict(color=PALETTE["excluded"], width=2),
+                      annotation_text=f"threshold {tau:.4f}", annotation_position="top right")
+    fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=30), xaxis_title="score",
+                      yaxis_title="samples", bargap=0.02)
+    return fig
+
+
+def shares_chart(table: pd.DataFrame, groups: list[str], target: np.ndarray, *, title: str):
+    """Each method's share of the kept membership mass minus the target share, per group (0 = on target)."""
+    colors = ["#868e96", "#2b8a3e", "#1c7ed6", "#e8590c", "#ae3ec9"]
+    fig = go.Figure()
+    rows = list(table.iterrows())
+    for i, (_, r) in reversed(list(enumerate(rows))):
+        vals = [float(r[f"share {g}"]) - float(t) for g, t in zip(groups, target)]
+        shares = [float(r[f"share {g}"]) for g in groups]
+        fig.add_bar(name=str(r["method"]), y=groups, x=vals, orientation="h", marker_color=colors[i % len(colors)],
+                    customdata=shares, legendrank=i,
+                    hovertemplate="%{y}: share %{customdata:.4f} (%{x:+.4f} vs target)<extra>" + str(r["method"])
+                                  + "</extra>")
+    fig.add_vline(x=0, line=dict(color="#212529", width=1.5))
+    span = float(np.nanmax(np.abs([[float(r[f"share {g}"]) - float(t) for g, t in zip(groups, target)]
+                                   for _, r in rows]))) if rows else 0.01
+    span = max(span * 1.15, 1e-3)
+    fig.update_layout(title=title, barmode="group", height=140 + 34 * len(groups) * max(1, len(rows)),
+                      margin=dict(l=10, r=10, t=50, b=40), xaxis_title="share of kept members − target share",
+                      yaxis_title="group (imputed)", xaxis=dict(range=[-span, span], zeroline=False),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0), legend_title_text="")
+    return fig
+
+
+def association_heatmaps(assoc: dict[str, np.ndarray], groups: list[str], proxies: list[str], *, title: str):
+    """One heatmap row per method: group × proxy association, diverging colours centred at 0, one shared scale."""
+    from plotly.subplots import make_subplots
+
+    names = list(assoc)
+    zmax = max(1e-12, max(float(np.max(np.abs(a))) if a.size else 0.0 for a in assoc.values()))
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"{n} (max |assoc| {np.max(np.abs(assoc[n])) if assoc[n].size else 0:.4f})"
+                                        for n in names])
+    labels = [p if len(p) <= 28 else p[:27] + "…" for p in proxies]
+    show_text = len(proxies) <= 10
+    for i, n in enumerate(names, start=1):
+        fig.add_trace(go.Heatmap(
+            z=assoc[n], x=labels, y=groups, zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r",
+            showscale=(i == 1), colorbar=dict(title="assoc.", len=0.9),
+            texttemplate="%{z:.4f}" if show_text else None, textfont=dict(size=11),
+            hovertemplate="group %{y}<br>proxy %{x}<br>association %{z:.5f}<extra>" + n + "</extra>"), row=i, col=1)
+        fig.update_yaxes(title_text="group", row=i, col=1)
+    fig.update_xaxes(title_text="proxy", tickangle=-35, row=len(names), col=1)
+    fig.update_layout(title=title, height=120 + len(names) * (45 * len(groups) + 60),
+                      margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
+def reason_chart(table: pd.DataFrame, *, title: str):
+    """Horizontal bars per exclusion reason: samples that failed it, and those that failed only it."""
+    t = table.sort_values("excluded", ascending=True)
+    fig = go.Figure()
+    fig.add_bar(y=t["reason"], x=t["excluded"], orientation="h", name="failed this rule",
+                marker_color=PALETTE["excluded"], hovertemplate="%{y}<br>failed by %{x:,} samples<extra></extra>")
+    fig.add_bar(y=t["reason"], x=t["only_reason"], orientation="h", name="failed only this rule",
+                marker_color="#f59f00", hovertemplate="%{y}<br>%{x:,} samples fail nothing else<extra></extra>")
+    fig.update_layout(title=title, barmode="group", height=max(220, 46 * len(t) + 120),
+                      margin=dict(l=10, r=10, t=50, b=40), xaxis_title="samples",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+    return fig
+
+
+def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, label_a: str, label_b: str,
+                  max_groups: int = 30):
+    """Inclusion rate per group under two filters (95% Wilson intervals), groups ordered by filter A."""
+    a = table_a.nlargest(max_groups, "n") if len(table_a) > max_groups else table_a
+    a = a.sort_values("rate").reset_index(drop=True)
+    b = table_b.set_index("group").loc[a["group"]].reset_index()
+    labels = [f"{g} (n={n:,})" for g, n in zip(a["group"], a["n"])]
+    fig = go.Figure()
+    for t, name, color, sym in ((a, label_a, PALETTE["kept"], "circle"), (b, label_b, "#1c7ed6", "diamond")):
+        fig.add_scatter(x=t["rate"], y=labels, mode="markers", name=name,
+                        marker=dict(color=color, size=10, symbol=sym),
+                        error_x=dict(type="data", symmetric=False, array=t["ci_high"] - t["rate"],
+                                     arrayminus=t["rate"] - t["ci_low"], color=color, thickness=1.2),
+                        hovertemplate="%{y}<br>" + name + ": %{x:.3f}<extra></extra>")
+    both = pd.concat([a, b])
+    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+                      height=max(320, 34 * len(a) + 210), margin=dict(l=10, r=10, t=50, b=100),
+                      xaxis=dict(range=_rate_range(both, float(table_a.attrs.get("overall", both["rate"].mean())))),
+                      legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))
+    return fig
+
+
+def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str):
+    """2-D histogram of two scores (no overplotting at any pool size); rows with a NaN are left out."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return go.Figure().update_layout(title=f"{title}: no sample has both scores", height=200)
+    # binned here, so the browser gets a 60 × 60 grid, not every sample
+    counts, xe, ye = np.histogram2d(x[ok], y[ok], bins=60)
+    z = np.where(counts > 0, counts, np.nan).T
+    fig = go.Figure(go.Heatmap(x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=z, colorscale="Blues",
+                               colorbar=dict(title="samples"),
+                               hovertemplate="x %{x:.4f}<br>y %{y:.4f}<br>%{z:,} samples<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=340,
+                      margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+# ---- Overview ------------------------------------------------------------------------------------------
+def source_bars(sources: pd.DataFrame):
+    """Samples per source (simulated sources say so)."""
+    src = sources.copy()
+    src["label"] = src["source"] + src["simulated"].map({True: " (simulated)", False: ""})
+    fig = px.bar(src, x="n", y="label", orientation="h", title="Samples by source", text="n")
+    fig.update_layout(height=60 + 40 * len(src), yaxis_title=None, xaxis_title="samples",
+                      margin=dict(l=10, r=10, t=40, b=30))
+    return fig
+
+
+def reject_bars(rejects: pd.DataFrame):
+    """Rejected input rows per reason, coloured by the stage that rejected them."""
+    fig = px.bar(rejects, x="n", y="reason", color="stage", orientation="h", title="Rejected inputs by reason",
+                 text="n")
+    fig.update_layout(height=60 + 40 * len(rejects), yaxis_title=None, xaxis_title="rows",
+                      margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+# ---- Who's in, who's out ---------------------------------------------------------------------------------
+def rate_vs_count_chart(pts: pd.DataFrame, reg, overall: float):
+    """Inclusion rate of each labelled group against its pool count (log x), with the least-squares fit."""
+    big = pts[~pts["small"]]
+    colors = np.where(pts["amplified"], PALETTE["excluded"], np.where(pts["small"], PALETTE["small"],
+                                                                       PALETTE["kept"]))
+    fig = go.Figure(go.Scatter(
+        x=pts["n"], y=pts["rate"], mode="markers+text" if len(pts) <= 25 else "markers", text=pts["group"],
+        textposition="top center",
+        marker=dict(color=colors, size=10), name="groups",
+        error_y=dict(type="data", symmetric=False, array=pts["ci_high"] - pts["rate"],
+                     arrayminus=pts["rate"] - pts["ci_low"], color="#868e96", thickness=1),
+        hovertemplate="%{text}<br>n %{x:,}<br>rate %{y:.3f}<extra></extra>"))
+    if reg is not None:
+        xs = np.logspace(np.log10(big["n"].min()), np.log10(big["n"].max()), 50)
+        fig.add_trace(go.Scatter(x=xs, y=reg.intercept + reg.slope * np.log10(xs), mode="lines",
+                                 line=dict(color=PALETTE["overall"]), name="least-squares fit"))
+    fig.add_hline(y=overall, line=dict(color="#495057", dash="dash"), annotation_text=f"overall {overall:.3f}",
+                  annotation_position="bottom left")
+    fig.update_layout(title="Inclusion rate vs number in the pool (labelled groups)", height=420,
+                      xaxis=dict(type="log", title="samples in the pool (log scale)"),
+                      yaxis=dict(title="inclusion rate (95% Wilson interval)"),
+                      margin=dict(l=10, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def flag_share_bars(bars: list[tuple[str, dict]]):
+    """Share of each flagged category (NSFW, copyright) in the pool and in the kept set, 95% intervals."""
+    fig = go.Figure()
+    for where, key_, color in (("pool", "pool", "#868e96"), ("kept set", "kept", PALETTE["kept"])):
+        vals = [fr[f"{key_}_rate"] for _, fr in bars]
+        fig.add_trace(go.Bar(
+            name=f"share in the {where}", x=[t for t, _ in bars], y=vals, marker_color=color,
+            error_y=dict(type="data", symmetric=False, array=[fr[f"{key_}_ci"][1] - v for (_, fr), v in zip(bars, vals)],
+                         arrayminus=[v - fr[f"{key_}_ci"][0] for (_, fr), v in zip(bars, vals)])))
+    fig.update_layout(barmode="group", height=300, yaxis_title="share of samples (95% Wilson interval)",
+                      margin=dict(l=10, r=10, t=30, b=30), legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+# ---- Dataset origin -----------------------------------------------------------------------------------------
+def probe_accuracy_chart(ok: pd.DataFrame):
+    """Held-out accuracy of each feature family's probe, its shuffled-label control and chance."""
+    fig = go.Figure()
+    fig.add_scatter(x=ok["accuracy"], y=ok["label"], mode="markers", name="probe (held-out accuracy)",
+                    marker=dict(color="#1c7ed6", size=11),
+                    error_x=dict(type="data", symmetric=False, array=ok["ci_high"] - ok["accuracy"],
+                                 arrayminus=ok["accuracy"] - ok["ci_low"], color="#1c7ed6", thickness=1.5),
+                    customdata=np.stack([ok["ci_low"], ok["ci_high"], ok["n_test"], ok["macro_f1"]], axis=1),
+                    hovertemplate="%{y}<br>accuracy %{x:.3f} (95% CI %{customdata[0]:.3f}–%{customdata[1]:.3f})"
+                                  "<br>macro-F1 %{customdata[3]:.3f} · n_test %{customdata[2]:,}<extra></extra>")
+    if ok["control_accuracy"].notna().any():
+        fig.add_scatter(x=ok["control_accuracy"], y=ok["label"], mode="markers", name="shuffled-label control",
+                        marker=dict(color="#868e96", size=9, symbol="diamond"),
+                        error_x=dict(type="data", symmetric=False,
+                                     array=ok["control_ci_high"] - ok["control_accuracy"],
+                                     arrayminus=ok["control_accuracy"] - ok["control_ci_low"], color="#868e96",
+                                     thickness=1.2),
+                        hovertemplate="%{y}<br>shuffled labels: %{x:.3f}<extra></extra>")
+    fig.add_scatter(x=ok["chance"], y=ok["label"], mode="markers", name="chance (majority class)",
+                    marker=dict(color="#c92a2a", size=16, symbol="line-ns-open", line=dict(width=2)),
+                    hovertemplate="%{y}<br>chance %{x:.3f}<extra></extra>")
+    fig.update_layout(height=max(300, 38 * len(ok) + 150), margin=dict(l=10, r=10, t=30, b=90),
+                      xaxis=dict(title="accuracy on held-out samples (95% Wilson interval)", range=[0, 1.02]),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    return fig
+
+
+def confusion_heatmap(shares: pd.DataFrame, counts: np.ndarray, *, title: str, by: str):
+    """Row-normalised confusion matrix (true class × predicted class) with the counts in each cell."""
+    fig = go.Figure(go.Heatmap(
+        z=shares.values, x=list(shares.columns), y=list(shares.index), colorscale="Blues", zmin=0, zmax=1,
+        text=[[f"{v:.2f}<br>({n:,})" for v, n in zip(rv, rn)] for rv, rn in zip(shares.values, counts)],
+        texttemplate="%{text}", colorbar=dict(title="share of row"),
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=120 + 60 * len(shares), margin=dict(l=10, r=10, t=50, b=40),
+                      xaxis_title=f"predicted {by}", yaxis_title=f"true {by}", yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def coefficient_bars(coefs: pd.DataFrame):
+    """The largest logistic coefficients of each class (frame: class, feature, coefficient)."""
+    fig = go.Figure()
+    for c in coefs["class"].unique():
+        part = coefs[coefs["class"] == c]
+        fig.add_bar(y=[f"{c}: {f}" for f in part["feature"]], x=part["coefficient"], orientation="h", name=c)
+    fig.update_layout(title="Features that mark each class (largest coefficients)", showlegend=False,
+                      height=max(260, 22 * len(coefs) + 90), margin=dict(l=10, r=10, t=50, b=40),
+                      xaxis_title="logistic coefficient (higher: more typical of the class)",
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def concept_share_heatmap(by_class: dict, concepts: list[str]):
+    """Share of each class's samples in which each concept is present, with 95% intervals on hover."""
+    cls = list(by_class)
+    z = np.array([[by_class[c]["shares"][con][0] for con in concepts] for c in cls])
+    lo = np.array([[by_class[c]["shares"][con][1] for con in concepts] for c in cls])
+    hi = np.array([[by_class[c]["shares"][con][2] for con in concepts] for c in cls])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=concepts, y=[f"{c} (n={by_class[c]['n']:,})" for c in cls], colorscale="Viridis",
+        customdata=np.dstack([lo, hi]), colorbar=dict(title="share"),
+        hovertemplate="%{y}<br>%{x}: %{z:.3f} (95% CI %{customdata[0]:.3f}–%{customdata[1]:.3f})<extra></extra>"))
+    fig.update_layout(title="Share of samples in which each concept is present", height=160 + 45 * len(cls),
+                      margin=dict(l=10, r=10, t=50, b=110), xaxis=dict(tickangle=-45, title="concept"))
+    return fig
+
+
+def concept_coef_heatmap(coefs: dict, concepts: list[str], classes: list[str]):
+    """Logistic coefficients of the concept probe, diverging colours centred at 0."""
+    cz = np.array([[dict(coefs[c]).get(con, 0.0) for con in concepts] for c in classes])
+    lim = float(np.abs(cz).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=cz, x=concepts, y=classes, colorscale="RdBu_r", zmid=0, zmin=-lim, zmax=lim,
+                               colorbar=dict(title="coef"), hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title="Logistic coefficients on concept presence (red: marks the source)",
+                      height=140 + 45 * len(classes), margin=dict(l=10, r=10, t=50, b=110),
+                      xaxis=dict(tickangle=-45, title="concept"))
+    return fig
+
+
+# ---- Embedding map ------------------------------------------------------------------------------------------
+MAP_COLOURS = ["#1c7ed6", "#f76707", "#2b8a3e", "#ae3ec9", "#e03131", "#0c8599", "#f59f00", "#5c940d", "#862e9c",
+               "#495057", "#d6336c", "#364fc7"]
+MAX_CATEGORIES = 12
+KEPT, EXCLUDED = "kept", "excluded"
+
+
+def map_density(x: np.ndarray, y: np.ndarray, bins: int = 120):
+    """Every mapped row binned on a bins × bins grid."""
+    counts, xe, ye = np.histogram2d(x, y, bins=bins)
+    fig = go.Figure()
+    fig.add_heatmap(x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=np.where(counts > 0, counts, np.nan).T,
+                    colorscale="Blues", colorbar=dict(title="samples"),
+                    hovertemplate="x %{x:.2f}, y %{y:.2f}<br>%{z:,} samples<extra></extra>")
+    return fig
+
+
+def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour: str, keep_colours: bool):
+    """WebGL scatter of the displayed points (x, y, pos, caption, source), coloured by ``vals``: a colour scale for
+    numbers, else one trace per category (the largest MAX_CATEGORIES, the rest 'other'). ``keep_colours``:
+    the categories are kept/excluded of a filter."""
+    fig = go.Figure()
+    short = points["caption"].fillna("").str.slice(0, 90)
+    custom = np.column_stack([points["pos"].to_numpy(), short.to_numpy(), points["source"].fillna("").to_numpy()])
+    if numeric:
+        fig.add_scattergl(x=points["x"], y=points["y"], mode="markers", customdata=custom,
+                          marker=dict(size=4, color=vals, colorscale="Viridis", opacity=0.7,
+                                      colorbar=dict(title=colour[:18])),
+                          text=[f"{v:.4f}" if np.isfinite(v) else "no value" for v in vals],
+                          hovertemplate="%{customdata[1]}<br>source %{customdata[2]}<br>" + colour
+                                        + " %{text}<extra></extra>", name=colour)
+        return fig
+    s = pd.Series(vals, dtype=object).fillna("unknown").astype(str)
+    top = s.value_counts().index[:MAX_CATEGORIES].tolist()
+    s = s.where(s.isin(top), "other")
+    order = ([KEPT, EXCLUDED] if keep_colours else top) + (["other"] if (s == "other").any() else [])
+    colours = {KEPT: PALETTE["kept"], EXCLUDED: PALETTE["excluded"]} if keep_colours else {}
+    for i, g in enumerate(order):
+        m = (s == g).to_numpy()
+        if not m.any():
+            continue
+        fig.add_scattergl(x=points["x"][m], y=points["y"][m], mode="markers", name=f"{g} ({int(m.sum()):,})",
+                          customdata=custom[m],
+                          marker=dict(size=4, opacity=0.6,
+                                      color=colours.get(g, "#adb5bd" if g == "other" else MAP_COLOURS[i % len(MAP_COLOURS)])),
+                          hovertemplate="%{customdata[1]}<br>source %{customdata[2]}"
+                                        + ("" if colour == "source" else f"<br>{colour}: {g}") + "<extra></extra>")
+    return fig
+
+
+def map_layout(fig, *, legend_title: str, density: bool):
+    fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=40), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
+                      legend=dict(title=legend_title, itemsizing="constant"), dragmode="zoom" if density else "lasso")
+    return fig

@@ -1,0 +1,116 @@
+"""Export the kept subset: CSV, Parquet or a DataComp uid .npy, with a JSON manifest of every setting.
+
+The same function serves the CLI (`python -m audit export`) and the dashboard's Export page, so both give
+byte-identical files for the same rules.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.decide.selection import Rule, RuleError, Selection, select
+from audit.store import Store, store_version
+from audit.export.csvsafe import neutralise
+
+
+EXPORT_FORMATS = ("csv", "parquet", "npy")
+SAMPLE_EXPORT_COLUMNS = ["uid", "source", "caption", "url", "domain", "tld", "width", "height", "image_ref",
+                         "sha256", "simulated"]
+
+
+def datacomp_uid_array(uids: Sequence[str]) -> np.ndarray:
+    """DataComp subset format: sorted structured array of dtype u8,u8 from 32-hex uids (methods.md §1.2)."""
+    bad = [u for u in uids if not (isinstance(u, str) and len(u) == 32 and all(c in "0123456789abcdefABCDEF" for c in u))]
+    if bad:
+        raise ValueError(f"{len(bad)} uid(s) are not 32 hex characters (e.g. {bad[0]!r}); "
+                         "the DataComp .npy format needs DataComp uids")
+    arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], dtype=np.dtype("u8,u8"))
+    arr.sort()
+    return arr
+
+
+def selection_frame(store: Store, rules: Sequence[Rule], *, recipe=None) -> tuple[pd.DataFrame, Selection, list[str]]:
+    """Every sample with every score column, the keep decision and the reasons it was excluded.
+
+    ``recipe`` (an audit.recipes.Recipe) replaces the plain intersection of ``rules`` when given."""
+    names = store.score_names()
+    scores = store.score_frame(names)
+    samples = store.sample_frame(SAMPLE_EXPORT_COLUMNS)
+    frame = samples.merge(scores, on="uid", how="left")
+    columns = {n: frame[n].to_numpy(dtype=float) for n in names}
+    sel = (recipe.evaluate(columns, n=len(frame)) if recipe is not None
+           else select(list(rules), columns, n=len(frame)))
+    frame["keep"] = sel.keep
+    frame["excluded_by"] = sel.reasons()
+    return frame, sel, names
+
+
+def manifest(store: Store, rules: Sequence[Rule], sel: Selection, fmt: str, *, extra: dict | None = None) -> dict:
+    runs = store.runs()
+    return {
+        "tool": "clip-audit", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "store": str(Path(store.path).resolve()), "store_version": store_version(store.path),
+        "format": fmt, "rules": [str(r) for r in rules], "thresholds": sel.thresholds,
+        "pool": int(len(sel.keep)), "kept": int(sel.keep.sum()), "excluded": int((~sel.keep).sum()),
+        "excluded_by_reason": sel.counts_by_reason(),
+        "scores": store.score_catalog().to_dict("records"),
+        "runs": json.loads(runs.to_json(orient="records", date_format="iso")),
+        **(extra or {}),
+    }
+
+
+def render(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The bytes of the kept rows in one format."""
+    kept = frame[frame["keep"]].drop(columns=["keep", "excluded_by"])
+    if fmt == "csv":
+        return neutralise(kept).to_csv(index=False).encode("utf-8")
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        kept.to_parquet(buf, index=False)
+        return buf.getvalue()
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, datacomp_uid_array(kept["uid"].tolist()))
+        return buf.getvalue()
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def format_of(path: str | Path, fmt: str | None = None) -> str:
+    fmt = fmt or Path(path).suffix.lstrip(".").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"cannot tell the export format of {path!s}; use a .csv, .parquet or .npy name")
+    return fmt
+
+
+def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None = None, echo=print) -> dict:
+    """Write the kept subset to ``out`` and its manifest to ``out + '.manifest.json'``."""
+    fmt = format_of(out, fmt)
+    recipe, extra = None, None
+    try:
+        parsed = [Rule.parse(r) for r in rules]
+    except RuleError:  # named filters (basic, laion, …) or ordered steps (… then …): audit.decide.recipes
+        from audit.decide.recipes import Recipe
+
+        parsed, recipe = None, Recipe
+    with Store.reader(store_path) as st:
+        if recipe is not None:
+            recipe = Recipe.parse(rules, names=st.score_names())
+            parsed = recipe.rules
+        frame, sel, _ = selection_frame(st, parsed, recipe=recipe)
+        data = render(frame, fmt)
+        if recipe is not None:
+            extra = {"recipe": str(recipe), "kept_after_step": sel.step_kept, "equivalent_rules": sel.as_rules()}
+        man = manifest(st, parsed, sel, fmt, extra=extra)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_bytes(data)
+    Path(str(out) + ".manifest.json").write_text(json.dumps(man, indent=2, default=str))
+    echo(f"kept {man['kept']} of {man['pool']} samples -> {out} ({fmt}); manifest {out}.manifest.json")
+    for reason, n in man["excluded_by_reason"].items():
+        echo(f"  excluded by {reason}: {n}")
+    return man

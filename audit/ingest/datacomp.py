@@ -1,0 +1,96 @@
+"""``datacomp``: CommonPool metadata parquet + the paired npz of OpenAI CLIP embeddings (methods.md §1.2).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.ingest.accounting import Batch, caption_ok
+
+
+DATACOMP_DIMS = {"b32": 512, "l14": 768}
+DATACOMP_COLUMNS = ("uid", "url", "text", "original_width", "original_height")
+
+
+def to_int(v) -> int | None:
+    try:
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows from the parquet, vectors from the paired npz. Returns {model: (row_index, img, txt)}.
+
+    Per-row rejects: empty caption, duplicate uid (later), NaN/inf/zero-norm vector. Whole-file rejects
+    (each row gets one): missing or unreadable npz, npz length ≠ parquet rows, wrong vector dimension.
+    """
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        batch.reject(str(path), "corrupt_parquet", f"cannot read parquet: {exc}")
+        return {}
+    n = len(frame)
+    refs = [f"{path}#row={i}" for i in range(n)]
+    uids = frame["uid"].astype(str).tolist() if "uid" in frame.columns else [None] * n
+
+    def reject_all(reason: str, detail: str) -> dict:
+        for ref, uid in zip(refs, uids):
+            batch.reject(ref, reason, detail, uid)
+        return {}
+
+    missing = [c for c in DATACOMP_COLUMNS if c not in frame.columns]
+    if missing:
+        return reject_all("missing_column", f"parquet lacks column(s) {', '.join(missing)}")
+    npz_path = path.with_suffix(".npz")
+    if not npz_path.exists():
+        return reject_all("missing_npz", f"no {npz_path.name} beside the parquet")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(npz_path) as npz:
+            for key in ("b32_img", "b32_txt", "l14_img", "l14_txt"):
+                if key not in npz.files:
+                    return reject_all("missing_npz_key", f"{npz_path.name} has no array {key}")
+                arrays[key] = npz[key]
+    except Exception as exc:
+        return reject_all("corrupt_npz", f"cannot read {npz_path.name}: {exc}")
+    for key, arr in arrays.items():
+        dim = DATACOMP_DIMS[key[:3]]
+        if arr.ndim != 2 or arr.shape[0] != n:
+            return reject_all("npz_length_mismatch",
+                              f"{key} has shape {arr.shape}, parquet has {n} rows")
+        if arr.shape[1] != dim:
+            return reject_all("wrong_dimension", f"{key} has dimension {arr.shape[1]}, expected {dim}")
+    bad = np.zeros(n, dtype=bool)
+    for arr in arrays.values():
+        a = arr.astype(np.float32, copy=False)
+        norms = np.linalg.norm(a, axis=1)
+        bad |= ~np.isfinite(norms) | (norms == 0)
+    text = frame["text"]
+    uid_s = pd.Series(uids, dtype=object)
+    no_uid = ~uid_s.map(lambda u: isinstance(u, str) and u not in ("", "None")).to_numpy(bool)
+    blank = ~text.map(caption_ok).to_numpy(bool)
+    for reason, mask, detail in (("missing_uid", no_uid, "row has no uid"),
+                                 ("empty_caption", ~no_uid & blank, "caption is missing or blank"),
+                                 ("nan_embedding", ~no_uid & ~blank & bad, "a vector has NaN/inf values or zero norm")):
+        for i in np.flatnonzero(mask):
+            batch.reject(refs[i], reason, detail, None if reason == "missing_uid" else uids[i])
+    ok = ~(no_uid | blank | bad)
+    keep_idx = np.flatnonzero(ok)
+    accepted = pd.DataFrame({
+        "uid": uid_s.to_numpy()[ok], "caption": text.to_numpy()[ok], "url": frame["url"].to_numpy()[ok],
+        "width": pd.array(frame["original_width"].to_numpy()[ok], dtype="Int64"),
+        "height": pd.array(frame["original_height"].to_numpy()[ok], dtype="Int64"),
+        "image_ref": None, "sha256": frame["sha256"].to_numpy()[ok] if "sha256" in frame.columns else None,
+        "_row": keep_idx})
+    accepted["caption"] = accepted["caption"].str.strip()
+    batch.frames.append(accepted)
+    idx = keep_idx
+    scores = {}
+    for col in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
+        if col in frame.columns:
+            scores[col] = frame[col].to_numpy(np.float64)
+    batch.scores = scores
+    return {f"datacomp_{m}": (idx, arrays[f"{m}_img"], arrays[f"{m}_txt"]) for m in ("b32", "l14")}

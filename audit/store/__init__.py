@@ -1,0 +1,19 @@
+"""The audit store: the only SQL and the only vector file I/O of the project.
+
+One DuckDB file (samples, rejects, runs, scores, annotations, catalogues) plus a folder of float16 Parquet
+vectors beside it::
+
+    data/demo.duckdb               tables (schema.py)
+    data/demo.vectors/<model>/part-000000.parquet   uid, img, txt (vectors.py)
+
+store.py   opening (writer/reader with lock retry), the dashboard's snapshot, runs, samples, scores, annotations
+schema.py  every CREATE statement, allow-listed columns, identifier checks
+labels.py  per-sample label/caption/score columns for group tables and balancing (whole pool or streamed)
+results.py analysis results (origin probe, embedding map) and the meta key/value table
+vectors.py writing and reading the vector parts
+
+Style: ``Store`` methods cover the core tables; the topic modules are functions taking a ``Store`` first.
+"""
+from audit.store.schema import SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, StoreError, ident, slug  # noqa: F401
+from audit.store.store import (Store, connect, failed_run_guard, param_key, snapshot, store_version,  # noqa: F401
+                               vectors_dir)

@@ -1,0 +1,87 @@
+"""Every table of the store (DDL), the allow-lists of columns, and the checks for identifiers.
+
+Contract tables (other tools read them): ``samples`` (uid unique), ``rejects`` (reason), ``runs`` and
+``embeddings`` (uid, model, img, txt; a view over the Parquet vectors, read as FLOAT arrays).
+"""
+from __future__ import annotations
+
+import re
+
+
+
+SCHEMA_VERSION = 1
+
+# Columns of `samples` a user may group by in the dashboard (allow-list for GROUP BY identifiers).
+SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated")
+SAMPLE_COLUMNS = (
+    "uid", "source", "caption", "url", "domain", "tld", "width", "height",
+    "image_ref", "sha256", "simulated", "ingest_run",
+)
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+    """CREATE SEQUENCE IF NOT EXISTS run_ids START 1""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id INTEGER PRIMARY KEY, stage VARCHAR, name VARCHAR, version INTEGER,
+        model VARCHAR, pretrained VARCHAR, random_weights BOOLEAN, params VARCHAR, param_key VARCHAR,
+        status VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
+        rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, note VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS samples (
+        uid VARCHAR PRIMARY KEY, source VARCHAR, caption VARCHAR, url VARCHAR, domain VARCHAR,
+        tld VARCHAR, width INTEGER, height INTEGER, image_ref VARCHAR, sha256 VARCHAR,
+        simulated BOOLEAN, ingest_run INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        source_ref VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR, source VARCHAR,
+        uid VARCHAR, run_id INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS ingested_inputs (
+        path VARCHAR, fingerprint VARCHAR, format VARCHAR, source VARCHAR, rows_in BIGINT,
+        accepted BIGINT, rejected BIGINT, run_id INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS embedding_models (
+        model VARCHAR PRIMARY KEY, dim INTEGER, backend VARCHAR, arch VARCHAR, pretrained VARCHAR,
+        random_weights BOOLEAN, run_id INTEGER, folder VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS scores (uid VARCHAR, name VARCHAR, value DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS score_catalog (
+        name VARCHAR PRIMARY KEY, run_id INTEGER, kind VARCHAR, model VARCHAR,
+        random_weights BOOLEAN, simulated BOOLEAN, description VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS annotations (
+        uid VARCHAR, attribute VARCHAR, label VARCHAR, confidence DOUBLE, method VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS attribute_catalog (
+        attribute VARCHAR PRIMARY KEY, run_id INTEGER, method VARCHAR, imputed BOOLEAN,
+        random_weights BOOLEAN, description VARCHAR)""",
+]
+
+_EMPTY_EMBEDDINGS_VIEW = (
+    "CREATE OR REPLACE VIEW embeddings AS SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS model, "
+    "NULL::FLOAT[] AS img, NULL::FLOAT[] AS txt WHERE false"
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StoreError(RuntimeError):
+    """A store problem a user can act on (missing file, locked file, unknown name)."""
+
+
+def ident(name: str) -> str:
+    """Return ``name`` double-quoted for SQL after checking it is a plain identifier."""
+    if not _IDENT.match(name):
+        raise StoreError(f"not a valid column or score name: {name!r}")
+    return f'"{name}"'
+
+
+def slug(text: str) -> str:
+    """Lower-case identifier-safe form of a model or score name (``ViT-B-32`` -> ``vit_b_32``)."""
+    s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+    return s if s and not s[0].isdigit() else f"m_{s}"
+
+
+# ---- origin probe and embedding map (issue 5): result tables ------------------------------------------
+_ORIGIN_MAP_DDL = [
+    """CREATE TABLE IF NOT EXISTS origin_results (
+        run_id INTEGER, by_column VARCHAR, created TIMESTAMP, result VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS embedding_map (
+        model VARCHAR, uid VARCHAR, x FLOAT, y FLOAT, fit BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS map_catalog (
+        model VARCHAR PRIMARY KEY, run_id INTEGER, column_name VARCHAR, n_rows BIGINT, fit_rows BIGINT,
+        skipped BIGINT, knn VARCHAR, params VARCHAR, random_weights BOOLEAN, created TIMESTAMP)""",
+]

@@ -1,0 +1,478 @@
+"""The audit store: one DuckDB file plus a folder of float16 Parquet vectors beside it.
+
+This is the only module that imports duckdb. All SQL is parameterised; identifiers that cannot be
+parameters (score names in an export pivot, sample columns in a GROUP BY) come from allow-lists.
+
+Layout on disk for a store ``data/demo.duckdb``::
+
+    data/demo.duckdb               samples, rejects, runs, scores, annotations, catalogues
+    data/demo.vectors/<model>/part-000000.parquet   uid, img (float16 list), txt (float16 list)
+
+Contract tables (other tools read them): ``samples`` (uid unique), ``rejects`` (reason), ``runs`` and
+``embeddings`` (uid, model, img, txt; a view over the Parquet vectors, read as FLOAT arrays).
+
+Locking: DuckDB lets one process hold a file for writing and no other process may open it then, not
+even read-only. Writers therefore hold the file only for short transactions (``Store.writer``, with
+retry), long stages write Parquet first and register it at the end, and the dashboard reads a
+*snapshot* copy (``snapshot``) so that a running CLI stage never takes it down.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+from audit.store.schema import DDL, SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug
+
+
+_LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
+
+
+def vectors_dir(db_path: str | os.PathLike) -> Path:
+    p = Path(db_path)
+    return p.with_name(p.stem + ".vectors")
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return any(s in str(exc) for s in _LOCK_ERRORS)
+
+
+def connect(path: str | os.PathLike, *, read_only: bool = False, wait_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, retrying while another process holds its lock."""
+    path = str(path)
+    if read_only and not os.path.exists(path):
+        raise StoreError(f"store not found: {path} (build one with `python -m audit demo` or `audit ingest`)")
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as exc:  # IOException on lock conflicts
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if _is_lock_error(exc):
+                    raise StoreError(
+                        f"store {path} is held by another process for writing (waited {wait_s:.0f} s)"
+                    ) from exc
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@dataclass
+class Store:
+    """A handle on one store. ``con`` is a DuckDB connection; use a cursor per query."""
+
+    path: str
+    con: duckdb.DuckDBPyConnection
+    read_only: bool
+    vectors_root: Path | None = None   # set for snapshots: their vectors stay beside the live store
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False, wait_s: float = 60.0,
+             vectors_root: str | os.PathLike | None = None) -> "Store":
+        path = str(path)
+        if not read_only:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        con = connect(path, read_only=read_only, wait_s=wait_s)
+        st = cls(path=path, con=con, read_only=read_only,
+                 vectors_root=Path(vectors_root) if vectors_root is not None else None)
+        if not read_only:
+            st._init_schema()
+        return st
+
+    @classmethod
+    def writer(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> contextlib.AbstractContextManager["Store"]:
+        """Open for a short write and release the file lock at the end (checkpointing)."""
+        return cls._session(path, read_only=False, wait_s=wait_s)
+
+    @classmethod
+    def reader(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> contextlib.AbstractContextManager["Store"]:
+        """Open read-only for a short read; the file lock is released at the end."""
+        return cls._session(path, read_only=True, wait_s=wait_s)
+
+    @classmethod
+    @contextlib.contextmanager
+    def _session(cls, path: str | os.PathLike, *, read_only: bool, wait_s: float) -> Iterator["Store"]:
+        st = cls.open(path, read_only=read_only, wait_s=wait_s)
+        try:
+            yield st
+        finally:
+            st.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self.read_only:
+                self.con.execute("CHECKPOINT")
+        self.con.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def _init_schema(self) -> None:
+        cur = self.cursor()
+        for stmt in DDL:
+            cur.execute(stmt)
+        cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        has_view = cur.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'embeddings' AND NOT internal"
+        ).fetchone()[0]
+        if not has_view:
+            cur.execute(_EMPTY_EMBEDDINGS_VIEW)
+
+    # ---- generic queries -------------------------------------------------------------------
+    def df(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        return self.cursor().execute(sql, params or []).df()
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        row = self.cursor().execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.scalar(
+            "SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal) WHERE n = ?", [name]))
+
+    # ---- runs ------------------------------------------------------------------------------
+    def find_done_run(self, stage: str, name: str, param_key: str) -> int | None:
+        return self.scalar(
+            "SELECT max(run_id) FROM runs WHERE stage=? AND name=? AND param_key=? AND status='done'",
+            [stage, name, param_key])
+
+    def start_run(self, stage: str, name: str, *, params: dict, version: int = 1, model: str | None = None,
+                  pretrained: str | None = None, random_weights: bool = False) -> int:
+        cur = self.cursor()
+        run_id = cur.execute("SELECT nextval('run_ids')").fetchone()[0]
+        cur.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?, 'running', now(), NULL, NULL, NULL, NULL, NULL)",
+            [run_id, stage, name, version, model, pretrained, random_weights,
+             json.dumps(params, sort_keys=True, default=str), param_key(params)])
+        return int(run_id)
+
+    def end_run(self, run_id: int, *, status: str = "done", rows_in: int | None = None,
+                rows_out: int | None = None, rows_rejected: int | None = None, note: str | None = None) -> None:
+        self.cursor().execute(
+            "UPDATE runs SET status=?, ended_at=now(), rows_in=?, rows_out=?, rows_rejected=?, note=? "
+            "WHERE run_id=?", [status, rows_in, rows_out, rows_rejected, note, run_id])
+
+    def runs(self) -> pd.DataFrame:
+        return self.df("SELECT * FROM runs ORDER BY run_id")
+
+    # ---- samples and rejects -----------------------------------------------------------------
+    def input_done(self, path: str, fingerprint: str) -> bool:
+        return bool(self.scalar(
+            "SELECT count(*) FROM ingested_inputs WHERE path=? AND fingerprint=?", [path, fingerprint]))
+
+    def existing_uids(self, uids: Iterable[str]) -> set[str]:
+        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        cur = self.cursor()
+        cur.register("_probe", frame)
+        try:
+            got = cur.execute("SELECT p.uid FROM _probe p JOIN samples s USING (uid)").fetchall()
+        finally:
+            cur.unregister("_probe")
+        return {r[0] for r in got}
+
+    def add_samples(self, frame: pd.DataFrame) -> int:
+        """Insert accepted samples (columns: any subset of SAMPLE_COLUMNS; uid required)."""
+        if frame.empty:
+            return 0
+        cols = [c for c in SAMPLE_COLUMNS if c in frame.columns]
+        cur = self.cursor()
+        cur.register("_new", frame[cols])
+        try:
+            col_sql = ", ".join(ident(c) for c in cols)
+            cur.execute(f"INSERT INTO samples ({col_sql}) SELECT {col_sql} FROM _new")
+        finally:
+            cur.unregister("_new")
+        return len(frame)
+
+    def add_rejects(self, frame: pd.DataFrame) -> int:
+        if frame.empty:
+            return 0
+        cols = ["source_ref", "stage", "reason", "detail", "source", "uid", "run_id"]
+        frame = frame.reindex(columns=cols)
+        cur = self.cursor()
+        cur.register("_rej", frame)
+        try:
+            cur.execute("INSERT INTO rejects SELECT * FROM _rej")
+        finally:
+            cur.unregister("_rej")
+        return len(frame)
+
+    def record_input(self, path: str, fingerprint: str, fmt: str, source: str, rows_in: int,
+                     accepted: int, rejected: int, run_id: int) -> None:
+        self.cursor().execute("INSERT INTO ingested_inputs VALUES (?,?,?,?,?,?,?,?)",
+                              [path, fingerprint, fmt, source, rows_in, accepted, rejected, run_id])
+
+    def count(self, table: str) -> int:
+        if table not in ("samples", "rejects", "scores", "annotations", "runs", "embeddings"):
+            raise StoreError(f"unknown table {table}")
+        return int(self.scalar(f"SELECT count(*) FROM {table}"))
+
+    def rejects_by_reason(self) -> pd.DataFrame:
+        return self.df("SELECT stage, reason, count(*) AS n FROM rejects GROUP BY ALL ORDER BY n DESC, reason")
+
+    def sources(self) -> pd.DataFrame:
+        return self.df(
+            "SELECT source, count(*) AS n, bool_or(simulated) AS simulated FROM samples "
+            "GROUP BY source ORDER BY n DESC")
+
+    def samples_page(self, uids: Sequence[str]) -> pd.DataFrame:
+        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        cur = self.cursor()
+        cur.register("_want", frame)
+        try:
+            return cur.execute("SELECT s.* FROM _want w JOIN samples s USING (uid)").df()
+        finally:
+            cur.unregister("_want")
+
+    def sample_uids(self) -> list[str]:
+        """Every uid, ORDER BY uid (the row order of every per-sample frame of the store)."""
+        return [r[0] for r in self.cursor().execute("SELECT uid FROM samples ORDER BY uid").fetchall()]
+
+    def sample_frame(self, columns: Sequence[str], *, not_null: Sequence[str] = (),
+                     non_blank: Sequence[str] = ()) -> pd.DataFrame:
+        """uid plus the given ``samples`` columns, ORDER BY uid; only rows whose ``not_null`` columns are set and
+        whose ``non_blank`` columns hold more than whitespace. Column names are checked against SAMPLE_COLUMNS."""
+        for c in (*columns, *not_null, *non_blank):
+            if c not in SAMPLE_COLUMNS:
+                raise StoreError(f"unknown sample column {c!r}; samples has: {', '.join(SAMPLE_COLUMNS)}")
+        cols = ", ".join(ident(c) for c in dict.fromkeys(["uid", *columns]))
+        where = [f"{ident(c)} IS NOT NULL" for c in (*not_null, *non_blank)]
+        where += [f"length(trim({ident(c)})) > 0" for c in non_blank]
+        sql = f"SELECT {cols} FROM samples" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY uid"
+        return self.df(sql)
+
+    def simulated_flags(self) -> np.ndarray:
+        """(n,) bool: the ``simulated`` flag of every sample (False where unset), ORDER BY uid."""
+        return self.df("SELECT coalesce(simulated, false) AS s FROM samples ORDER BY uid")["s"].to_numpy(bool)
+
+    # ---- embeddings -----------------------------------------------------------------------------
+    def vectors_dir(self) -> Path:
+        return self.vectors_root or vectors_dir(self.path)
+
+    def model_dir(self, model: str) -> Path:
+        return self.vectors_dir() / slug(model)
+
+    def register_model(self, model: str, *, dim: int, backend: str, arch: str, pretrained: str | None,
+                       random_weights: bool, run_id: int) -> None:
+        folder = self.model_dir(model)
+        self.cursor().execute(
+            "INSERT OR REPLACE INTO embedding_models VALUES (?,?,?,?,?,?,?,?)",
+            [model, dim, backend, arch, pretrained, random_weights, run_id, folder.name])
+        self.refresh_embeddings_view()
+
+    def refresh_embeddings_view(self) -> None:
+        """Point the ``embeddings`` view at every registered model's Parquet parts."""
+        cur = self.cursor()
+        models = cur.execute("SELECT model, folder FROM embedding_models ORDER BY model").fetchall()
+        parts = []
+        for model, folder in models:
+            d = self.vectors_dir() / folder
+            if any(d.glob("part-*.parquet")):
+                glob = str((d / "part-*.parquet").resolve()).replace("'", "''")
+                m = model.replace("'", "''")
+                parts.append(
+                    f"SELECT uid, '{m}' AS model, img::FLOAT[] AS img, txt::FLOAT[] AS txt "
+                    f"FROM read_parquet('{glob}')")
+        cur.execute("CREATE OR REPLACE VIEW embeddings AS " + " UNION ALL ".join(parts)
+                    if parts else _EMPTY_EMBEDDINGS_VIEW)
+
+    def models(self) -> pd.DataFrame:
+        return self.df("SELECT * FROM embedding_models ORDER BY model")
+
+    def model_info(self, model: str) -> dict:
+        got = self.df("SELECT * FROM embedding_models WHERE model = ?", [model])
+        if got.empty:
+            known = ", ".join(self.models()["model"]) or "none yet"
+            raise StoreError(f"no embeddings for model {model!r} in this store (known: {known})")
+        return got.iloc[0].to_dict()
+
+    # ---- scores -----------------------------------------------------------------------------
+    def write_scores(self, name: str, uids: Sequence[str], values: np.ndarray, *, run_id: int, kind: str,
+                     model: str | None = None, random_weights: bool = False, simulated: bool = False,
+                     description: str = "", replace: bool = True) -> None:
+        """Replace the score ``name`` (one value per uid) in one transaction; with ``replace=False`` add values for
+        new uids to it instead (ingest writes a file at a time, inside its own write)."""
+        ident(name)
+        frame = pd.DataFrame({"uid": pd.Series(uids, dtype="string"), "name": name,
+                              "value": np.asarray(values, dtype=np.float64)})
+        cur = self.cursor()
+        if replace:
+            cur.execute("BEGIN")
+        try:
+            if replace:
+                cur.execute("DELETE FROM scores WHERE name = ?", [name])
+            cur.register("_sc", frame)
+            cur.execute("INSERT INTO scores SELECT uid, name, value FROM _sc")
+            cur.unregister("_sc")
+            cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO score_catalog VALUES (?,?,?,?,?,?,?)",
+                        [name, run_id, kind, model, random_weights, simulated, description])
+            if replace:
+                cur.execute("COMMIT")
+        except Exception:
+            if replace:
+                cur.execute("ROLLBACK")
+            raise
+
+    def append_scores(self, name: str, uids: Sequence[str], values: np.ndarray, **catalog) -> None:
+        """Add values of score ``name`` for new uids (``write_scores(..., replace=False)``)."""
+        self.write_scores(name, uids, values, replace=False, **catalog)
+
+    def score_names(self) -> list[str]:
+        return [r[0] for r in self.cursor().execute("SELECT name FROM score_catalog ORDER BY name").fetchall()]
+
+    def score_values(self, name: str) -> np.ndarray:
+        """The stored values of one score (samples that have it; no order promised)."""
+        return self.df("SELECT value FROM scores WHERE name = ?", [name])["value"].to_numpy()
+
+    def score_catalog(self) -> pd.DataFrame:
+        return self.df("SELECT * FROM score_catalog ORDER BY name")
+
+    def check_score(self, name: str) -> str:
+        names = self.score_names()
+        if name not in names:
+            raise StoreError(f"unknown score {name!r}; this store has: {', '.join(names) or 'none'}")
+        return name
+
+    def score_frame(self, names: Sequence[str]) -> pd.DataFrame:
+        """uid plus one column per score (pivoted), for every sample; missing values are NaN."""
+        cols = ["s.uid"]
+        for n in names:
+            self.check_score(n)
+            cols.append(f"max(CASE WHEN sc.name = '{n}' THEN sc.value END) AS {ident(n)}")
+        if not names:
+            return self.df("SELECT uid FROM samples ORDER BY uid")
+        name_list = ", ".join(f"'{n}'" for n in names)  # names are checked identifiers
+        return self.df(
+            f"SELECT {', '.join(cols)} FROM samples s LEFT JOIN scores sc "
+            f"ON sc.uid = s.uid AND sc.name IN ({name_list}) GROUP BY s.uid ORDER BY s.uid")
+
+    # ---- annotations ------------------------------------------------------------------------------
+    def write_annotations(self, frame: pd.DataFrame, *, run_id: int, method: str,
+                          descriptions: dict[str, str] | None = None, imputed: bool = True,
+                          random_weights: bool = False) -> None:
+        """Replace the attributes present in ``frame`` (uid, attribute, label, confidence, method)."""
+        attrs = sorted(frame["attribute"].unique())
+        cur = self.cursor()
+        cur.execute("BEGIN")
+        try:
+            for a in attrs:
+                cur.execute("DELETE FROM annotations WHERE attribute = ?", [a])
+                cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
+                            [a, run_id, method, imputed, random_weights, (descriptions or {}).get(a, "")])
+            cur.register("_ann", frame[["uid", "attribute", "label", "confidence", "method"]])
+            cur.execute("INSERT INTO annotations SELECT * FROM _ann")
+            cur.unregister("_ann")
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            raise
+
+    def attributes(self) -> list[str]:
+        return [r[0] for r in self.cursor().execute(
+            "SELECT attribute FROM attribute_catalog ORDER BY attribute").fetchall()]
+
+    def attribute_catalog(self) -> pd.DataFrame:
+        return self.df("SELECT * FROM attribute_catalog ORDER BY attribute")
+
+    # ---- preview columns -------------------------------------------------------------------------
+    def group_columns(self) -> list[str]:
+        """Every categorical column the dashboard can group by: sample columns then attributes."""
+        return list(SAMPLE_GROUP_COLUMNS) + self.attributes()
+
+    def score_and_groups(self, score: str, group: str) -> pd.DataFrame:
+        """One row per sample: uid, score value (NaN if missing) and group label ('unknown' if none)."""
+        self.check_score(score)
+        if group in SAMPLE_GROUP_COLUMNS:
+            gexpr = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')"
+            join = ""
+            params: list[Any] = [score]
+        elif group in self.attributes():
+            gexpr = "coalesce(a.label, 'unknown')"
+            join = "LEFT JOIN annotations a ON a.uid = s.uid AND a.attribute = ?"
+            params = [group, score]
+        else:
+            raise StoreError(f"unknown group column {group!r}")
+        return self.df(
+            f"SELECT s.uid, sc.value AS score, {gexpr} AS grp FROM samples s {join} "
+            f"LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ? ORDER BY s.uid", params)
+
+    def overview(self) -> dict:
+        return {
+            "samples": self.count("samples"),
+            "rejects": self.count("rejects"),
+            "simulated": int(self.scalar("SELECT count(*) FROM samples WHERE simulated") or 0),
+            "scores": len(self.score_names()),
+            "models": len(self.models()),
+            "attributes": len(self.attributes()),
+        }
+
+
+@contextlib.contextmanager
+def failed_run_guard(store_path: str, run_id: int) -> Iterator[None]:
+    """Mark the run 'failed' (with the error) if the block raises, so no run is left 'running' by an error."""
+    try:
+        yield
+    except Exception as exc:
+        with contextlib.suppress(Exception), Store.writer(store_path) as st:
+            st.end_run(run_id, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+
+def param_key(params: dict) -> str:
+    """Stable key of a parameter dict, used to make re-runs with the same parameters a no-op."""
+    import hashlib
+
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def snapshot(path: str | os.PathLike, dest_dir: str | os.PathLike, *, wait_s: float = 30.0) -> Path:
+    """Copy the store to ``dest_dir`` while holding a read lock, so the copy is consistent.
+
+    The dashboard reads the copy, never the live file, so a CLI stage can write meanwhile. The
+    copy's name carries the source's mtime; an existing copy of the same version is reused.
+    """
+    src = Path(path)
+    if not src.exists():
+        raise StoreError(f"store not found: {src} (build one with `python -m audit demo`)")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    con = connect(src, read_only=True, wait_s=wait_s)  # blocks writers while we copy
+    try:
+        stamp = src.stat().st_mtime_ns
+        dest = dest_dir / f"{src.stem}-{stamp}.duckdb"
+        if not dest.exists():
+            tmp = dest.with_suffix(".tmp")
+            shutil.copyfile(src, tmp)
+            wal = Path(str(src) + ".wal")
+            if wal.exists():
+                shutil.copyfile(wal, Path(str(tmp) + ".wal"))
+                os.replace(Path(str(tmp) + ".wal"), Path(str(dest) + ".wal"))
+            os.replace(tmp, dest)
+            for old in dest_dir.glob(f"{src.stem}-*.duckdb"):
+                if old != dest:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+                        Path(str(old) + ".wal").unlink(missing_ok=True)
+    finally:
+        con.close()
+    return dest
+
+
+def store_version(path: str | os.PathLike) -> int:
+    """The version a snapshot is taken of (the file's mtime in ns); 0 if missing."""
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0
