@@ -10,6 +10,8 @@ each store version is a new snapshot file, so a cached result is reused exactly 
 from __future__ import annotations
 
 import hashlib
+import html
+import re
 import tempfile
 from pathlib import Path
 
@@ -118,6 +120,17 @@ def thumb(ref: str, size: int = 160, blur: bool = False):
         return None
 
 
+# ---- text from the data --------------------------------------------------------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md(text) -> str:
+    """Text from the data, made inert for st.markdown / st.caption: every markdown, HTML, LaTeX ($) and
+    Streamlit directive (:colour[...]) character is backslash-escaped, so a caption's ``![](http://…)`` is not
+    fetched and a domain's ``<img onerror=…>`` is shown as text. Newlines become spaces."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
 # ---- labels ------------------------------------------------------------------------------------
 def score_label(cat: pd.DataFrame, name: str) -> str:
     row = cat[cat["name"] == name]
@@ -161,9 +174,11 @@ def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: 
                 st.image(img, width="stretch")
             else:
                 st.markdown(f"<div style='background:#f1f3f5;border-radius:6px;padding:6px;font-size:0.8em;"
-                            f"color:#495057'>no image stored<br>{r.domain or ''}</div>", unsafe_allow_html=True)
-            text = r.caption if len(r.caption) < 90 else r.caption[:87] + "…"
-            st.caption(("🔞 (blurred) " if blur else "") + text)
+                            f"color:#495057'>no image stored<br>{html.escape(str(r.domain or ''))}</div>",
+                            unsafe_allow_html=True)
+            caption = str(r.caption).strip()
+            text = caption if len(caption) < 90 else caption[:87] + "…"
+            st.caption(("🔞 (blurred) " if blur else "") + md(text))
 
 
 # ---- fairness (issue 4): cached inputs of the "Who's in, who's out" page --------------------------------

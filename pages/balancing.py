@@ -1,12 +1,11 @@
 """Balancing: what M4 and MetaCLIP balancing change (representation and association), before and after."""
-import io
-import json
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from audit import charts, ui
+from audit.export.csvsafe import strict_json, to_csv
 from audit.analyses.balance.core import DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, NON_GROUPS, BalanceError, compare, weights_frame
 from audit.analyses.balance.run import default_clip_score, default_model
 
@@ -176,16 +175,14 @@ c = st.columns(3)
 
 
 def _weights_csv() -> bytes:
-    return weights_frame(inputs.uids, res.q, keep).to_csv(index=False).encode()
+    return to_csv(weights_frame(inputs.uids, res.q, keep)).encode()
 
 
 def _subset_csv() -> bytes:
     sel = inputs.uids[keep]
-    frame = store.samples_page(list(sel))
+    frame = ui.samples(store, tuple(sel))
     frame = frame.merge(pd.DataFrame({"uid": inputs.uids, "m4_q": res.q}), on="uid", how="left")
-    buf = io.StringIO()
-    frame[["uid", "caption", "url", "source", "m4_q"]].to_csv(buf, index=False)
-    return buf.getvalue().encode()
+    return to_csv(frame[["uid", "caption", "url", "source", "m4_q"]]).encode()
 
 
 c[0].download_button("Download weights (uid, q, keep) CSV", _weights_csv, file_name="m4_weights.csv",
@@ -195,8 +192,8 @@ c[1].download_button(f"Download resampled subset ({int(keep.sum()):,} rows) CSV"
 params = {"attribute": attribute, "groups": groups, "proxies": list(proxy_specs), "target": target, "budget": budget,
           "eps_rep": eps_rep, "eps_assoc": eps_assoc, "utility": utility, "model": inputs_key[-1], "seed": seed}
 c[2].download_button("Download settings + summary (JSON)",
-                     json.dumps({"params": params, "status": res.status, "message": res.message,
-                                 "comparison": table.to_dict(orient="records")}, indent=2, default=str),
+                     strict_json({"params": params, "status": res.status, "message": res.message,
+                                  "comparison": table.to_dict(orient="records")}, indent=2),
                      file_name="m4_summary.json", mime="application/json", key="bal_dl_j")
 st.caption("Same result from the command line: `python -m audit balance m4 --store … --attribute "
            f"{attribute} --groups {','.join(groups)} --proxies '{','.join(proxy_specs)}' --budget {budget:g} "

@@ -1,9 +1,9 @@
 """Export the audited subset: CSV, Parquet or DataComp uid .npy, with a manifest of every setting."""
-import json
 
 import streamlit as st
 
 from audit import ui
+from audit.export.csvsafe import json_safe, strict_json
 from audit.export.writer import manifest, render
 from audit.decide.selection import Rule, RuleError
 
@@ -50,8 +50,8 @@ for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
     # rendered only when clicked (a callable), so a rerun does not serialise three formats
     col.download_button(f"Download {label}", lambda fmt=fmt: render(frame, fmt), file_name=f"audited_subset.{fmt}",
                         mime=mime, key=f"dl_{fmt}", on_click="ignore")
-man = manifest(store, rules, sel, "dashboard")
-cols[3].download_button("Download manifest (JSON)", json.dumps(man, indent=2, default=str),
+man = manifest(store, rules, sel, "dashboard", store_path=ui.store_path())
+cols[3].download_button("Download manifest (JSON)", strict_json(man, indent=2),
                         file_name="audited_subset.manifest.json", mime="application/json", key="dl_manifest")
 with st.expander("Manifest"):
-    st.json({k2: v for k2, v in man.items() if k2 not in ("runs",)})
+    st.json(json_safe({k2: v for k2, v in man.items() if k2 not in ("runs",)}))

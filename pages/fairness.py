@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from audit import charts, ui
-from audit.export.csvsafe import neutralise
+from audit.export.csvsafe import to_csv
 from audit.measure.fairness import HARMONISE, SEP, confusion, flag_rates
 from audit.measure.report import REPORT_COLUMNS, table_from_frame
 from audit.decide.selection import Rule, RuleError
@@ -132,7 +132,7 @@ config.update({"n": st.column_config.NumberColumn(width="small"), "kept": st.col
 st.dataframe(view.style.apply(grey_small, axis=1), hide_index=True, width="stretch", key="fz_table",
              column_config=config)
 st.caption("Grey rows: n below the minimum. Red rows: exclusion amplification (defined below).")
-st.download_button("Download this table (CSV)", neutralise(view).to_csv(index=False).encode(),
+st.download_button("Download this table (CSV)", to_csv(view).encode(),
                    file_name=f"fairness_{'_x_'.join(by)}.csv", mime="text/csv")
 cmd = (f"python -m audit report --store {ui.store_path()} " + " ".join(f"--keep '{r}'" for r in rules)
        + " " + " ".join(f"--by {b}" for b in by) + f" --min-n {min_n} --out fairness.csv")
@@ -241,5 +241,5 @@ uids = frame["uid"].to_numpy()
 for name, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
     idx = np.flatnonzero(mask)
     pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
-    st.markdown(f"**{name}** ({len(idx):,} in {gsel.replace(SEP, ' × ')}; showing {len(pick)})")
+    st.markdown(f"**{name}** ({len(idx):,} in {ui.md(gsel.replace(SEP, ' × '))}; showing {len(pick)})")
     ui.show_samples(store, ui.samples(store, tuple(uids[pick])), reveal=reveal, blur_uids=blur)

@@ -206,7 +206,7 @@ if ev is not None and ev.failed:
             why = ev.why(int(pos))
             with w2:
                 cap = frame["caption"].iloc[0] if len(frame) else ""
-                st.markdown(f"**{uid}** — {cap}")
+                st.markdown(f"**{ui.md(uid)}** — {ui.md(cap.strip())}")
                 if why:
                     st.markdown("Excluded because:\n" + "\n".join(f"- {r}" for r in why))
                 else:
@@ -263,6 +263,6 @@ blur = ui.blur_uids(store)
 for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
     idx = np.flatnonzero(mask)
     pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
-    st.markdown(f"**{title}** ({len(idx):,} in {gsel}; showing {len(pick)})")
+    st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
     frame = ui.samples(store, tuple(data.uids[pick]))
     ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)

@@ -29,7 +29,7 @@ if result.get("status") != "ok":
 
 counts = result.get("class_counts", {})
 classes = result.get("classes", [])
-st.caption(f"Classes ({by}): " + ", ".join(f"**{c}** ({counts.get(c, 0):,})" for c in classes)
+st.caption(f"Classes ({by}): " + ", ".join(f"**{ui.md(c)}** ({counts.get(c, 0):,})" for c in classes)
            + f" · seed {result.get('seed')} · computed {result.get('created')}")
 for note in result.get("class_notes", []):
     st.caption(f"ℹ️ {note}")

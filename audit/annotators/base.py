@@ -12,6 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, failed_run_guard, param_key
 
@@ -57,7 +58,7 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         random_weights = bool(st.model_info(model)["random_weights"]) if model else False
         run_id = st.start_run("annotate", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-    with failed_run_guard(store_path, run_id), Store.reader(store_path) as rd:
+    with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
         frame = cls().compute(ctx)
         n_samples = rd.count("samples")
@@ -66,11 +67,13 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
     flags = frame.attrs.get("random_weights", False)
     to_flag = set(frame["attribute"].unique()) if flags is True else set(flags or ())
     flagged = frame["attribute"].isin(to_flag).to_numpy()
-    with Store.writer(store_path) as st:
+    checkpoint("annotate.computed")
+    with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
         for part, rw in ((frame[~flagged], random_weights), (frame[flagged], True)):
             if len(part):
                 st.write_annotations(part, run_id=run_id, method=frame.attrs.get("method", cls.method),
                                      descriptions=cls.attributes, imputed=cls.imputed, random_weights=rw)
+        checkpoint("annotate.written")
         st.end_run(run_id, rows_in=n_samples, rows_out=len(frame))
     counts = frame.groupby(["attribute", "label"]).size().rename("n").reset_index()
     for attr, sub in counts.groupby("attribute"):

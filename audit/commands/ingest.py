@@ -6,17 +6,24 @@ from audit.cli import store_arg
 
 
 def configure(p) -> None:
+    from audit.images import DEFAULT_MAX_PIXELS  # stdlib only: configure runs just for this command
+
     p.description = "Every input row ends in exactly one of samples or rejects."
     p.add_argument("format", choices=["folder", "webdataset", "parquet", "datacomp"])
-    p.add_argument("paths", nargs="+", help="files or folders")
+    p.add_argument("paths", nargs="+", help="files, folders, brace patterns ('shards/{00000..00009}.tar') or globs "
+                                            "('shards/*.tar'), quoted so the tool expands them")
     store_arg(p)
     p.add_argument("--source", help="source name for these rows (default: from the path)")
     p.add_argument("--simulated", action="store_true", help="mark rows as simulated (the demo pool)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="images with more pixels are rejected as too_large before decoding (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
     from audit.ingest.run import ingest
 
-    ingest(a.format, a.paths, store_path=a.store, source=a.source, simulated=a.simulated)
+    if a.max_pixels < 1:
+        raise ValueError("--max-pixels must be at least 1")
+    ingest(a.format, a.paths, store_path=a.store, source=a.source, simulated=a.simulated, max_pixels=a.max_pixels)
     return 0

@@ -45,8 +45,11 @@ class OpenClipEmbedder:
 
     def _choose_autocast(self, precision: str) -> bool:
         import torch
+        from PIL import Image
 
-        return choose_autocast(precision, self.device, self.model.encode_image, torch.randn(4, 3, 224, 224))
+        # the trial input goes through the model's own preprocessing, so its size is the model's (not always 224)
+        one = self.preprocess(Image.new("RGB", (256, 256), (127, 127, 127)))
+        return choose_autocast(precision, self.device, self.model.encode_image, torch.stack([one] * 4))
 
     def _ctx(self):
         return autocast(self.device, self.autocast)

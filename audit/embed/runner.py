@@ -8,6 +8,7 @@ register the model at the end.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from audit.embed.transformers_backend import transformers_embedder
+from audit.killpoints import checkpoint
 from audit.embed.base import DEFAULT_MODEL, DEFAULT_PRETRAINED, Embedder, RANDOM_SEED
 from audit.embed.open_clip_backend import OpenClipEmbedder
 
@@ -102,6 +104,13 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
     no_image = int(work["image_ref"].isna().sum())
     work = work[work["image_ref"].notna()]
     done = embedded_uids(folder) if folder.exists() else set()
+    settings = folder / "embedder.json"   # how the parts already written were computed
+    if done and settings.exists():
+        before = json.loads(settings.read_text())
+        if bool(before.get("autocast_bf16")) != bool(emb.autocast):
+            echo(f"resuming {emb.key} with the precision of its first run "
+                 f"({'bf16 autocast' if before.get('autocast_bf16') else 'fp32'}), so every vector is computed alike")
+            emb.autocast = bool(before.get("autocast_bf16"))
     todo = work[~work["uid"].isin(done)].reset_index(drop=True)
     if limit is not None:
         todo = todo.iloc[:limit]
@@ -129,8 +138,11 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
         nonlocal seq, buf_u, buf_i, buf_t
         if buf_u:
             folder.mkdir(parents=True, exist_ok=True)
+            if not settings.exists():
+                settings.write_text(json.dumps({"autocast_bf16": bool(emb.autocast), "key": emb.key}))
             write_vectors(_FolderStore(folder), emb.key, f"r{run_id:05d}-{seq:06d}", buf_u,
                           np.concatenate(buf_i), np.concatenate(buf_t))
+            checkpoint("embed.part_written")
             seq += 1
             buf_u, buf_i, buf_t = [], [], []
 
@@ -140,7 +152,7 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
         for pos, batch, bad in loader:
             for i, err in bad:
                 rejects.append({"source_ref": todo["image_ref"].iat[i], "stage": "embed", "reason": "corrupt_image",
-                                "detail": err, "source": None, "uid": uids[i], "run_id": run_id})
+                                "detail": f"{emb.key}: {err}", "source": None, "uid": uids[i], "run_id": run_id})
             if batch is not None:
                 buf_i.append(emb.encode_images(batch))
                 buf_t.append(emb.encode_texts([captions[i] for i in pos]))
@@ -152,9 +164,9 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
         flush()
     finally:
         bar.close()
-    with Store.writer(store_path) as st:
-        if rejects:
-            st.add_rejects(pd.DataFrame(rejects))
+    with Store.writer(store_path) as st, st.transaction():
+        # one reject per sample and model, however often the embedding is retried
+        st.replace_stage_rejects("embed", f"{emb.key}: ", pd.DataFrame(rejects))
         st.register_model(emb.key, dim=emb.dim, backend=emb.backend, arch=emb.arch, pretrained=emb.pretrained,
                           random_weights=emb.random_weights, run_id=run_id)
         st.end_run(run_id, rows_in=len(todo), rows_out=embedded, rows_rejected=len(rejects))

@@ -6,6 +6,8 @@ byte-identical files for the same rules.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import io
 import json
 from pathlib import Path
@@ -16,7 +18,8 @@ import pandas as pd
 
 from audit.decide.selection import Rule, RuleError, Selection, select
 from audit.store import Store, store_version
-from audit.export.csvsafe import neutralise
+from audit.export.csvsafe import strict_json, to_csv
+from audit.killpoints import checkpoint
 
 
 EXPORT_FORMATS = ("csv", "parquet", "npy")
@@ -51,11 +54,13 @@ def selection_frame(store: Store, rules: Sequence[Rule], *, recipe=None) -> tupl
     return frame, sel, names
 
 
-def manifest(store: Store, rules: Sequence[Rule], sel: Selection, fmt: str, *, extra: dict | None = None) -> dict:
+def manifest(store: Store, rules: Sequence[Rule], sel: Selection, fmt: str, *, extra: dict | None = None,
+             store_path: str | None = None) -> dict:
+    """Every setting of an export. ``store_path``: the user's store when ``store`` is the dashboard's snapshot."""
     runs = store.runs()
     return {
         "tool": "clip-audit", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "store": str(Path(store.path).resolve()), "store_version": store_version(store.path),
+        "store": str(Path(store_path or store.path).resolve()), "store_version": store_version(store_path or store.path),
         "format": fmt, "rules": [str(r) for r in rules], "thresholds": sel.thresholds,
         "pool": int(len(sel.keep)), "kept": int(sel.keep.sum()), "excluded": int((~sel.keep).sum()),
         "excluded_by_reason": sel.counts_by_reason(),
@@ -65,11 +70,27 @@ def manifest(store: Store, rules: Sequence[Rule], sel: Selection, fmt: str, *, e
     }
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename: a kill leaves either the old
+    file or the new one, never a partial file at the final path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        checkpoint("export.before_rename")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def render(frame: pd.DataFrame, fmt: str) -> bytes:
     """The bytes of the kept rows in one format."""
     kept = frame[frame["keep"]].drop(columns=["keep", "excluded_by"])
     if fmt == "csv":
-        return neutralise(kept).to_csv(index=False).encode("utf-8")
+        return to_csv(kept).encode("utf-8")
     if fmt == "parquet":
         buf = io.BytesIO()
         kept.to_parquet(buf, index=False)
@@ -107,9 +128,11 @@ def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None =
         if recipe is not None:
             extra = {"recipe": str(recipe), "kept_after_step": sel.step_kept, "equivalent_rules": sel.as_rules()}
         man = manifest(st, parsed, sel, fmt, extra=extra)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_bytes(data)
-    Path(str(out) + ".manifest.json").write_text(json.dumps(man, indent=2, default=str))
+    man["file"] = {"name": Path(out).name, "bytes": len(data), "rows": man["kept"],
+                   "sha256": hashlib.sha256(data).hexdigest()}
+    write_atomic(Path(out), data)
+    checkpoint("export.data_written")
+    write_atomic(Path(str(out) + ".manifest.json"), strict_json(man, indent=2).encode("utf-8"))
     echo(f"kept {man['kept']} of {man['pool']} samples -> {out} ({fmt}); manifest {out}.manifest.json")
     for reason, n in man["excluded_by_reason"].items():
         echo(f"  excluded by {reason}: {n}")

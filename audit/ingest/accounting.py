@@ -18,6 +18,38 @@ from audit import images
 
 FORMATS = ("folder", "webdataset", "parquet", "datacomp")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+INT32_MAX = 2**31 - 1
+
+# Every reason an ingest reject can carry (README lists them; a test checks each reason used is here).
+REASONS = {
+    "bad_caption_record": "a captions-file row that cannot be parsed (bad JSON, unterminated quote, wrong field count)",
+    "bad_encoding": "text that is not UTF-8 (a captions-file line, a .txt caption)",
+    "bad_metadata": "a webdataset .json member that is not a JSON object",
+    "bad_uid": "a uid that is not text (e.g. a number)",
+    "bad_value": "a width, height or score that is not a number, or out of range",
+    "broken_tar": "a shard that is not a readable tar",
+    "corrupt_image": "image bytes that do not decode",
+    "corrupt_npz": "an npz that cannot be read",
+    "corrupt_parquet": "a parquet file that cannot be read",
+    "download_failed": "img2dataset could not download the sample (its status and error message are kept)",
+    "duplicate_key": "a second tar member with the same key and extension",
+    "duplicate_uid": "a uid repeated in the input or already in the store",
+    "empty_caption": "no caption, or only whitespace",
+    "missing_column": "a required parquet column is absent (each row is rejected)",
+    "missing_file_field": "a captions-file row without a file name",
+    "missing_image": "the referenced image is not there",
+    "missing_npz": "no npz beside a DataComp parquet (each row is rejected)",
+    "missing_npz_key": "an npz without one of the four embedding arrays",
+    "missing_uid": "a DataComp row without a uid",
+    "missing_url": "a metadata row without a url",
+    "nan_embedding": "a vector with NaN/inf values or zero norm",
+    "not_a_file": "a referenced path that is a device, fifo or folder (never read)",
+    "npz_length_mismatch": "npz arrays whose length differs from the parquet's rows",
+    "outside_root": "a path (../, absolute, or a symlink) leading outside the input folder (never read)",
+    "too_large": "an image above the pixel cap (--max-pixels) or the byte cap, refused before decoding",
+    "truncated_tar": "a tar member, or the rest of a tar, cut short",
+    "wrong_dimension": "npz vectors of another dimension than the model's",
+}
 
 
 @dataclass
@@ -43,16 +75,18 @@ class IngestReport:
 class Batch:
     """Accepted rows and rejects of one input file, checked for duplicate uids before writing."""
 
-    def __init__(self, source: str, fmt: str):
-        self.source, self.fmt = source, fmt
+    def __init__(self, source: str, fmt: str, *, max_pixels: int = images.DEFAULT_MAX_PIXELS):
+        self.source, self.fmt, self.max_pixels = source, fmt, max_pixels
         self.rows: list[dict] = []
         self.frames: list[pd.DataFrame] = []   # accepted rows built column-wise (datacomp)
         self.rejects: list[dict] = []
         self.scores: dict[str, np.ndarray] = {}
 
-    def reject(self, ref: str, reason: str, detail: str = "", uid: str | None = None) -> None:
+    def reject(self, ref: str, reason: str, detail: str = "", uid: str | None = None, *, url: str | None = None,
+               caption: str | None = None) -> None:
+        assert reason in REASONS, reason
         self.rejects.append({"source_ref": ref, "stage": "ingest", "reason": reason, "detail": detail,
-                             "source": self.source, "uid": uid})
+                             "source": self.source, "uid": uid, "url": url, "caption": caption})
 
     def accept(self, row: dict) -> None:
         self.rows.append(row)
@@ -93,20 +127,25 @@ def domains_of(urls: Iterable) -> tuple[list, list]:
 
 
 def fingerprint(*paths: str | Path) -> str:
-    """Cheap, stable identity of input files: size, mtime and the first and last 64 KiB."""
+    """Stable identity of input files from their bytes alone (never timestamps: a copy of the same bytes gets the
+    same fingerprint, so vector parts, and every seeded sampler reading them, come out the same): the size, and
+    the whole content up to 4 MiB, else 64 blocks of 64 KiB spread evenly from the first byte to the last."""
+    block, blocks = 65536, 64
     h = hashlib.sha256()
     for p in paths:
         p = Path(p)
         if not p.exists():
             h.update(b"missing")
             continue
-        st = p.stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        size = p.stat().st_size
+        h.update(f"{size}:".encode())
         with open(p, "rb") as fh:
-            h.update(fh.read(65536))
-            if st.st_size > 65536:
-                fh.seek(max(0, st.st_size - 65536))
+            if size <= block * blocks:
                 h.update(fh.read())
+                continue
+            for i in range(blocks):
+                fh.seek((size - block) * i // (blocks - 1))
+                h.update(fh.read(block))
     return h.hexdigest()[:32]
 
 
@@ -115,21 +154,60 @@ def make_uid(*parts: str) -> str:
 
 
 def caption_ok(text) -> bool:
+    """A caption is usable when it is text with something besides whitespace. It is stored exactly as given
+    (DataComp's rules measure the raw text); the dashboard strips it for display."""
     return isinstance(text, str) and text.strip() != ""
 
 
 def image_row(batch: Batch, ref: str, data: bytes | None, caption, uid: str, url: str | None,
-               err: str | None = None) -> None:
+              err: str | None = None, *, original: tuple | None = None) -> None:
+    """Decode (under the batch's pixel cap) and accept one image sample, or reject it with the reason.
+
+    ``original``: (width, height) of the source image when the producer resized it (img2dataset's
+    original_width/height); the decoded size is kept as stored_width/stored_height.
+    """
     if err:
         batch.reject(ref, "missing_image", err, uid)
         return
     try:
-        im = images.decode(data)
+        im = images.decode(data, batch.max_pixels)
     except images.ImageError as exc:
-        batch.reject(ref, "corrupt_image", str(exc), uid)
+        batch.reject(ref, exc.reason, str(exc), uid)
         return
     if not caption_ok(caption):
         batch.reject(ref, "empty_caption", "caption is missing or blank", uid)
         return
-    batch.accept({"uid": uid, "caption": str(caption).strip(), "url": url or None, "width": im.width,
-                  "height": im.height, "image_ref": ref, "sha256": hashlib.sha256(data).hexdigest()})
+    width, height = im.width, im.height
+    if original is not None:
+        (w, e1), (h, e2) = dimension(original[0]), dimension(original[1])
+        if e1 or e2:
+            batch.reject(ref, "bad_value", e1 or e2, uid)
+            return
+        width, height = (w if w is not None else width), (h if h is not None else height)
+    batch.accept({"uid": uid, "caption": caption, "url": url or None, "width": width, "height": height,
+                  "stored_width": im.width, "stored_height": im.height, "image_ref": ref,
+                  "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def uid_of(value, fallback: str) -> tuple[str | None, str | None]:
+    """(uid, error): the given uid when it is text, the generated ``fallback`` when none is given, an error when
+    a uid of another type is given (a number would silently become another sample's id)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return fallback, None
+    if isinstance(value, str):
+        return value, None
+    return None, f"uid must be text, got {type(value).__name__} {value!r}"[:200]
+
+
+def dimension(value) -> tuple[int | None, str | None]:
+    """(pixels, error) of a width or height: None when absent; an error when not a whole number in
+    [0, 2^31 − 1] (DuckDB's INTEGER)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None, None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None, f"width/height {value!r} is not a number"[:200]
+    if not np.isfinite(f) or f != int(f) or not 0 <= f <= INT32_MAX:
+        return None, f"width/height {value!r} is not a whole number in [0, {INT32_MAX}]"[:200]
+    return int(f), None

@@ -7,11 +7,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.ingest.accounting import Batch, caption_ok
+from audit.ingest.accounting import INT32_MAX, Batch, caption_ok
 
 
 DATACOMP_DIMS = {"b32": 512, "l14": 768}
 DATACOMP_COLUMNS = ("uid", "url", "text", "original_width", "original_height")
+SCORE_COLUMNS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
+
+
+def _bad_numbers(col: pd.Series, *, whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64 with NaN where absent, mask of rows holding something that is not a usable number)."""
+    num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+    present = col.notna().to_numpy(bool)
+    bad = present & np.isnan(num)
+    if whole:
+        with np.errstate(invalid="ignore"):
+            bad |= present & ~np.isnan(num) & ((num != np.round(num)) | (num < 0) | (num > INT32_MAX))
+    return num, bad
 
 
 def to_int(v) -> int | None:
@@ -34,7 +46,9 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
         return {}
     n = len(frame)
     refs = [f"{path}#row={i}" for i in range(n)]
-    uids = frame["uid"].astype(str).tolist() if "uid" in frame.columns else [None] * n
+    uid_col = frame["uid"] if "uid" in frame.columns else pd.Series([None] * n, dtype=object)
+    text_uid = uid_col.map(lambda u: isinstance(u, str)).to_numpy(bool)
+    uids = [u if ok else None for u, ok in zip(uid_col.tolist(), text_uid)]
 
     def reject_all(reason: str, detail: str) -> dict:
         for ref, uid in zip(refs, uids):
@@ -70,27 +84,41 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
         bad |= ~np.isfinite(norms) | (norms == 0)
     text = frame["text"]
     uid_s = pd.Series(uids, dtype=object)
-    no_uid = ~uid_s.map(lambda u: isinstance(u, str) and u not in ("", "None")).to_numpy(bool)
+    given = uid_col.notna().to_numpy(bool) & (uid_col.astype(str) != "").to_numpy(bool)
+    not_text = given & ~text_uid
+    no_uid = ~not_text & ~uid_s.map(lambda u: isinstance(u, str) and u not in ("", "None")).to_numpy(bool)
     blank = ~text.map(caption_ok).to_numpy(bool)
-    for reason, mask, detail in (("missing_uid", no_uid, "row has no uid"),
-                                 ("empty_caption", ~no_uid & blank, "caption is missing or blank"),
-                                 ("nan_embedding", ~no_uid & ~blank & bad, "a vector has NaN/inf values or zero norm")):
+    width, bad_w = _bad_numbers(frame["original_width"], whole=True)
+    height, bad_h = _bad_numbers(frame["original_height"], whole=True)
+    scores, bad_s = {}, np.zeros(n, bool)
+    for col in SCORE_COLUMNS:
+        if col in frame.columns:
+            scores[col], b = _bad_numbers(frame[col], whole=False)
+            bad_s |= b
+    bad_value = bad_w | bad_h | bad_s
+    prior = np.zeros(n, bool)
+    for reason, mask, detail in (("bad_uid", not_text, "uid must be text"),
+                                 ("missing_uid", no_uid, "row has no uid"),
+                                 ("empty_caption", blank, "caption is missing or blank"),
+                                 ("bad_value", bad_value, "original_width/height or a similarity score is not a "
+                                                          f"usable number (sizes: whole, 0..{INT32_MAX})"),
+                                 ("nan_embedding", bad, "a vector has NaN/inf values or zero norm")):
+        mask = mask & ~prior
+        prior |= mask
         for i in np.flatnonzero(mask):
-            batch.reject(refs[i], reason, detail, None if reason == "missing_uid" else uids[i])
-    ok = ~(no_uid | blank | bad)
+            uid_i = uids[i]
+            batch.reject(refs[i], reason, detail if reason != "bad_uid" else
+                         f"uid must be text, got {type(uid_col.iloc[i]).__name__} {uid_col.iloc[i]!r}"[:200],
+                         None if reason in ("missing_uid", "bad_uid") else uid_i)
+    ok = ~prior
     keep_idx = np.flatnonzero(ok)
     accepted = pd.DataFrame({
         "uid": uid_s.to_numpy()[ok], "caption": text.to_numpy()[ok], "url": frame["url"].to_numpy()[ok],
-        "width": pd.array(frame["original_width"].to_numpy()[ok], dtype="Int64"),
-        "height": pd.array(frame["original_height"].to_numpy()[ok], dtype="Int64"),
+        "width": pd.array(np.where(np.isnan(width), np.nan, width)[ok], dtype="Int64"),
+        "height": pd.array(np.where(np.isnan(height), np.nan, height)[ok], dtype="Int64"),
         "image_ref": None, "sha256": frame["sha256"].to_numpy()[ok] if "sha256" in frame.columns else None,
         "_row": keep_idx})
-    accepted["caption"] = accepted["caption"].str.strip()
-    batch.frames.append(accepted)
+    batch.frames.append(accepted)   # captions exactly as given: DataComp's rules measure the raw text
     idx = keep_idx
-    scores = {}
-    for col in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
-        if col in frame.columns:
-            scores[col] = frame[col].to_numpy(np.float64)
     batch.scores = scores
     return {f"datacomp_{m}": (idx, arrays[f"{m}_img"], arrays[f"{m}_txt"]) for m in ("b32", "l14")}

@@ -8,12 +8,15 @@ Invariant, per input file: rows read = rows accepted + rows rejected. An input f
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
+from audit import images
+from audit.killpoints import checkpoint
 from audit.store import Store
 from audit.store.vectors import l2_normalise, write_vectors
 from audit.ingest.accounting import Batch, FORMATS, IngestReport, domains_of, fingerprint
@@ -30,22 +33,57 @@ FILLERS: dict[str, Callable] = {"folder": fill_folder, "webdataset": fill_webdat
                                 "parquet": fill_parquet, "datacomp": fill_datacomp}
 
 
+SHARD_PATTERNS = {"webdataset": ("*.tar", "*.tar.gz", "*.tgz"), "parquet": ("*.parquet",), "datacomp": ("*.parquet",)}
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Brace expansion as webdataset and the shell do it: ``{00000..00009}`` (zero-padded ranges) and ``{a,b}``."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    r = _RANGE.match(body)
+    if r:
+        lo, hi, width = int(r.group(1)), int(r.group(2)), len(r.group(1))
+        step = 1 if hi >= lo else -1
+        items = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    else:
+        items = body.split(",")
+    return [x for item in items for x in expand_braces(head + item + tail)]
+
+
 def expand_inputs(fmt: str, paths: Iterable[str]) -> list[Path]:
+    """Input files from paths as given (quoted brace patterns and globs included); folders of shards are
+    listed. A remote URL is refused with a message naming it."""
+    import glob
+
     out: list[Path] = []
-    for p in map(Path, paths):
-        if fmt == "folder":
-            out.append(p)
-        elif p.is_dir():
-            pattern = {"webdataset": "*.tar", "parquet": "*.parquet", "datacomp": "*.parquet"}[fmt]
-            out += sorted(p.glob(pattern))
-        else:
-            out.append(p)
+    for given in paths:
+        if re.match(r"^[a-z][a-z0-9+.-]*://", given):
+            raise ValueError(f"remote inputs are not supported: {given} (copy or mount the files locally, then "
+                             f"give the local path)")
+        for spec in expand_braces(given):
+            if any(ch in spec for ch in "*?["):
+                hits = sorted(glob.glob(spec))
+                if not hits:
+                    raise FileNotFoundError(f"no input matches {spec}")
+                candidates = [Path(h) for h in hits]
+            else:
+                candidates = [Path(spec)]
+            for p in candidates:
+                if fmt != "folder" and p.is_dir():
+                    out += sorted({x for pat in SHARD_PATTERNS[fmt] for x in p.glob(pat)})
+                else:
+                    out.append(p)
     return out
 
 
 
 def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | None = None,
-           simulated: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> IngestReport:
+           simulated: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
+           max_pixels: int = images.DEFAULT_MAX_PIXELS) -> IngestReport:
     """Ingest every input file; one short write transaction per file."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -56,7 +94,7 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
         if not p.exists():
             raise FileNotFoundError(f"input not found: {p}")
     total = IngestReport()
-    params = {"format": fmt, "inputs": [str(p.resolve()) for p in inputs], "source": source}
+    params = {"format": fmt, "inputs": [str(p.resolve()) for p in inputs], "source": source, "max_pixels": max_pixels}
     from tqdm import tqdm
 
     bar = tqdm(inputs, desc=f"ingest {fmt}", unit="file", disable=not progress)
@@ -64,14 +102,13 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
         run_id = st.start_run("ingest", fmt, params=params)
     for p in bar:
         src = source or (p.name if fmt == "folder" else p.parent.name or p.stem)
-        fp_paths = [p] + ([p.with_suffix(".npz")] if fmt == "datacomp" else [])
-        fp = fingerprint(*fp_paths) if p.is_file() else fingerprint(*sorted(x for x in p.iterdir() if x.is_file()))
+        fp = fingerprint(*_fingerprinted(fmt, p))
         with Store.writer(store_path) as st:
             done = st.input_done(str(p.resolve()), fp)
         if done:
             total.skipped_inputs.append(str(p))
             continue
-        total.add(_ingest_one(fmt, p, fp, src, store_path, run_id, simulated))
+        total.add(_ingest_one(fmt, p, fp, src, store_path, run_id, simulated, max_pixels))
     with Store.writer(store_path) as st:
         st.end_run(run_id, rows_in=total.rows_in, rows_out=total.accepted,
                    rows_rejected=sum(total.rejected.values()))
@@ -80,15 +117,39 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
     return total
 
 
+def _fingerprinted(fmt: str, p: Path) -> list[Path]:
+    """The files whose bytes identify one input: the file and its companions (npz, img2dataset's parquet), or a
+    folder's own regular files (symlinks are not followed)."""
+    if p.is_dir():
+        return sorted(x for x in p.iterdir() if x.is_file() and not x.is_symlink())
+    if fmt == "datacomp":
+        return [p, p.with_suffix(".npz")]
+    if fmt == "webdataset":
+        from audit.ingest.webdataset import companion_parquet
+
+        return [p, companion_parquet(p)]
+    return [p]
+
+
+SAMPLE_FIELDS = ["uid", "caption", "url", "width", "height", "stored_width", "stored_height", "image_ref", "sha256",
+                 "_row"]
+
+
 def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run_id: int,
-                simulated: bool) -> IngestReport:
-    batch = Batch(source, fmt)
+                simulated: bool, max_pixels: int) -> IngestReport:
+    """Read one input file and write all of it in one transaction: a kill leaves the store as it was.
+
+    Vector parts are written first, named by the input's content (``fp``), so a rerun rewrites the same files
+    instead of adding copies; they are only visible once the transaction registers the model.
+    """
+    batch = Batch(source, fmt, max_pixels=max_pixels)
     vectors = FILLERS[fmt](batch, path) or {}
     rep = IngestReport()
+    checkpoint("ingest.read")
     with Store.writer(store_path) as st:
         # duplicate uids: repeated inside this input, or already in the store
-        cols = ["uid", "caption", "url", "width", "height", "image_ref", "sha256", "_row"]
-        parts = [pd.DataFrame(batch.rows, columns=cols)] + [f[cols] for f in batch.frames]
+        parts = [pd.DataFrame(batch.rows, columns=SAMPLE_FIELDS)] + [f.reindex(columns=SAMPLE_FIELDS)
+                                                                    for f in batch.frames]
         frame = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
         existing = st.existing_uids(frame["uid"])
         in_store = frame["uid"].isin(existing).to_numpy()
@@ -104,18 +165,23 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
         frame["ingest_run"] = run_id
         frame["domain"], frame["tld"] = domains_of(frame["url"])
         rows_idx = frame["_row"].to_numpy()
-        frame["width"] = pd.array(frame["width"], dtype="Int64")
-        frame["height"] = pd.array(frame["height"], dtype="Int64")
-        if vectors:
-            part = f"{run_id:05d}-{fp[:12]}"
-            for model, (_, img, txt) in vectors.items():
-                # align: vectors rows are parquet rows; keep the accepted ones in frame order
-                pos = rows_idx.astype(np.int64)
-                for start in range(0, len(pos), VECTOR_CHUNK):
-                    sel = pos[start:start + VECTOR_CHUNK]
-                    write_vectors(st, model, f"{part}-{start // VECTOR_CHUNK:04d}",
-                                  frame["uid"].iloc[start:start + VECTOR_CHUNK].tolist(),
-                                  l2_normalise(img[sel]), l2_normalise(txt[sel]))
+        for col in ("width", "height", "stored_width", "stored_height"):
+            frame[col] = pd.array(frame[col], dtype="Int64")
+        for model, (_, img, txt) in vectors.items():
+            # align: vectors rows are parquet rows; keep the accepted ones in frame order
+            pos = rows_idx.astype(np.int64)
+            for start in range(0, len(pos), VECTOR_CHUNK):
+                sel = pos[start:start + VECTOR_CHUNK]
+                write_vectors(st, model, f"{fp[:20]}-{start // VECTOR_CHUNK:04d}",
+                              frame["uid"].iloc[start:start + VECTOR_CHUNK].tolist(),
+                              l2_normalise(img[sel]), l2_normalise(txt[sel]))
+                checkpoint("ingest.vector_part")
+        rej = pd.DataFrame(batch.rejects)
+        if not rej.empty:
+            rej["run_id"] = run_id
+        rows_in = len(frame) + len(batch.rejects)
+        with st.transaction():
+            for model, (_, img, _txt) in vectors.items():
                 st.register_model(model, dim=img.shape[1], backend="datacomp-npz", arch=model,
                                   pretrained="openai" if model.endswith(("b32", "l14")) else None,
                                   random_weights=False, run_id=run_id)
@@ -123,13 +189,13 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
                 st.append_scores(name, frame["uid"].tolist(), values[rows_idx.astype(np.int64)], run_id=run_id,
                                  kind="datacomp", model=f"datacomp_{name.split('_')[1]}", simulated=simulated,
                                  description="CLIP similarity from the DataComp parquet (OpenAI CLIP)")
-        st.add_samples(frame.drop(columns=["_row"]))
-        rej = pd.DataFrame(batch.rejects)
-        if not rej.empty:
-            rej["run_id"] = run_id
-        st.add_rejects(rej)
-        rows_in = len(frame) + len(batch.rejects)
-        st.record_input(str(path.resolve()), fp, fmt, source, rows_in, len(frame), len(batch.rejects), run_id)
+            st.add_samples(frame.drop(columns=["_row"]))
+            checkpoint("ingest.samples_written")
+            # a uid accepted now (the input was fixed) leaves the rejects: never in both tables
+            st.clear_ingest_rejects(frame["uid"])
+            st.add_rejects(rej)
+            st.record_input(str(path.resolve()), fp, fmt, source, rows_in, len(frame), len(batch.rejects), run_id)
+            checkpoint("ingest.before_commit")
     rep.accepted = len(frame)
     rep.rows_in = rows_in
     rep.rejected.update(r["reason"] for r in batch.rejects)

@@ -87,13 +87,13 @@ def build(store, specs: Sequence[str], by: Sequence[str], *, min_n: int = 30) ->
 def write_csv(table, out: str) -> None:
     from pathlib import Path
 
-    from audit.export.csvsafe import neutralise
+    from audit.export.csvsafe import to_csv
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table = table.copy()
     for old, new in CSV_ALIASES.items():
         table[old] = table[new]
-    neutralise(table).to_csv(out, index=False)
+    to_csv(table, out)
 
 
 def summary_lines(rep: Report, by: Sequence[str]) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
+from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
 
@@ -98,17 +99,19 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
                               random_weights=random_weights)
         uids = st.sample_uids()
     # compute without holding the write lock
-    with failed_run_guard(store_path, run_id), Store.reader(store_path) as rd:
+    with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
         scorer = cls()
         values = scorer.compute(ctx)
-    with Store.writer(store_path) as st:
+    checkpoint("score.computed")
+    with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
         sim = st.simulated_flags()
         for out_name, v in values.items():
             scored = ~np.isnan(np.asarray(v, dtype=float))
             simulated_only = bool(scored.any() and sim[scored].all())  # every scored sample is simulated
             st.write_scores(out_name, uids, v, run_id=run_id, kind=name, model=model, random_weights=random_weights,
                             simulated=simulated_only, description=_description(scorer, out_name))
+        checkpoint("score.written")
         n_missing = int(sum(np.isnan(np.asarray(v, dtype=float)).sum() for v in values.values()))
         st.end_run(run_id, rows_in=len(uids), rows_out=len(uids), note=f"{n_missing} missing values")
     for out_name, v in values.items():

@@ -208,8 +208,10 @@ class MetaClip(Score):
         if p.get("entries_out"):
             import pandas as pd
 
-            pd.DataFrame({"entry": entries, "count": counts, "p": entry_probability(counts, t)}).to_csv(
-                p["entries_out"], index=False)
+            from audit.export.csvsafe import to_csv
+
+            to_csv(pd.DataFrame({"entry": entries, "count": counts, "p": entry_probability(counts, t)}),
+                   p["entries_out"])
             ctx.echo(f"entry counts -> {p['entries_out']}")
         self.run_description = {
             "metaclip_p": f"{self.description}; t={t:g}; metadata: {source}; case-sensitive space-delimited matching",

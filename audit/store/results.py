@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from audit.store.schema import _ORIGIN_MAP_DDL
 from audit.store.store import Store
 
 
@@ -17,15 +16,9 @@ def meta_put(store: Store, key: str, value: str) -> None:
     store.cursor().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
 
-def _ensure_origin_map_tables(store: Store) -> None:
-    cur = store.cursor()
-    for stmt in _ORIGIN_MAP_DDL:
-        cur.execute(stmt)
-
 
 def write_origin_result(store: Store, run_id: int, by: str, result_json: str) -> None:
     """Store one origin-probe result (a JSON document) under its run."""
-    _ensure_origin_map_tables(store)
     store.cursor().execute("INSERT INTO origin_results VALUES (?, ?, now(), ?)", [run_id, by, result_json])
 
 
@@ -54,20 +47,14 @@ def origin_result(store: Store, *, run_id: int | None = None, by: str | None = N
 def write_map(store: Store, model: str, frame: pd.DataFrame, *, run_id: int, column: str, fit_rows: int,
               skipped: int, knn: str, params_json: str, random_weights: bool) -> None:
     """Replace the map coordinates of ``model`` (frame: uid, x, y, fit) in one transaction."""
-    _ensure_origin_map_tables(store)
-    cur = store.cursor()
-    cur.execute("BEGIN")
-    try:
+    with store.transaction():
+        cur = store.cursor()
         cur.execute("DELETE FROM embedding_map WHERE model = ?", [model])
         cur.register("_map", frame[["uid", "x", "y", "fit"]])
         cur.execute("INSERT INTO embedding_map SELECT ?, uid, x, y, fit FROM _map", [model])
         cur.unregister("_map")
         cur.execute("INSERT OR REPLACE INTO map_catalog VALUES (?,?,?,?,?,?,?,?,?, now())",
                     [model, run_id, column, len(frame), fit_rows, skipped, knn, params_json, random_weights])
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
 
 
 def map_catalog(store: Store) -> pd.DataFrame:

@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated")
 SAMPLE_COLUMNS = (
     "uid", "source", "caption", "url", "domain", "tld", "width", "height",
-    "image_ref", "sha256", "simulated", "ingest_run",
+    "image_ref", "sha256", "simulated", "ingest_run", "stored_width", "stored_height",
 )
 
 DDL = [
@@ -25,14 +25,14 @@ DDL = [
         run_id INTEGER PRIMARY KEY, stage VARCHAR, name VARCHAR, version INTEGER,
         model VARCHAR, pretrained VARCHAR, random_weights BOOLEAN, params VARCHAR, param_key VARCHAR,
         status VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
-        rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, note VARCHAR)""",
+        rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, note VARCHAR, pid INTEGER, host VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS samples (
         uid VARCHAR PRIMARY KEY, source VARCHAR, caption VARCHAR, url VARCHAR, domain VARCHAR,
         tld VARCHAR, width INTEGER, height INTEGER, image_ref VARCHAR, sha256 VARCHAR,
-        simulated BOOLEAN, ingest_run INTEGER)""",
+        simulated BOOLEAN, ingest_run INTEGER, stored_width INTEGER, stored_height INTEGER)""",
     """CREATE TABLE IF NOT EXISTS rejects (
         source_ref VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR, source VARCHAR,
-        uid VARCHAR, run_id INTEGER)""",
+        uid VARCHAR, run_id INTEGER, url VARCHAR, caption VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS ingested_inputs (
         path VARCHAR, fingerprint VARCHAR, format VARCHAR, source VARCHAR, rows_in BIGINT,
         accepted BIGINT, rejected BIGINT, run_id INTEGER)""",
@@ -48,7 +48,26 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS attribute_catalog (
         attribute VARCHAR PRIMARY KEY, run_id INTEGER, method VARCHAR, imputed BOOLEAN,
         random_weights BOOLEAN, description VARCHAR)""",
+    # analysis results (audit/store/results.py)
+    """CREATE TABLE IF NOT EXISTS origin_results (
+        run_id INTEGER, by_column VARCHAR, created TIMESTAMP, result VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS embedding_map (
+        model VARCHAR, uid VARCHAR, x FLOAT, y FLOAT, fit BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS map_catalog (
+        model VARCHAR PRIMARY KEY, run_id INTEGER, column_name VARCHAR, n_rows BIGINT, fit_rows BIGINT,
+        skipped BIGINT, knn VARCHAR, params VARCHAR, random_weights BOOLEAN, created TIMESTAMP)""",
 ]
+
+# Columns added after a table first shipped: a store written by an older version gains them on open.
+MIGRATIONS = [
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_width INTEGER",
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_height INTEGER",
+    "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS url VARCHAR",
+    "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS caption VARCHAR",
+]
+REJECT_COLUMNS = ("source_ref", "stage", "reason", "detail", "source", "uid", "run_id", "url", "caption")
 
 _EMPTY_EMBEDDINGS_VIEW = (
     "CREATE OR REPLACE VIEW embeddings AS SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS model, "
@@ -76,12 +95,3 @@ def slug(text: str) -> str:
 
 
 # ---- origin probe and embedding map (issue 5): result tables ------------------------------------------
-_ORIGIN_MAP_DDL = [
-    """CREATE TABLE IF NOT EXISTS origin_results (
-        run_id INTEGER, by_column VARCHAR, created TIMESTAMP, result VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS embedding_map (
-        model VARCHAR, uid VARCHAR, x FLOAT, y FLOAT, fit BOOLEAN)""",
-    """CREATE TABLE IF NOT EXISTS map_catalog (
-        model VARCHAR PRIMARY KEY, run_id INTEGER, column_name VARCHAR, n_rows BIGINT, fit_rows BIGINT,
-        skipped BIGINT, knn VARCHAR, params VARCHAR, random_weights BOOLEAN, created TIMESTAMP)""",
-]

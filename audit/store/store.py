@@ -22,15 +22,16 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
 import numpy as np
 import pandas as pd
-from audit.store.schema import DDL, SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug
+from audit.store.schema import DDL, MIGRATIONS, REJECT_COLUMNS, SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug
 
 
 _LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
@@ -66,6 +67,18 @@ def connect(path: str | os.PathLike, *, read_only: bool = False, wait_s: float =
             delay = min(delay * 2, 1.0)
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Store:
     """A handle on one store. ``con`` is a DuckDB connection; use a cursor per query."""
@@ -74,6 +87,7 @@ class Store:
     con: duckdb.DuckDBPyConnection
     read_only: bool
     vectors_root: Path | None = None   # set for snapshots: their vectors stay beside the live store
+    _tx: Any = field(default=None, repr=False)   # the cursor of the open transaction (Store.transaction)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -101,6 +115,16 @@ class Store:
 
     @classmethod
     @contextlib.contextmanager
+    def detached(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> Iterator["Store"]:
+        """A read-only store for long computations that holds the file only while each query runs (DuckDB lets
+        no writer in while any reader has the file open), so another stage can write meanwhile. Each query
+        sees the store as it is then; the computing stage reads what it needs once."""
+        if not os.path.exists(str(path)):
+            raise StoreError(f"store not found: {path}")
+        yield _DetachedStore(path=str(path), con=None, read_only=True, wait_s=wait_s)
+
+    @classmethod
+    @contextlib.contextmanager
     def _session(cls, path: str | os.PathLike, *, read_only: bool, wait_s: float) -> Iterator["Store"]:
         st = cls.open(path, read_only=read_only, wait_s=wait_s)
         try:
@@ -115,11 +139,30 @@ class Store:
         self.con.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        return self.con.cursor()
+        return self._tx if self._tx is not None else self.con.cursor()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Every statement of the block in one transaction (DuckDB's cursors are separate connections, so the
+        store hands out the transaction's cursor meanwhile); a nested block joins the outer one."""
+        if self._tx is not None:
+            yield
+            return
+        cur = self.con.cursor()
+        cur.execute("BEGIN")
+        self._tx = cur
+        try:
+            yield
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            self._tx = None
 
     def _init_schema(self) -> None:
         cur = self.cursor()
-        for stmt in DDL:
+        for stmt in DDL + MIGRATIONS:
             cur.execute(stmt)
         cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         has_view = cur.execute(
@@ -149,13 +192,27 @@ class Store:
 
     def start_run(self, stage: str, name: str, *, params: dict, version: int = 1, model: str | None = None,
                   pretrained: str | None = None, random_weights: bool = False) -> int:
+        self.mark_interrupted()
         cur = self.cursor()
         run_id = cur.execute("SELECT nextval('run_ids')").fetchone()[0]
         cur.execute(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?, 'running', now(), NULL, NULL, NULL, NULL, NULL)",
+            "INSERT INTO runs (run_id, stage, name, version, model, pretrained, random_weights, params, param_key, "
+            "status, started_at, pid, host) VALUES (?,?,?,?,?,?,?,?,?, 'running', now(), ?, ?)",
             [run_id, stage, name, version, model, pretrained, random_weights,
-             json.dumps(params, sort_keys=True, default=str), param_key(params)])
+             json.dumps(params, sort_keys=True, default=str), param_key(params), os.getpid(), socket.gethostname()])
         return int(run_id)
+
+    def mark_interrupted(self) -> int:
+        """Runs left 'running' by a process of this host that no longer exists (killed, crashed) become
+        'interrupted'; returns how many. Runs of other hosts are left alone (their process may be alive)."""
+        host = socket.gethostname()
+        stale = [rid for rid, pid in self.cursor().execute(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [host]).fetchall()
+            if pid is None or not _alive(int(pid))]
+        for rid in stale:
+            self.cursor().execute("UPDATE runs SET status = 'interrupted', ended_at = now(), "
+                                  "note = 'the process ended before the run finished' WHERE run_id = ?", [rid])
+        return len(stale)
 
     def end_run(self, run_id: int, *, status: str = "done", rows_in: int | None = None,
                 rows_out: int | None = None, rows_rejected: int | None = None, note: str | None = None) -> None:
@@ -198,15 +255,42 @@ class Store:
     def add_rejects(self, frame: pd.DataFrame) -> int:
         if frame.empty:
             return 0
-        cols = ["source_ref", "stage", "reason", "detail", "source", "uid", "run_id"]
-        frame = frame.reindex(columns=cols)
+        frame = frame.reindex(columns=list(REJECT_COLUMNS))
         cur = self.cursor()
         cur.register("_rej", frame)
+        cols = ", ".join(REJECT_COLUMNS)
         try:
-            cur.execute("INSERT INTO rejects SELECT * FROM _rej")
+            cur.execute(f"INSERT INTO rejects ({cols}) SELECT {cols} FROM _rej")
         finally:
             cur.unregister("_rej")
         return len(frame)
+
+    def clear_ingest_rejects(self, uids: Iterable[str]) -> None:
+        """Drop the ingest rejects of uids that are accepted now (their input was fixed and ingested again)."""
+        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        if frame.empty:
+            return
+        cur = self.cursor()
+        cur.register("_fixed", frame)
+        try:
+            cur.execute("DELETE FROM rejects WHERE stage = 'ingest' AND uid IN (SELECT uid FROM _fixed)")
+        finally:
+            cur.unregister("_fixed")
+
+    def replace_stage_rejects(self, stage: str, detail_prefix: str, frame: pd.DataFrame) -> None:
+        """The rejects of a later stage (embed) for the uids in ``frame``, replacing the earlier rows of the same
+        stage whose detail starts with ``detail_prefix`` (the model), so a retried sample is rejected once."""
+        if frame.empty:
+            return
+        probe = pd.DataFrame({"uid": pd.Series(frame["uid"].tolist(), dtype="string")})
+        cur = self.cursor()
+        cur.register("_again", probe)
+        try:
+            cur.execute("DELETE FROM rejects WHERE stage = ? AND starts_with(detail, ?) "
+                        "AND uid IN (SELECT uid FROM _again)", [stage, detail_prefix])
+        finally:
+            cur.unregister("_again")
+        self.add_rejects(frame)
 
     def record_input(self, path: str, fingerprint: str, fmt: str, source: str, rows_in: int,
                      accepted: int, rejected: int, run_id: int) -> None:
@@ -306,10 +390,8 @@ class Store:
         ident(name)
         frame = pd.DataFrame({"uid": pd.Series(uids, dtype="string"), "name": name,
                               "value": np.asarray(values, dtype=np.float64)})
-        cur = self.cursor()
-        if replace:
-            cur.execute("BEGIN")
-        try:
+        with self.transaction():
+            cur = self.cursor()
             if replace:
                 cur.execute("DELETE FROM scores WHERE name = ?", [name])
             cur.register("_sc", frame)
@@ -317,12 +399,6 @@ class Store:
             cur.unregister("_sc")
             cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO score_catalog VALUES (?,?,?,?,?,?,?)",
                         [name, run_id, kind, model, random_weights, simulated, description])
-            if replace:
-                cur.execute("COMMIT")
-        except Exception:
-            if replace:
-                cur.execute("ROLLBACK")
-            raise
 
     def append_scores(self, name: str, uids: Sequence[str], values: np.ndarray, **catalog) -> None:
         """Add values of score ``name`` for new uids (``write_scores(..., replace=False)``)."""
@@ -363,9 +439,8 @@ class Store:
                           random_weights: bool = False) -> None:
         """Replace the attributes present in ``frame`` (uid, attribute, label, confidence, method)."""
         attrs = sorted(frame["attribute"].unique())
-        cur = self.cursor()
-        cur.execute("BEGIN")
-        try:
+        with self.transaction():
+            cur = self.cursor()
             for a in attrs:
                 cur.execute("DELETE FROM annotations WHERE attribute = ?", [a])
                 cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
@@ -373,10 +448,6 @@ class Store:
             cur.register("_ann", frame[["uid", "attribute", "label", "confidence", "method"]])
             cur.execute("INSERT INTO annotations SELECT * FROM _ann")
             cur.unregister("_ann")
-            cur.execute("COMMIT")
-        except Exception:
-            cur.execute("ROLLBACK")
-            raise
 
     def attributes(self) -> list[str]:
         return [r[0] for r in self.cursor().execute(
@@ -416,6 +487,18 @@ class Store:
             "models": len(self.models()),
             "attributes": len(self.attributes()),
         }
+
+
+@dataclass
+class _DetachedStore(Store):
+    wait_s: float = 60.0
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        # a connection of its own per query: the file is released as soon as the result is dropped
+        return connect(self.path, read_only=True, wait_s=self.wait_s)
+
+    def close(self) -> None:
+        pass
 
 
 @contextlib.contextmanager

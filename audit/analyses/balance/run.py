@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 from audit.analyses.balance.core import BalanceError, DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, Inputs, MAX_PROXY_LABELS, MIN_GROUP, MIN_PROXY, NON_GROUPS, ProxyPlan, ZS_LOGIT_SCALE, json_default, choose_groups, membership_matrix, parse_proxies, parse_target, proxy_matrix, softmax_rows, weights_frame
+from audit.export.csvsafe import to_csv
 
 
 def plan_proxies(store, specs: list[str], attribute: str, *, min_proxy: int = MIN_PROXY,
@@ -289,7 +290,7 @@ def weights_writer(path: str):
 
     def write(frame: pd.DataFrame) -> None:
         if suffix == ".csv":
-            frame.to_csv(out, mode="w" if state["first"] else "a", header=state["first"], index=False)
+            to_csv(frame, out, mode="w" if state["first"] else "a", header=state["first"])
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
