@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements.txt | $(BIN)/activate
 $(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install -r requirements-test.txt
 	bash scripts/install-browser.sh
+	PYTHON=$(PYTHON) bash scripts/install-img2dataset.sh
 	touch $@
 
 demo: $(VENV)/.installed
@@ -36,4 +37,4 @@ screenshots: $(VENV)/.test-installed demo
 	AUDIT_STORE=$(STORE) $(BIN)/python scripts/screenshots.py bench/out/screens
 
 clean:
-	rm -rf $(VENV) data/demo.duckdb data/demo.duckdb.wal data/demo.vectors data/demo_inputs
+	rm -rf $(VENV) .venv-img2dataset data/demo.duckdb data/demo.duckdb.wal data/demo.vectors data/demo_inputs

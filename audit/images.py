@@ -140,19 +140,28 @@ def read_bytes(ref: str) -> bytes:
     return read_file(ref)
 
 
+def _plain(exc: Exception) -> str:
+    """The error's message without object addresses, so a reject's detail is the same on every run."""
+    import re
+
+    return re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "the image", str(exc))[:300]
+
+
 def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open (header only) and check the pixel count; raises ImageTooLarge before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own check then agrees with ours (set for every caller alike)
+    Image.MAX_IMAGE_PIXELS = None  # our cap below replaces Pillow's, with the sizes in the message
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"undecodable image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("undecodable image: not an image format Pillow can read") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"undecodable image: {_plain(exc)}") from exc
     if im.width == 0 or im.height == 0:
         raise ImageError("image has a zero side")
     if im.width * im.height > max_pixels:
@@ -186,7 +195,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"undecodable image: {exc}") from exc
+        raise ImageError(f"undecodable image: {_plain(exc)}") from exc
     return to_rgb(im)
 
 
