@@ -1,6 +1,7 @@
 """Named kill points for the crash-safety tests: ``AUDIT_KILL_AT=NAME`` (or ``NAME:K``, the K-th time it is
 reached) makes the process kill itself with SIGKILL at ``checkpoint(NAME)``, as a power cut or the OOM killer
-would. Unset (always, outside tests), a checkpoint costs one dictionary lookup."""
+would; ``AUDIT_PAUSE_AT=NAME:SECONDS`` sleeps there instead (to hold a stage mid-way while another runs).
+Unset (always, outside tests), a checkpoint costs two dictionary lookups."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,11 @@ _hits: dict[str, int] = {}
 
 
 def checkpoint(name: str) -> None:
+    pause = os.environ.get("AUDIT_PAUSE_AT")
+    if pause and pause.partition(":")[0] == name:
+        import time
+
+        time.sleep(float(pause.partition(":")[2] or 1))
     want = os.environ.get("AUDIT_KILL_AT")
     if not want:
         return

@@ -360,3 +360,65 @@ def test_manifest_is_strict_json_with_the_files_hash(demo_store, tmp_path):
     assert man["file"]["rows"] == man["kept"] == len(pd.read_csv(out))
     assert man["store"] == str(Path(demo_store).resolve())
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_html_and_markdown_in_the_data_are_shown_as_text(make_store, monkeypatch):
+    """A domain like <img src=x onerror=…>.com and a caption with a markdown image render as text, never as
+    HTML or a fetched image (Filter preview's sample cards)."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import APP
+
+    evil_domain = "<img src=x onerror=alert(1)><h1>owned</h1>.com"
+    samples = [{"uid": f"u{i:02d}", "caption": f"![pixel](http://tracker.example/{i}.png) caption {i}",
+                "domain": evil_domain, "url": f"http://x.example/{i}"} for i in range(12)]
+    path = make_store(samples, scores={"s": np.linspace(0, 1, 12)})
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/filter_preview.py").run()
+    assert not at.exception
+    bodies = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    cards = [b for b in bodies if "no image stored" in b]
+    assert cards and all("&lt;img src=x" in b and "<img src=x" not in b and "<h1>" not in b for b in cards)
+    shown = [b for b in bodies if "tracker" in b]
+    assert len(shown) == 12 and all(b.startswith("\\!\\[pixel\\]\\(") for b in shown)   # escaped, not an image
+
+
+def test_npy_export_warns_about_made_up_and_repeated_uids(tmp_path):
+    from audit.export.writer import export
+    from audit.scores.base import run_score
+
+    shard = _tar(tmp_path / "s.tar", [("a.jpg", png_bytes()), ("a.txt", b"no uid here"),
+                                       ("b.jpg", png_bytes()), ("b.txt", b"x"), ("b.json", b'{"uid": "%s"}' % (b"b" * 32)),
+                                       ("c.jpg", png_bytes()), ("c.txt", b"y"), ("c.json", b'{"uid": "%s"}' % (b"b" * 32))])
+    store = str(tmp_path / "s.duckdb")
+    ingest("webdataset", [str(shard)], store_path=store, **quiet)
+    s, r = tables(store)
+    assert s.set_index("caption")["uid_given"].to_dict() == {"no uid here": False, "x": True}
+    run_score("basic", store, params={}, echo=lambda s: None)
+    lines: list[str] = []
+    man = export(store, str(tmp_path / "k.npy"), ["basic_chars>=0"], echo=lines.append)
+    assert man["uid_warnings"] == {"generated_uids": 1, "repeated_in_input": 1}
+    assert any("cannot select them" in line for line in lines) and any("every copy" in line for line in lines)
+
+
+def test_a_moved_store_still_reads_its_vectors(make_store, tmp_path):
+    import shutil
+
+    from audit.store.vectors import iter_embedding_rows
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((5, 4)).astype(np.float32)
+    uids = [f"u{i}" for i in range(5)]
+    path = make_store([{"uid": u, "caption": "c"} for u in uids], vectors={"m": (uids, img, img)}, name="a.duckdb")
+    new = tmp_path / "moved"
+    new.mkdir()
+    shutil.move(path, new / "a.duckdb")
+    shutil.move(str(Path(path).with_name("a.vectors")), new / "a.vectors")
+    with Store.reader(str(new / "a.duckdb")) as st:
+        got = [u for batch, _ in iter_embedding_rows(st, "m") for u in batch]
+    assert sorted(got) == uids
+    with Store.writer(str(new / "a.duckdb")) as st:   # the next writer points the embeddings view here
+        assert st.count("embeddings") == 5

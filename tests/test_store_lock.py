@@ -3,6 +3,9 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from streamlit.testing.v1 import AppTest
 
@@ -83,3 +86,35 @@ def test_a_score_that_fails_marks_its_run_failed(make_store, monkeypatch):
     with Store.reader(path) as st:
         run = st.df("SELECT status, note FROM runs WHERE stage = 'score'").iloc[0]
     assert run["status"] == "failed" and "wrong dimension" in run["note"]
+
+
+@pytest.mark.slow
+def test_two_cli_stages_on_one_store_both_complete(tmp_path):
+    """A score holds the store only to start and to commit: an ingest run while the score computes finishes
+    first, instead of waiting for the score (or failing after 60 s)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from audit.demo.simulate import SimConfig, write_pool
+
+    write_pool(tmp_path / "a", SimConfig(rows=300, seed=1))
+    write_pool(tmp_path / "b", SimConfig(rows=300, seed=2))
+    store = str(tmp_path / "s.duckdb")
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a, env=None: subprocess.Popen([sys.executable, "-m", "audit", *a, "--store", store], cwd=root,  # noqa: E731
+                                                env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert run("ingest", "datacomp", str(tmp_path / "a")).wait() == 0
+    score = run("score", "clip", "--model", "datacomp_b32", env={"AUDIT_PAUSE_AT": "score.computing:12"})
+    time.sleep(4)   # the score has started its run and is computing (paused)
+    t0 = time.monotonic()
+    ingest = run("ingest", "datacomp", str(tmp_path / "b"))
+    assert ingest.wait(timeout=60) == 0, ingest.stdout.read()
+    took = time.monotonic() - t0
+    assert score.poll() is None, "the score finished before the ingest: the test did not overlap them"
+    assert score.wait(timeout=60) == 0, score.stdout.read()
+    assert took < 8, f"ingest waited {took:.1f} s for the computing score"
+    with Store.reader(store) as st:
+        assert st.count("samples") > 300 and st.df("SELECT status FROM runs")["status"].eq("done").all()

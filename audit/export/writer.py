@@ -142,12 +142,21 @@ def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None =
         if recipe is not None:
             extra = {"recipe": str(recipe), "kept_after_step": sel.step_kept, "equivalent_rules": sel.as_rules()}
         man = manifest(st, parsed, sel, fmt, extra=extra)
+        man["uid_warnings"] = st.uid_problems(frame.loc[frame["keep"], "uid"].tolist())
     man["file"] = {"name": Path(out).name, "bytes": len(data), "rows": man["kept"],
                    "sha256": hashlib.sha256(data).hexdigest()}
     write_atomic(Path(out), data)
     checkpoint("export.data_written")
     write_atomic(Path(str(out) + ".manifest.json"), strict_json(man, indent=2).encode("utf-8"))
     echo(f"kept {man['kept']} of {man['pool']} samples -> {out} ({fmt}); manifest {out}.manifest.json")
+    warn = man["uid_warnings"]
+    if warn["generated_uids"]:
+        echo(f"warning: {warn['generated_uids']} kept samples had no uid in the input (the tool made one up from the "
+             f"path); a DataComp .npy subset cannot select them" if fmt == "npy" else
+             f"note: {warn['generated_uids']} kept samples have uids made up at ingest (the input had none)")
+    if warn["repeated_in_input"]:
+        echo(f"warning: {warn['repeated_in_input']} kept uids appear more than once in the input (duplicate_uid "
+             f"rejects); a resharder selecting by uid emits every copy")
     for reason, n in man["excluded_by_reason"].items():
         echo(f"  excluded by {reason}: {n}")
     return man

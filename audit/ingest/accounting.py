@@ -160,11 +160,12 @@ def caption_ok(text) -> bool:
 
 
 def image_row(batch: Batch, ref: str, data: bytes | None, caption, uid: str, url: str | None,
-              err: str | None = None, *, original: tuple | None = None) -> None:
+              err: str | None = None, *, original: tuple | None = None, uid_given: bool = True) -> None:
     """Decode (under the batch's pixel cap) and accept one image sample, or reject it with the reason.
 
     ``original``: (width, height) of the source image when the producer resized it (img2dataset's
-    original_width/height); the decoded size is kept as stored_width/stored_height.
+    original_width/height); the decoded size is kept as stored_width/stored_height. ``uid_given``: False when
+    the uid was made up here (no uid in the input), which a DataComp subset file cannot select.
     """
     if err:
         batch.reject(ref, "missing_image", err, uid)
@@ -186,7 +187,12 @@ def image_row(batch: Batch, ref: str, data: bytes | None, caption, uid: str, url
         width, height = (w if w is not None else width), (h if h is not None else height)
     batch.accept({"uid": uid, "caption": caption, "url": url or None, "width": width, "height": height,
                   "stored_width": im.width, "stored_height": im.height, "image_ref": ref,
-                  "sha256": hashlib.sha256(data).hexdigest()})
+                  "sha256": hashlib.sha256(data).hexdigest(), "uid_given": uid_given})
+
+
+def given_uid(value) -> bool:
+    """The input carries a uid of its own (text, not blank)."""
+    return isinstance(value, str) and value != ""
 
 
 def uid_of(value, fallback: str) -> tuple[str | None, str | None]:

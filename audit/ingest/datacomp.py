@@ -117,7 +117,7 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
         "width": pd.array(np.where(np.isnan(width), np.nan, width)[ok], dtype="Int64"),
         "height": pd.array(np.where(np.isnan(height), np.nan, height)[ok], dtype="Int64"),
         "image_ref": None, "sha256": frame["sha256"].to_numpy()[ok] if "sha256" in frame.columns else None,
-        "_row": keep_idx})
+        "uid_given": True, "_row": keep_idx})
     batch.frames.append(accepted)   # captions exactly as given: DataComp's rules measure the raw text
     idx = keep_idx
     batch.scores = scores

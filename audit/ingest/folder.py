@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from audit import images
-from audit.ingest.accounting import Batch, image_row, make_uid, uid_of
+from audit.ingest.accounting import Batch, given_uid, image_row, make_uid, uid_of
 
 MAX_RECORD_LINES = 1000   # a quoted CSV field may span lines; an unterminated quote is cut here
 
@@ -145,4 +145,4 @@ def fill_folder(batch: Batch, path: Path) -> None:
             batch.reject(str(img_path), "not_a_file" if "not a regular file" in str(exc) else exc.reason,
                          str(exc), uid)
             continue
-        image_row(batch, str(img_path), data, caption, uid, url)
+        image_row(batch, str(img_path), data, caption, uid, url, uid_given=given_uid(rec.get("uid")))

@@ -132,7 +132,7 @@ def _fingerprinted(fmt: str, p: Path) -> list[Path]:
 
 
 SAMPLE_FIELDS = ["uid", "caption", "url", "width", "height", "stored_width", "stored_height", "image_ref", "sha256",
-                 "_row"]
+                 "uid_given", "_row"]
 
 
 def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run_id: int,

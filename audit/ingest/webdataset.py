@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 from audit import images
-from audit.ingest.accounting import Batch, image_row, make_uid, uid_of
+from audit.ingest.accounting import Batch, given_uid, image_row, make_uid, uid_of
 
 IMAGE_MEMBER_EXTS = ("jpg", "jpeg", "png", "webp")
 _BASE_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")   # webdataset's base_plus_ext
@@ -137,7 +137,8 @@ def _sample(batch: Batch, path: Path, key: str, group: dict) -> None:
     original = (meta.get("original_width"), meta.get("original_height")) \
         if ("original_width" in meta or "original_height" in meta) else None
     url = meta.get("url") if isinstance(meta.get("url"), str) else None
-    image_row(batch, images.tar_ref(path, names[img_ext]), data, caption, uid, url, original=original)
+    image_row(batch, images.tar_ref(path, names[img_ext]), data, caption, uid, url, original=original,
+              uid_given=given_uid(meta.get("uid")))
 
 
 def _download_failures(batch: Batch, path: Path) -> None:

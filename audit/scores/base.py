@@ -15,6 +15,7 @@ import numpy as np
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
+from audit.store.labels import samples_simulated
 
 
 @dataclass
@@ -38,7 +39,11 @@ class ScoreContext:
 
         idx = self.index()
         for uids, cols in iter_vectors(self.store, self.model, columns=columns):
-            yield np.fromiter((idx[u] for u in uids), dtype=np.int64, count=len(uids)), cols
+            pos = np.fromiter((idx.get(u, -1) for u in uids), dtype=np.int64, count=len(uids))
+            if (pos < 0).any():   # samples ingested after this run started: not part of this run
+                keep = pos >= 0
+                pos, cols = pos[keep], {k: v[keep] for k, v in cols.items()}
+            yield pos, cols
 
     def samples(self, columns: list[str]):
         return self.store.sample_frame(columns)
@@ -101,11 +106,12 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
     # compute without holding the write lock
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
+        checkpoint("score.computing")
         scorer = cls()
         values = scorer.compute(ctx)
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
-        sim = st.simulated_flags()
+        sim = samples_simulated(st, uids)   # the run's samples (others may have been ingested meanwhile)
         for out_name, v in values.items():
             scored = ~np.isnan(np.asarray(v, dtype=float))
             simulated_only = bool(scored.any() and sim[scored].all())  # every scored sample is simulated

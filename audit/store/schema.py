@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated")
 SAMPLE_COLUMNS = (
     "uid", "source", "caption", "url", "domain", "tld", "width", "height",
-    "image_ref", "sha256", "simulated", "ingest_run", "stored_width", "stored_height",
+    "image_ref", "sha256", "simulated", "ingest_run", "stored_width", "stored_height", "uid_given",
 )
 
 DDL = [
@@ -29,7 +29,7 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS samples (
         uid VARCHAR PRIMARY KEY, source VARCHAR, caption VARCHAR, url VARCHAR, domain VARCHAR,
         tld VARCHAR, width INTEGER, height INTEGER, image_ref VARCHAR, sha256 VARCHAR,
-        simulated BOOLEAN, ingest_run INTEGER, stored_width INTEGER, stored_height INTEGER)""",
+        simulated BOOLEAN, ingest_run INTEGER, stored_width INTEGER, stored_height INTEGER, uid_given BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS rejects (
         source_ref VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR, source VARCHAR,
         uid VARCHAR, run_id INTEGER, url VARCHAR, caption VARCHAR)""",
@@ -64,6 +64,7 @@ MIGRATIONS = [
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
     "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_width INTEGER",
     "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_height INTEGER",
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS uid_given BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS url VARCHAR",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS caption VARCHAR",
 ]

@@ -170,6 +170,8 @@ class Store:
         ).fetchone()[0]
         if not has_view:
             cur.execute(_EMPTY_EMBEDDINGS_VIEW)
+        elif cur.execute("SELECT count(*) FROM embedding_models").fetchall()[0][0]:
+            self.refresh_embeddings_view()   # the view holds absolute paths: a moved store points it here again
 
     # ---- generic queries -------------------------------------------------------------------
     def df(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -335,6 +337,21 @@ class Store:
         where += [f"length(trim({ident(c)})) > 0" for c in non_blank]
         sql = f"SELECT {cols} FROM samples" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY uid"
         return self.df(sql)
+
+    def uid_problems(self, uids: Sequence[str]) -> dict[str, int]:
+        """Among ``uids``: how many were made up at ingest (the input had none) and how many the input repeats
+        (a duplicate_uid reject exists), the two things a DataComp uid subset cannot express."""
+        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        cur = self.cursor()
+        cur.register("_ask", frame)
+        try:
+            made_up = cur.execute("SELECT count(*) FROM _ask JOIN samples s USING (uid) "
+                                  "WHERE s.uid_given = false").fetchall()[0][0]
+            repeated = cur.execute("SELECT count(DISTINCT a.uid) FROM _ask a JOIN rejects r ON r.uid = a.uid "
+                                   "AND r.reason = 'duplicate_uid'").fetchall()[0][0]
+        finally:
+            cur.unregister("_ask")
+        return {"generated_uids": int(made_up), "repeated_in_input": int(repeated)}
 
     def simulated_flags(self) -> np.ndarray:
         """(n,) bool: the ``simulated`` flag of every sample (False where unset), ORDER BY uid."""

@@ -91,15 +91,10 @@ def load_matrix(store: Store, model: str, uids: list[str] | None = None, column:
 
 def iter_embedding_rows(store: Store, model: str, column: str = "img",
                         batch_rows: int = 50_000) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(uids, float32 (n, d)) of one model's vectors through the ``embeddings`` view (absolute Parquet paths,
-    so it also works on a dashboard snapshot, whose copy has no ``.vectors`` folder beside it)."""
+    """(uids, float32 (n, d)) of one model's vectors, a part at a time, read from the vector files where the
+    store is now (a moved store, or a dashboard snapshot whose vectors stay beside the live store)."""
     if column not in ("img", "txt"):
         raise StoreError(f"unknown vector column {column!r}")
-    reader = store.cursor().sql(f"SELECT uid, {column} FROM embeddings WHERE model = ?",
-                                params=[model]).to_arrow_reader(batch_rows)
-    for batch in reader:
-        if batch.num_rows == 0:
-            continue
-        vec = batch.column(1)
-        flat = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        yield batch.column(0).to_pylist(), flat.reshape(batch.num_rows, -1)
+    for uids, cols in iter_vectors(store, model, columns=(column,)):
+        if uids:
+            yield uids, cols[column]
