@@ -6,7 +6,8 @@ import streamlit as st
 
 from audit import charts, ui
 from audit.export.csvsafe import strict_json, to_csv
-from audit.analyses.balance.core import DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, NON_GROUPS, BalanceError, compare, weights_frame
+from audit.analyses.balance.core import (DEFAULT_BUDGET, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, MIN_GROUP,
+                                         NON_GROUPS, BalanceError, compare, weights_frame)
 from audit.analyses.balance.run import default_clip_score, default_model
 
 store, info = ui.page("Balancing")
@@ -123,7 +124,11 @@ if clip_scores:
 table, assoc = compare(inputs, methods, kept)
 
 # ---- headline -------------------------------------------------------------------------------------------
-if res.status == "met":
+small = [g for g in groups if n_of.get(g, 0) < MIN_GROUP]
+if small:
+    st.warning(f"{', '.join(f'{g} (n={n_of.get(g, 0):,})' for g in small)}: fewer than {MIN_GROUP} samples. Shares "
+               f"and biases of groups this small are noise, so no verdict is given; add samples or pick larger groups.")
+elif res.status == "met":
     st.success(f"M4: every tolerance is met at η = {budget:g} (RB ≤ {eps_rep:g}, AB ≤ {eps_assoc:g}).")
 elif res.status == "infeasible":
     st.warning(f"M4: infeasible at η = {budget:g}. {res.message}. Loosen ε, raise the budget or drop a proxy.")
@@ -132,10 +137,14 @@ else:
 m = st.columns(5)
 m[0].metric("Kept (M4 draw)", f"{int(keep.sum()):,}", help=f"seeded Bernoulli(q) draw; Σq = {res.q.sum():,.1f} = η·n, "
                                                              f"n = {n:,}")
+def _delta_colour(d: float) -> str:
+    return "off" if abs(d) < 5e-5 else "inverse"   # a change that rounds to ±0.0000 is not shown as worse
+
+
 m[1].metric("RB after", f"{res.rb:.4f}", f"{res.rb - res.rb_before:+.4f} vs {res.rb_before:.4f} before",
-            delta_color="inverse", help="representation bias max_k |Σq s_k / Σq m − π_k| (before: q ≡ 1)")
+            delta_color=_delta_colour(res.rb - res.rb_before), help="representation bias max_k |Σq s_k / Σq m − π_k| (before: q ≡ 1)")
 m[2].metric("AB after", f"{res.ab:.4f}", f"{res.ab - res.ab_before:+.4f} vs {res.ab_before:.4f} before",
-            delta_color="inverse", help="association bias max_{k,r} |Σq (s_k − π_k m)(y_r − ȳ_r)| / Σq")
+            delta_color=_delta_colour(res.ab - res.ab_before), help="association bias max_{k,r} |Σq (s_k − π_k m)(y_r − ȳ_r)| / Σq")
 down = int(np.count_nonzero(res.q < budget - 1e-6)) if utility is None else None
 m[3].metric("Down-weighted", "—" if down is None else f"{down:,}",
             help="rows kept with a lower probability than uniform sampling (q < η); the others make up the budget")

@@ -113,6 +113,7 @@ if simple:  # one rule on one score: the fast path (no other columns are read)
     st.session_state["keep_specs"] = [str(rule)] if rule.op == "top" else [exact_spec(rule)]
     st.session_state["keep_recipe"] = None
     shown = rule.reason
+    keeps_a = rule.keeps
 else:
     if not spec:
         st.info("No rule: pick a rule on the score, or add named filters or a recipe under **Combine rules**.")
@@ -130,6 +131,7 @@ else:
     st.session_state["keep_specs"] = ev.as_rules()
     st.session_state["keep_recipe"] = str(recipe)
     shown = str(recipe)
+    keeps_a = str(recipe)
 
 kept = int(keep.sum())
 m = st.columns(4)
@@ -248,7 +250,9 @@ mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f
 table_b = rates_from_codes(keep_b, data.codes, data.labels, min_n=int(min_n))
 g1, g2 = st.columns([3, 2])
 g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
-                                 label_a="A: " + _short(shown), label_b="B: " + _short(spec_b)), width="stretch")
+                                 label_a="A keeps " + _short(keeps_a),
+                                 label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
+                                                            else str(rb))), width="stretch")
 g2.plotly_chart(charts.density_chart(ui.score_column(store, score), ui.score_column(store, cmp_score),
                                  xlabel=score, ylabel=cmp_score, title="Both scores, every sample"),
                 width="stretch")

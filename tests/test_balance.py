@@ -239,3 +239,27 @@ def test_balancing_page_without_attributes(make_store, monkeypatch):
     at.run()
     assert not at.exception
     assert any("no attributes" in w.value for w in at.warning)
+
+
+def test_balancing_page_gives_no_verdict_on_tiny_groups(make_store, monkeypatch):
+    """Groups of n = 2 and n = 1 meet any tolerance by chance: the page warns instead of reporting success."""
+    import pandas as pd
+    from streamlit.testing.v1 import AppTest
+
+    from audit.store import Store
+
+    uids = [f"u{i}" for i in range(3)]
+    path = make_store([{"uid": u, "caption": "x"} for u in uids])
+    with Store.writer(path) as st:
+        run = st.start_run("annotate", "hand", params={})
+        st.write_annotations(pd.DataFrame({"uid": uids, "attribute": "caption_gender",
+                                           "label": ["woman", "woman", "man"], "confidence": 1.0, "method": "hand"}),
+                             run_id=run, method="hand")
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/balancing.py").run()
+    at.multiselect(key="bal_groups_caption_gender").set_value(["woman", "man"]).run()
+    assert not at.exception
+    assert not at.success
+    assert any("fewer than 30 samples" in w.value and "man (n=1)" in w.value for w in at.warning)

@@ -111,3 +111,27 @@ def test_embed_matches_direct_forward_and_rejects_bad_images(tmp_path):
     di = (di / di.norm(dim=-1, keepdim=True)).numpy()
     dt = (dt / dt.norm(dim=-1, keepdim=True)).numpy()
     assert np.allclose(img, di, atol=2e-3) and np.allclose(txt, dt, atol=2e-3)  # float16 storage
+
+
+@pytest.mark.slow
+def test_auto_precision_on_a_64px_model_resume_keeps_precision_and_rejects_once(tmp_path):
+    from audit.embed.open_clip_backend import OpenClipEmbedder
+    from audit.embed.runner import embed
+
+    auto = OpenClipEmbedder(TINY, "none", precision="auto")   # the timed trial runs at the model's 64 px input
+    assert isinstance(auto.autocast, bool)
+    store = photo_folder(tmp_path, 6)
+    with Store.reader(store) as st:
+        ref = st.df("SELECT image_ref FROM samples ORDER BY uid LIMIT 1")["image_ref"].iloc[0]
+    Path(ref).write_bytes(b"corrupted after ingest")
+    quiet = dict(batch_size=2, workers=0, progress=False)
+    embed(store, embedder=OpenClipEmbedder(TINY, "none", precision="fp32"), limit=3, echo=lambda s: None, **quiet)
+    lines: list[str] = []
+    resumed = OpenClipEmbedder(TINY, "none", precision="bf16")
+    assert resumed.autocast is True
+    embed(store, embedder=resumed, echo=lines.append, **quiet)
+    assert resumed.autocast is False and any("precision of its first run (fp32)" in s for s in lines)
+    embed(store, embedder=OpenClipEmbedder(TINY, "none", precision="fp32"), echo=lambda s: None, **quiet)
+    with Store.reader(store) as st:   # the corrupt image was tried three times, rejected once
+        assert st.df("SELECT reason, stage FROM rejects").values.tolist() == [["corrupt_image", "embed"]]
+        assert st.count("embeddings") == 5

@@ -422,3 +422,31 @@ def test_a_moved_store_still_reads_its_vectors(make_store, tmp_path):
     assert sorted(got) == uids
     with Store.writer(str(new / "a.duckdb")) as st:   # the next writer points the embeddings view here
         assert st.count("embeddings") == 5
+
+
+def test_stats_json_accounts_for_failures_when_the_parquet_is_gone(tmp_path):
+    shard = _tar(tmp_path / "00000.tar", [("0.jpg", png_bytes()), ("0.txt", b"ok")])
+    (tmp_path / "00000_stats.json").write_text(json.dumps(
+        {"count": 4, "successes": 1, "failed_to_download": 3, "status_dict": {"success": 1, "HTTP 404": 3}}))
+    store = str(tmp_path / "s.duckdb")
+    ingest("webdataset", [str(shard)], store_path=store, **quiet)
+    assert reasons(store) == ["download_failed"] * 3 and accounted(store) == 4
+
+
+def test_report_csv_neutralises_formula_labels(make_store, tmp_path, monkeypatch):
+    import sys
+
+    from audit.cli import main
+
+    samples = [{"uid": f"u{i}", "caption": "c"} for i in range(4)]
+    path = make_store(samples, scores={"s": np.array([1.0, 0.0, 1.0, 0.0])})
+    with Store.writer(path) as st:
+        run = st.start_run("annotate", "hand", params={})
+        st.write_annotations(pd.DataFrame({"uid": [s["uid"] for s in samples], "attribute": "grp",
+                                           "label": ['=HYPERLINK("http://x")', "  -1+2", "a", "a"],
+                                           "confidence": 1.0, "method": "hand"}), run_id=run, method="hand")
+    out = tmp_path / "r.csv"
+    monkeypatch.setattr(sys, "argv", ["audit", "report"])
+    assert main(["report", "--store", path, "--keep", "s>=0.5", "--by", "grp", "--min-n", "1", "--out", str(out)]) == 0
+    groups = pd.read_csv(out)["group"].tolist()
+    assert set(groups) == {"'=HYPERLINK(\"http://x\")", "'  -1+2", "a"}

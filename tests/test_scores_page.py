@@ -86,6 +86,13 @@ def test_compare_two_filters(page, demo_store):
     rho, _ = spearman(cols["clip_l14_similarity_score"], cols["negclip_datacomp_l14"])
     got = next(m.value for m in page.metric if m.label.startswith("Spearman"))
     assert got == f"{rho:.3f}" and rho > 0.8             # B = 512, K = 1 in the demo: looser than the paper
+    # the comparison's legend says what each filter keeps (not why it excludes)
+    import json
+
+    charts = [json.loads(c.proto.spec) for c in page.get("plotly_chart")]
+    names = {tr.get("name") for c in charts for tr in c["data"]}
+    assert {"A keeps top 0.3 of clip_l14_similarity_score", "B keeps top 0.3 of negclip_datacomp_l14"} <= names
+    assert not any(n and "not in top" in n for n in names)
     page.text_input(key="cmp_recipe").set_value("basic & laion").run()
     assert not page.exception
     assert np.isfinite(float(metric(page, "Jaccard |A∩B| / |A∪B|")))

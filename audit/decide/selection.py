@@ -49,6 +49,13 @@ class Rule:
         return f"{self.score}:top={self.value:g}" if self.op == "top" else f"{self.score}{self.op}{self.value:g}"
 
     @property
+    def keeps(self) -> str:
+        """What the rule keeps, for legends and labels ("top 0.3 of s", "s ≥ 0.2187")."""
+        if self.op == "top":
+            return f"top {self.value:.4g} of {self.score}"
+        return f"{self.score} {'≥' if self.op == '>=' else '≤'} {self.value:g}"
+
+    @property
     def reason(self) -> str:
         """The reason a sample that fails this rule carries."""
         if self.op == "top":

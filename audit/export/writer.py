@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from audit.decide.selection import Rule, RuleError, Selection, select
-from audit.store import Store, store_version
+from audit.store import Store, pid_alive, store_version
 from audit.export.csvsafe import strict_json, to_csv
 from audit.killpoints import checkpoint
 
@@ -70,23 +70,13 @@ def manifest(store: Store, rules: Sequence[Rule], sel: Selection, fmt: str, *, e
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename: a kill leaves either the old
     file or the new one, never a partial file at the final path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):   # left by a killed export (no process of that pid)
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

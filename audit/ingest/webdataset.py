@@ -145,6 +145,7 @@ def _download_failures(batch: Batch, path: Path) -> None:
     """Rows of img2dataset's parquet beside the shard whose download failed: one reject each."""
     pq_path = companion_parquet(path)
     if not pq_path.exists():
+        _stats_failures(batch, path)
         return
     import pandas as pd
 
@@ -162,3 +163,21 @@ def _download_failures(batch: Batch, path: Path) -> None:
                      rec.get("uid") if isinstance(rec.get("uid"), str) else None,
                      url=rec.get("url") if isinstance(rec.get("url"), str) else None,
                      caption=rec.get("caption") if isinstance(rec.get("caption"), str) else None)
+
+
+def _stats_failures(batch: Batch, path: Path) -> None:
+    """Without the per-shard parquet, img2dataset's ``_stats.json`` still says how many downloads failed: one
+    ``download_failed`` reject each (no url or uid is known), so the shard's input rows are all accounted."""
+    stats = companion_parquet(path).with_name(companion_parquet(path).stem + "_stats.json")
+    if not stats.exists():
+        return
+    try:
+        st = json.loads(stats.read_text())
+        failed = int(st.get("count", 0)) - int(st.get("successes", 0))
+        statuses = {k: v for k, v in (st.get("status_dict") or {}).items() if k != "success"}
+    except (ValueError, TypeError, AttributeError) as exc:
+        batch.reject(str(stats), "bad_metadata", f"{stats.name} is not img2dataset's stats JSON: {exc}"[:300])
+        return
+    for i in range(max(0, failed)):
+        batch.reject(f"{stats}#failed={i}", "download_failed",
+                     f"counted in {stats.name} (no per-shard parquet beside the tar): {statuses}"[:500])

@@ -15,5 +15,5 @@ vectors.py writing and reading the vector parts
 Style: ``Store`` methods cover the core tables; the topic modules are functions taking a ``Store`` first.
 """
 from audit.store.schema import SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, StoreError, ident, slug  # noqa: F401
-from audit.store.store import (Store, connect, failed_run_guard, param_key, snapshot, store_version,  # noqa: F401
-                               vectors_dir)
+from audit.store.store import (Store, connect, failed_run_guard, param_key, pid_alive, snapshot,  # noqa: F401
+                               store_version, vectors_dir)

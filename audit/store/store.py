@@ -67,7 +67,8 @@ def connect(path: str | os.PathLike, *, read_only: bool = False, wait_s: float =
             delay = min(delay * 2, 1.0)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     if pid == os.getpid():
         return True
     try:
@@ -210,7 +211,7 @@ class Store:
         host = socket.gethostname()
         stale = [rid for rid, pid in self.cursor().execute(
             "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [host]).fetchall()
-            if pid is None or not _alive(int(pid))]
+            if pid is None or not pid_alive(int(pid))]
         for rid in stale:
             self.cursor().execute("UPDATE runs SET status = 'interrupted', ended_at = now(), "
                                   "note = 'the process ended before the run finished' WHERE run_id = ?", [rid])
