@@ -3,7 +3,10 @@ from pathlib import Path
 
 import streamlit as st
 
-st.set_page_config(page_title="CLIP filter audit", page_icon=":material/troubleshoot:", layout="wide")
+from audit import ui
+
+# the favicon is drawn here and served by this server (a material-icon favicon is fetched from a font CDN)
+st.set_page_config(page_title="CLIP filter audit", page_icon=ui.favicon(), layout="wide")
 
 # Every file in pages/ is listed here (tests/test_architecture.py checks it); order = sidebar order.
 # URL paths differ from the file names on purpose: on a fresh server Streamlit serves /<file stem> as a legacy

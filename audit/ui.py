@@ -70,7 +70,28 @@ def page(title: str) -> tuple[Store, dict]:
     freshness_notice()
     info = overview(store)
     store_caption(store, info)
+    provenance_banner(info)
     return store, info
+
+
+def provenance_banner(info: dict) -> None:
+    """On every page: which of the numbers below come from simulated data or from random-weight models."""
+    c, models = info["counts"], info["models"]
+    parts = []
+    if c["simulated"]:
+        parts.append(f"{c['simulated']:,} of {c['samples']:,} samples are **simulated** (the demo's latent-model pool "
+                     "in DataComp format): their numbers show how the audit works and describe no real dataset")
+    sim_models = (models.loc[models["simulated"].fillna(False).astype(bool), "model"].tolist()
+                  if len(models) and "simulated" in models.columns else [])
+    if sim_models:
+        parts.append(f"the vectors of {', '.join(sim_models)} are simulated, not OpenAI CLIP's, so NSFW, aesthetic "
+                     "and zero-shot results on them carry no meaning")
+    rw = models.loc[models["random_weights"].astype(bool), "model"].tolist() if len(models) else []
+    if rw:
+        parts.append(f"{', '.join(md(m) for m in rw)} {'has' if len(rw) == 1 else 'have'} **random weights**: every "
+                     "score and label from it only exercises the pipeline")
+    if parts:
+        st.info("Provenance: " + "; ".join(parts) + ".", icon=":material/science:")
 
 
 def freshness_notice() -> None:
@@ -380,3 +401,17 @@ def export_selection(store: Store, specs: tuple[str, ...]):
 
     frame, sel, _ = selection_frame(store, [Rule.parse(s) for s in specs])
     return frame, sel
+
+
+@st.cache_resource
+def favicon():
+    """A 64 × 64 magnifier over three bars (kept/excluded), drawn locally: no request leaves the machine."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    for x, h, colour in ((8, 30, "#2b8a3e"), (20, 18, "#c92a2a"), (32, 40, "#2b8a3e")):
+        d.rectangle([x, 56 - h, x + 8, 56], fill=colour)
+    d.ellipse([26, 6, 54, 34], outline="#1c7ed6", width=5)
+    d.line([50, 30, 60, 42], fill="#1c7ed6", width=6)
+    return im

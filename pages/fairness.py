@@ -110,7 +110,8 @@ st.plotly_chart(fig, width="stretch")
 if len(table) > MAX_CHART:
     st.caption(f"The chart shows the {MAX_CHART} largest of {len(table):,} groups; the table has all of them.")
 st.caption("Dots: inclusion rate kept/n with its 95% Wilson interval; grey dots: n below the minimum. "
-           "Dashed line: the overall rate. diff_to_overall = rate − overall, ratio_to_overall = rate / overall.")
+           "Dashed line: the overall rate. In the table, − overall = rate − overall rate (diff_to_overall in the CSV) and "
+           "÷ overall = rate / overall rate (ratio_to_overall).")
 
 
 def grey_small(row: pd.Series) -> list[str]:
@@ -129,8 +130,20 @@ config = {c: st.column_config.NumberColumn(format="%.4f", width="small") for c i
 config.update({c: st.column_config.CheckboxColumn(c.replace("under_represented", "under-rep."), help=h, width="small")
                for c, h in FLAG_HELP.items()})
 config.update({"n": st.column_config.NumberColumn(width="small"), "kept": st.column_config.NumberColumn(width="small")})
-st.dataframe(view.style.apply(grey_small, axis=1), hide_index=True, width="stretch", key="fz_table",
-             column_config=config)
+# short headers so every column fits (the CSV and `report` keep the full names)
+SHORT = {"pool_share": "pool share", "kept_share": "kept share", "diff_to_overall": "− overall",
+         "ratio_to_overall": "÷ overall", "under_represented": "under-rep.", "amplified": "amplif."}
+for col, label in SHORT.items():
+    kind = st.column_config.CheckboxColumn if col in FLAG_HELP else st.column_config.NumberColumn
+    kw = {"help": FLAG_HELP[col]} if col in FLAG_HELP else {"format": "%.4f", "help": {
+        "diff_to_overall": "rate − overall rate", "ratio_to_overall": "rate ÷ overall rate"}.get(col)}
+    config[col] = kind(label, width="small", **kw)
+shown_table = view.copy()
+shown_table["95% CI"] = [f"{lo:.4f}–{hi:.4f}" for lo, hi in zip(view["ci_low"], view["ci_high"])]
+order = ["group", "n", "kept", "rate", "95% CI", "pool_share", "kept_share", "diff_to_overall", "ratio_to_overall",
+         "small", "under_represented", "amplified"]
+st.dataframe(shown_table.style.apply(grey_small, axis=1), hide_index=True, width="stretch", key="fz_table",
+             column_config=config, column_order=order)
 st.caption("Grey rows: n below the minimum. Red rows: exclusion amplification (defined below).")
 st.download_button("Download this table (CSV)", to_csv(view).encode(),
                    file_name=f"fairness_{'_x_'.join(by)}.csv", mime="text/csv")

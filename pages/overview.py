@@ -12,9 +12,6 @@ cols[1].metric("Rejected inputs", f"{c['rejects']:,}")
 cols[2].metric("Scores", c["scores"])
 cols[3].metric("Embedding models", c["models"])
 cols[4].metric("Imputed attributes", c["attributes"])
-if c["simulated"]:
-    st.info(f"{c['simulated']:,} of {c['samples']:,} samples are **simulated** (the demo's latent-model pool in "
-            "DataComp format). Their numbers show how the audit works; they describe no real dataset.")
 
 left, right = st.columns(2)
 with left:
@@ -32,7 +29,9 @@ cat = info["scores"]
 if cat.empty:
     st.caption("No scores yet: run `python -m audit score clip --store … --model …`.")
 else:
-    chosen = st.multiselect("Scores", cat["name"].tolist(), default=cat["name"].tolist()[:3],
+    names = cat["name"].tolist()
+    continuous = [n for n in names if n.startswith("clip_")] + [n for n in names if not n.startswith(("clip_", "basic"))]
+    chosen = st.multiselect("Scores", names, default=continuous[:3] or names[:3],
                             format_func=lambda n: ui.score_label(cat, n))
     hcols = st.columns(max(1, min(3, len(chosen))))
     for i, name in enumerate(chosen):

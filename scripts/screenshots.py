@@ -34,9 +34,16 @@ def main(out: str = "bench/out/screens", port: int = 8601, pages=None) -> None:
                     except Exception:
                         time.sleep(1)
                 page.wait_for_selector("[data-testid='stMain']", timeout=60000)
+                time.sleep(2)   # let the rerun start, so the checks below see its running state
                 page.wait_for_function(
                     "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120000)
-                time.sleep(3)
+                page.wait_for_function(   # no spinner of a cached computation left (Balancing's first solve)
+                    "() => !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=240000)
+                # every Plotly chart drawn (a cold Plotly load takes several seconds; a 3 s wait caught blank charts)
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+                    ".every(c => c.querySelector('.main-svg'))", timeout=60000)
+                time.sleep(6)   # markdown/HTML cards and images draw after the charts
                 page.screenshot(path=str(out_dir / f"{name or 'overview'}.png"), full_page=True)
                 print("saved", out_dir / f"{name or 'overview'}.png")
             browser.close()

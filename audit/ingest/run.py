@@ -183,8 +183,9 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
         with st.transaction():
             for model, (_, img, _txt) in vectors.items():
                 st.register_model(model, dim=img.shape[1], backend="datacomp-npz", arch=model,
-                                  pretrained="openai" if model.endswith(("b32", "l14")) else None,
-                                  random_weights=False, run_id=run_id)
+                                  pretrained=("simulated" if simulated else "openai")
+                                  if model.endswith(("b32", "l14")) else None,
+                                  random_weights=False, run_id=run_id, simulated=simulated)
             for name, values in batch.scores.items():
                 st.append_scores(name, frame["uid"].tolist(), values[rows_idx.astype(np.int64)], run_id=run_id,
                                  kind="datacomp", model=f"datacomp_{name.split('_')[1]}", simulated=simulated,

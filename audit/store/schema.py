@@ -38,7 +38,7 @@ DDL = [
         accepted BIGINT, rejected BIGINT, run_id INTEGER)""",
     """CREATE TABLE IF NOT EXISTS embedding_models (
         model VARCHAR PRIMARY KEY, dim INTEGER, backend VARCHAR, arch VARCHAR, pretrained VARCHAR,
-        random_weights BOOLEAN, run_id INTEGER, folder VARCHAR)""",
+        random_weights BOOLEAN, run_id INTEGER, folder VARCHAR, simulated BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS scores (uid VARCHAR, name VARCHAR, value DOUBLE)""",
     """CREATE TABLE IF NOT EXISTS score_catalog (
         name VARCHAR PRIMARY KEY, run_id INTEGER, kind VARCHAR, model VARCHAR,
@@ -66,6 +66,7 @@ MIGRATIONS = [
     "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_height INTEGER",
     "ALTER TABLE samples ADD COLUMN IF NOT EXISTS uid_given BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS url VARCHAR",
+    "ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS simulated BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS caption VARCHAR",
 ]
 REJECT_COLUMNS = ("source_ref", "stage", "reason", "detail", "source", "uid", "run_id", "url", "caption")

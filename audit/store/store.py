@@ -366,11 +366,13 @@ class Store:
         return self.vectors_dir() / slug(model)
 
     def register_model(self, model: str, *, dim: int, backend: str, arch: str, pretrained: str | None,
-                       random_weights: bool, run_id: int) -> None:
+                       random_weights: bool, run_id: int, simulated: bool = False) -> None:
+        """``simulated``: the vectors come from the simulator, not from the model the key names."""
         folder = self.model_dir(model)
         self.cursor().execute(
-            "INSERT OR REPLACE INTO embedding_models VALUES (?,?,?,?,?,?,?,?)",
-            [model, dim, backend, arch, pretrained, random_weights, run_id, folder.name])
+            "INSERT OR REPLACE INTO embedding_models (model, dim, backend, arch, pretrained, random_weights, run_id, "
+            "folder, simulated) VALUES (?,?,?,?,?,?,?,?,?)",
+            [model, dim, backend, arch, pretrained, random_weights, run_id, folder.name, simulated])
         self.refresh_embeddings_view()
 
     def refresh_embeddings_view(self) -> None:
