@@ -11,6 +11,14 @@ import plotly.graph_objects as go
 
 from audit.measure.metrics import MIN_N
 
+
+def txt(label) -> str:
+    """A label from the data as Plotly text: Plotly reads <a>, <b>, <br>, <span> … in labels, so < > & are escaped
+    (a domain or group named '<a href=…>' is shown, not followed)."""
+    import html
+
+    return html.escape(str(label), quote=False)
+
 PALETTE = {"kept": "#2b8a3e", "excluded": "#c92a2a", "small": "#adb5bd", "overall": "#1c7ed6"}
 
 
@@ -26,7 +34,7 @@ def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_group
         table = table.nlargest(max_groups, "n")
     t = table.sort_values("rate", ascending=True).reset_index(drop=True)
     colors = [PALETTE["small"] if s else PALETTE["kept"] for s in t["small"]]
-    labels = [f"{g} (n={n:,})" for g, n in zip(t["group"], t["n"])]
+    labels = [f"{txt(g)} (n={n:,})" for g, n in zip(t["group"], t["n"])]
     fig = go.Figure(go.Scatter(
         x=t["rate"], y=labels, mode="markers", marker=dict(color=colors, size=10),
         error_x=dict(type="data", symmetric=False, array=t["ci_high"] - t["rate"],
@@ -70,7 +78,7 @@ def shares_chart(table: pd.DataFrame, groups: list[str], target: np.ndarray, *, 
     for i, (_, r) in reversed(list(enumerate(rows))):
         vals = [float(r[f"share {g}"]) - float(t) for g, t in zip(groups, target)]
         shares = [float(r[f"share {g}"]) for g in groups]
-        fig.add_bar(name=str(r["method"]), y=groups, x=vals, orientation="h", marker_color=colors[i % len(colors)],
+        fig.add_bar(name=str(r["method"]), y=[txt(g) for g in groups], x=vals, orientation="h", marker_color=colors[i % len(colors)],
                     customdata=shares, legendrank=i,
                     hovertemplate="%{y}: share %{customdata:.4f} (%{x:+.4f} vs target)<extra>" + str(r["method"])
                                   + "</extra>")
@@ -98,7 +106,7 @@ def association_heatmaps(assoc: dict[str, np.ndarray], groups: list[str], proxie
     show_text = len(proxies) <= 10
     for i, n in enumerate(names, start=1):
         fig.add_trace(go.Heatmap(
-            z=assoc[n], x=labels, y=groups, zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r",
+            z=assoc[n], x=[txt(x) for x in labels], y=[txt(g) for g in groups], zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r",
             showscale=(i == 1), colorbar=dict(title="assoc.", len=0.9),
             texttemplate="%{z:.4f}" if show_text else None, textfont=dict(size=11),
             hovertemplate="group %{y}<br>proxy %{x}<br>association %{z:.5f}<extra>" + n + "</extra>"), row=i, col=1)
@@ -129,7 +137,7 @@ def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, l
     a = table_a.nlargest(max_groups, "n") if len(table_a) > max_groups else table_a
     a = a.sort_values("rate").reset_index(drop=True)
     b = table_b.set_index("group").loc[a["group"]].reset_index()
-    labels = [f"{g} (n={n:,})" for g, n in zip(a["group"], a["n"])]
+    labels = [f"{txt(g)} (n={n:,})" for g, n in zip(a["group"], a["n"])]
     fig = go.Figure()
     for t, name, color, sym in ((a, label_a, PALETTE["kept"], "circle"), (b, label_b, "#1c7ed6", "diamond")):
         fig.add_scatter(x=t["rate"], y=labels, mode="markers", name=name,
@@ -165,7 +173,7 @@ def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, tit
 def source_bars(sources: pd.DataFrame):
     """Samples per source (simulated sources say so)."""
     src = sources.copy()
-    src["label"] = src["source"] + src["simulated"].map({True: " (simulated)", False: ""})
+    src["label"] = src["source"].map(txt) + src["simulated"].map({True: " (simulated)", False: ""})
     fig = px.bar(src, x="n", y="label", orientation="h", title="Samples by source", text="n")
     fig.update_layout(height=60 + 40 * len(src), yaxis_title=None, xaxis_title="samples",
                       margin=dict(l=10, r=10, t=40, b=30))
@@ -252,7 +260,7 @@ def probe_accuracy_chart(ok: pd.DataFrame):
 def confusion_heatmap(shares: pd.DataFrame, counts: np.ndarray, *, title: str, by: str):
     """Row-normalised confusion matrix (true class × predicted class) with the counts in each cell."""
     fig = go.Figure(go.Heatmap(
-        z=shares.values, x=list(shares.columns), y=list(shares.index), colorscale="Blues", zmin=0, zmax=1,
+        z=shares.values, x=[txt(c) for c in shares.columns], y=[txt(c) for c in shares.index], colorscale="Blues", zmin=0, zmax=1,
         text=[[f"{v:.2f}<br>({n:,})" for v, n in zip(rv, rn)] for rv, rn in zip(shares.values, counts)],
         texttemplate="%{text}", colorbar=dict(title="share of row"),
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.3f}<extra></extra>"))
@@ -266,7 +274,7 @@ def coefficient_bars(coefs: pd.DataFrame):
     fig = go.Figure()
     for c in coefs["class"].unique():
         part = coefs[coefs["class"] == c]
-        fig.add_bar(y=[f"{c}: {f}" for f in part["feature"]], x=part["coefficient"], orientation="h", name=c)
+        fig.add_bar(y=[txt(f"{c}: {f}") for f in part["feature"]], x=part["coefficient"], orientation="h", name=txt(c))
     fig.update_layout(title="Features that mark each class (largest coefficients)", showlegend=False,
                       height=max(260, 22 * len(coefs) + 90), margin=dict(l=10, r=10, t=50, b=40),
                       xaxis_title="logistic coefficient (higher: more typical of the class)",
@@ -281,7 +289,7 @@ def concept_share_heatmap(by_class: dict, concepts: list[str]):
     lo = np.array([[by_class[c]["shares"][con][1] for con in concepts] for c in cls])
     hi = np.array([[by_class[c]["shares"][con][2] for con in concepts] for c in cls])
     fig = go.Figure(go.Heatmap(
-        z=z, x=concepts, y=[f"{c} (n={by_class[c]['n']:,})" for c in cls], colorscale="Viridis",
+        z=z, x=concepts, y=[f"{txt(c)} (n={by_class[c]['n']:,})" for c in cls], colorscale="Viridis",
         customdata=np.dstack([lo, hi]), colorbar=dict(title="share"),
         hovertemplate="%{y}<br>%{x}: %{z:.3f} (95% CI %{customdata[0]:.3f}–%{customdata[1]:.3f})<extra></extra>"))
     fig.update_layout(title="Share of samples in which each concept is present", height=160 + 45 * len(cls),
@@ -293,7 +301,7 @@ def concept_coef_heatmap(coefs: dict, concepts: list[str], classes: list[str]):
     """Logistic coefficients of the concept probe, diverging colours centred at 0."""
     cz = np.array([[dict(coefs[c]).get(con, 0.0) for con in concepts] for c in classes])
     lim = float(np.abs(cz).max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=cz, x=concepts, y=classes, colorscale="RdBu_r", zmid=0, zmin=-lim, zmax=lim,
+    fig = go.Figure(go.Heatmap(z=cz, x=[txt(c) for c in concepts], y=[txt(c) for c in classes], colorscale="RdBu_r", zmid=0, zmin=-lim, zmax=lim,
                                colorbar=dict(title="coef"), hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title="Logistic coefficients on concept presence (red: marks the source)",
                       height=140 + 45 * len(classes), margin=dict(l=10, r=10, t=50, b=110),
@@ -323,8 +331,8 @@ def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour:
     numbers, else one trace per category (the largest MAX_CATEGORIES, the rest 'other'). ``keep_colours``:
     the categories are kept/excluded of a filter."""
     fig = go.Figure()
-    short = points["caption"].fillna("").str.slice(0, 90)
-    custom = np.column_stack([points["pos"].to_numpy(), short.to_numpy(), points["source"].fillna("").to_numpy()])
+    short = points["caption"].fillna("").str.slice(0, 90).map(txt)
+    custom = np.column_stack([points["pos"].to_numpy(), short.to_numpy(), points["source"].fillna("").map(txt).to_numpy()])
     if numeric:
         fig.add_scattergl(x=points["x"], y=points["y"], mode="markers", customdata=custom,
                           marker=dict(size=4, color=vals, colorscale="Viridis", opacity=0.7,
@@ -342,12 +350,12 @@ def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour:
         m = (s == g).to_numpy()
         if not m.any():
             continue
-        fig.add_scattergl(x=points["x"][m], y=points["y"][m], mode="markers", name=f"{g} ({int(m.sum()):,})",
+        fig.add_scattergl(x=points["x"][m], y=points["y"][m], mode="markers", name=f"{txt(g)} ({int(m.sum()):,})",
                           customdata=custom[m],
                           marker=dict(size=4, opacity=0.6,
                                       color=colours.get(g, "#adb5bd" if g == "other" else MAP_COLOURS[i % len(MAP_COLOURS)])),
                           hovertemplate="%{customdata[1]}<br>source %{customdata[2]}"
-                                        + ("" if colour == "source" else f"<br>{colour}: {g}") + "<extra></extra>")
+                                        + ("" if colour == "source" else f"<br>{txt(colour)}: {txt(g)}") + "<extra></extra>")
     return fig
 
 

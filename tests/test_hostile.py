@@ -450,3 +450,18 @@ def test_report_csv_neutralises_formula_labels(make_store, tmp_path, monkeypatch
     assert main(["report", "--store", path, "--keep", "s>=0.5", "--by", "grp", "--min-n", "1", "--out", str(out)]) == 0
     groups = pd.read_csv(out)["group"].tolist()
     assert set(groups) == {"'=HYPERLINK(\"http://x\")", "'  -1+2", "a"}
+
+
+def test_chart_labels_from_the_data_are_escaped_and_weights_csv_is_neutralised(tmp_path):
+    from audit import charts
+    from audit.analyses.balance.run import weights_writer
+    from audit.measure.metrics import group_rates
+
+    table = group_rates(np.array([True, False, True]), np.array(['<a href="http://x">click</a>', "b", "b"]), min_n=1)
+    fig = charts.rate_chart(table, title="t")
+    labels = list(fig.data[0].y)
+    assert all("<a" not in s for s in labels) and any("&lt;a href" in s for s in labels)
+    write, close = weights_writer(str(tmp_path / "w.csv"))
+    write(pd.DataFrame({"uid": ["=1+1", "ok"], "q": [0.5, 1.0], "keep": [1, 0]}))
+    close()
+    assert (tmp_path / "w.csv").read_text().splitlines()[1].startswith("'=1+1")
