@@ -344,7 +344,9 @@ def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour:
     s = pd.Series(vals, dtype=object).fillna("unknown").astype(str)
     top = s.value_counts().index[:MAX_CATEGORIES].tolist()
     s = s.where(s.isin(top), "other")
-    order = ([KEPT, EXCLUDED] if keep_colours else top) + (["other"] if (s == "other").any() else [])
+    # the largest class first, so the smaller one is drawn on top and stays visible (70% excluded hid the kept)
+    order = (sorted([KEPT, EXCLUDED], key=lambda g: -int((s == g).sum())) if keep_colours else top) + \
+        (["other"] if (s == "other").any() else [])
     colours = {KEPT: PALETTE["kept"], EXCLUDED: PALETTE["excluded"]} if keep_colours else {}
     for i, g in enumerate(order):
         m = (s == g).to_numpy()

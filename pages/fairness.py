@@ -9,6 +9,7 @@ from audit import charts, ui
 from audit.export.csvsafe import to_csv
 from audit.measure.fairness import HARMONISE, SEP, confusion, flag_rates
 from audit.measure.report import REPORT_COLUMNS, table_from_frame
+from audit.decide.recipes import default_score
 from audit.decide.selection import Rule, RuleError
 
 store, info = ui.page("Who's in, who's out")
@@ -45,7 +46,7 @@ def label_of(attr: str) -> str:
 # ---- the filter --------------------------------------------------------------------------------------
 st.subheader("Filter")
 names = cat["name"].tolist()
-default = names.index("clip_l14_similarity_score") if "clip_l14_similarity_score" in names else 0
+default = names.index(default_score(names, cat))
 c1, c2, c3 = st.columns([2, 1.3, 2.2])
 score = c1.selectbox("Score", names, index=default, format_func=lambda n: ui.score_label(cat, n), key="fz_score")
 mode = c2.radio("Rule", ["top fraction", "threshold"], horizontal=True, key="fz_mode",

@@ -5,7 +5,8 @@ import streamlit as st
 
 from audit import charts, ui
 from audit.measure.metrics import rates_from_codes
-from audit.decide.recipes import FILTER_TITLES, Recipe, exact_spec, named_filters, overlap, paper_presets, paper_scores
+from audit.decide.recipes import (FILTER_TITLES, Recipe, default_score, exact_spec, named_filters, overlap, paper_presets,
+                                  paper_scores)
 from audit.decide.selection import RuleError
 
 store, info = ui.page("Filter preview")
@@ -42,7 +43,7 @@ def _title(f: str) -> str:
     return f"{f} — {FILTER_TITLES.get(f, f)}"
 
 
-default = names.index("clip_l14_similarity_score") if "clip_l14_similarity_score" in names else 0
+default = names.index(default_score(names, cat))
 # widgets a preset can set get their defaults through session state (a widget given both warns)
 for key_, value_ in (("score", names[default]), ("top_fraction", 0.30), ("then_score", NONE), ("then_top", 0.20),
                      ("and_terms", [])):
@@ -134,6 +135,12 @@ else:
     keeps_a = str(recipe)
 
 kept = int(keep.sum())
+if simple and rule.op == "top":
+    target = min(int(data.n * rule.value) + 1, len(data.sorted_desc))
+    if kept > target:
+        st.info(f"Ties at the threshold: {kept - target:,} samples share the cut-off value {tau:.6g}, so the rule "
+                f"keeps {kept:,} ({kept / data.n:.1%}) for a top {rule.value:.0%} (DataComp keeps ties; a score with "
+                f"few distinct values cannot hit every fraction).")
 m = st.columns(4)
 m[0].metric("Kept", f"{kept:,}", help="samples the filter keeps")
 m[1].metric("Excluded", f"{data.n - kept:,}")

@@ -465,3 +465,14 @@ def test_chart_labels_from_the_data_are_escaped_and_weights_csv_is_neutralised(t
     write(pd.DataFrame({"uid": ["=1+1", "ok"], "q": [0.5, 1.0], "keep": [1, 0]}))
     close()
     assert (tmp_path / "w.csv").read_text().splitlines()[1].startswith("'=1+1")
+
+
+def test_map_draws_the_smaller_class_on_top():
+    from audit import charts
+
+    n = 10
+    points = pd.DataFrame({"x": np.arange(n, dtype=float), "y": np.zeros(n), "pos": np.arange(n),
+                           "caption": ["c"] * n, "source": ["s"] * n})
+    vals = np.array(["kept"] * 3 + ["excluded"] * 7, dtype=object)
+    fig = charts.map_points(points, vals, numeric=False, colour="f", keep_colours=True)
+    assert [tr.name for tr in fig.data] == ["excluded (7)", "kept (3)"]   # the last trace is drawn on top

@@ -78,3 +78,18 @@ def test_missing_store_is_a_message_not_a_traceback(monkeypatch, tmp_path):
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception and any("No store" in e.value for e in at.error)
+
+
+def test_filter_preview_says_when_ties_keep_more_than_the_fraction(make_store, monkeypatch):
+    """A 0/1-like score cannot keep 'the top 30%': the page says that ties at the cut-off keep 60%."""
+    import numpy as np
+
+    path = make_store([{"uid": f"u{i}", "caption": "c"} for i in range(10)],
+                      scores={"flag": np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], float)})
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/filter_preview.py").run()
+    assert not at.exception
+    assert metric(at, "Kept") == "6"
+    assert any("Ties at the threshold: 2 samples" in i.value and "keeps 6 (60.0%)" in i.value for i in at.info)

@@ -126,3 +126,12 @@ def test_rule_table_of_one_sample():
     assert t["passed"].tolist() == [False, None]
     assert t["keep if"].tolist() == [">= 7", ">= 2"] and t["value"].tolist() == [1.0, 9.0]
     assert ev.rule_table(COLS, 0)["passed"].tolist() == [True, True]
+
+
+def test_default_score_is_continuous():
+    from audit.decide.recipes import default_score
+
+    assert default_score(["basic", "clip_l14_similarity_score", "negclip_x"]) == "clip_l14_similarity_score"
+    assert default_score(["basic", "basic_aspect", "clip_vit_b_32_random"]) == "clip_vit_b_32_random"
+    assert default_score(["basic", "basic_words", "laion", "normsim_inf_m"]) == "normsim_inf_m"
+    assert default_score(["basic"]) == "basic"

@@ -337,3 +337,17 @@ def paper_presets(names: Sequence[str], filters: Sequence[str], *, none: str) ->
         if f in filters:
             presets[FILTER_TITLES[f]] = dict(mode="off", and_terms=[f], then_score=none)
     return presets
+
+
+def default_score(names: Sequence[str], catalog=None) -> str:
+    """The score a page starts on: DataComp's CLIP L/14 score, else the first CLIP score, else the first score
+    with more than two distinct values (a 0/1 filter flag makes "top 30%" keep whatever share is 1)."""
+    s = paper_scores(names)
+    if s["clip"]:
+        return s["clip"]
+    binary = set(FILTER_TITLES) | {n for n in names if n.startswith(("basic", "laion", "metaclip_keep", "m4_keep",
+                                                                         "text_based", "image_based"))}
+    kinds = {}
+    if catalog is not None and len(catalog):
+        kinds = dict(zip(catalog["name"], catalog["kind"]))
+    return next((n for n in names if n not in binary and kinds.get(n) != "balance"), names[0])
