@@ -394,12 +394,12 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
 
 
 @st.cache_data(max_entries=8, show_spinner="Applying the rules to the whole pool…", hash_funcs=HASH)
-def export_selection(store: Store, specs: tuple[str, ...]):
-    """(frame, selection) of the Export page: every sample with its scores and keep flag (audit.export.writer)."""
+def export_selection(store: Store, specs: tuple[str, ...], by: tuple[str, ...] = ()):
+    """(frame, selection) of the Export page: every sample with its scores, group columns and keep flag."""
     from audit.decide.selection import Rule
     from audit.export.writer import selection_frame
 
-    frame, sel, _ = selection_frame(store, [Rule.parse(s) for s in specs])
+    frame, sel, _ = selection_frame(store, [Rule.parse(s) for s in specs], by=by)
     return frame, sel
 
 

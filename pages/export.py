@@ -21,8 +21,14 @@ except RuleError as exc:
     st.stop()
 
 
+g1, g2 = st.columns([3, 1.2])
+by = g1.multiselect("Group columns to include (label and confidence; their method goes in the manifest)",
+                    store.group_columns(), key="export_by", format_func=lambda g: ui.group_label(store, g))
+all_rows = g2.checkbox("Every sample, with its decision", key="export_all_rows",
+                       help="Adds the excluded samples with keep = 0 and the rules they failed, so inclusion rates "
+                            "by group can be computed from the file (CSV and Parquet).")
 try:
-    frame, sel = ui.export_selection(store, tuple(specs))
+    frame, sel = ui.export_selection(store, tuple(specs), tuple(by))
 except RuleError as exc:
     st.error(str(exc))
     st.stop()
@@ -48,9 +54,14 @@ for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
         col.warning("DataComp .npy needs 32-hex DataComp uids; some kept uids are not.")
         continue
     # rendered only when clicked (a callable), so a rerun does not serialise three formats
-    col.download_button(f"Download {label}", lambda fmt=fmt: render(frame, fmt), file_name=f"audited_subset.{fmt}",
+    if fmt == "npy" and all_rows:
+        col.caption("A DataComp .npy lists kept uids only.")
+        continue
+    col.download_button(f"Download {label}", lambda fmt=fmt: render(frame, fmt, all_rows=all_rows),
+                        file_name=f"audited_subset.{fmt}",
                         mime=mime, key=f"dl_{fmt}", on_click="ignore")
-man = manifest(store, rules, sel, "dashboard", store_path=ui.store_path())
+man = manifest(store, rules, sel, "dashboard", store_path=ui.store_path(),
+               extra={"all_rows": bool(all_rows), "group_columns": list(by)})
 cols[3].download_button("Download manifest (JSON)", strict_json(man, indent=2),
                         file_name="audited_subset.manifest.json", mime="application/json", key="dl_manifest")
 with st.expander("Manifest"):

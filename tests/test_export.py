@@ -69,3 +69,34 @@ def test_cli_export_equals_dashboard_bytes(demo_store, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "audit", "export", "--store", demo_store, "--out", str(out),
                           "--keep", "nope:top=0.3"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown score 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_all_rows_export_with_group_columns_re_tabulates_the_report(demo_store, tmp_path, monkeypatch):
+    """An auditor can redo the Who's-in table from the file alone: every row, its decision, its imputed group
+    and confidence; per-group n and kept equal `report` (which equals the page, tests/test_fairness.py)."""
+    import json
+    import sys
+
+    import pandas as pd
+
+    from audit.cli import main
+
+    spec = "clip_l14_similarity_score:top=0.3"
+    monkeypatch.setattr(sys, "argv", ["audit", "export"])
+    out = tmp_path / "all.csv"
+    assert main(["export", "--store", demo_store, "--out", str(out), "--keep", spec, "--by", "caption_gender",
+                 "--by", "source", "--all-rows"]) == 0
+    monkeypatch.setattr(sys, "argv", ["audit", "report"])
+    rep = tmp_path / "r.csv"
+    assert main(["report", "--store", demo_store, "--keep", spec, "--by", "caption_gender", "--out", str(rep)]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    table = pd.read_csv(rep, keep_default_na=False).set_index("group")
+    got = frame.groupby("caption_gender").agg(n=("keep", "size"), kept=("keep", "sum"))
+    assert got.index.sort_values().tolist() == table.index.sort_values().tolist()
+    assert (got.loc[table.index, "n"] == table["n"]).all() and (got.loc[table.index, "kept"] == table["kept"]).all()
+    assert set(frame["keep"]) == {0, 1} and (frame.loc[frame["keep"] == 0, "excluded_by"] != "").all()
+    assert frame["caption_gender__conf"].between(0, 1).all() and "source__conf" in frame.columns
+    man = json.loads((tmp_path / "all.csv.manifest.json").read_text())
+    assert man["all_rows"] and man["file"]["rows"] == len(frame) == man["pool"]
+    assert man["group_columns"]["caption_gender"]["imputed"] is True
+    assert man["group_columns"]["source"] == {"method": "sample column", "imputed": False}

@@ -38,14 +38,25 @@ def datacomp_uid_array(uids: Sequence[str]) -> np.ndarray:
     return arr
 
 
-def selection_frame(store: Store, rules: Sequence[Rule], *, recipe=None) -> tuple[pd.DataFrame, Selection, list[str]]:
+def selection_frame(store: Store, rules: Sequence[Rule], *, recipe=None,
+                    by: Sequence[str] = ()) -> tuple[pd.DataFrame, Selection, list[str]]:
     """Every sample with every score column, the keep decision and the reasons it was excluded.
 
-    ``recipe`` (an audit.recipes.Recipe) replaces the plain intersection of ``rules`` when given."""
+    ``recipe`` (an audit.recipes.Recipe) replaces the plain intersection of ``rules`` when given. ``by``: group
+    columns (attributes or sample columns) added as ``<name>`` (the label; ``unknown`` where none) and
+    ``<name>__conf`` (the annotator's confidence), so a file re-tabulates the dashboard's group tables."""
     names = store.score_names()
     scores = store.score_frame(names)
     samples = store.sample_frame(SAMPLE_EXPORT_COLUMNS)
     frame = samples.merge(scores, on="uid", how="left")
+    if by:
+        from audit.store.labels import label_confidence_frame
+
+        clash = [b for b in by if b in frame.columns and b not in ("source", "domain", "tld", "simulated")]
+        if clash:
+            raise ValueError(f"--by {clash[0]} is also a score or sample column; pick an attribute")
+        labels = label_confidence_frame(store, list(by))
+        frame = frame.drop(columns=[b for b in by if b in frame.columns]).merge(labels, on="uid", how="left")
     columns = {n: frame[n].to_numpy(dtype=float) for n in names}
     sel = (recipe.evaluate(columns, n=len(frame)) if recipe is not None
            else select(list(rules), columns, n=len(frame)))
@@ -90,9 +101,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def render(frame: pd.DataFrame, fmt: str) -> bytes:
-    """The bytes of the kept rows in one format."""
-    kept = frame[frame["keep"]].drop(columns=["keep", "excluded_by"])
+def render(frame: pd.DataFrame, fmt: str, *, all_rows: bool = False) -> bytes:
+    """The bytes of the kept rows in one format; ``all_rows``: every sample, with its ``keep`` decision and the
+    rules it failed (``excluded_by``), so inclusion rates can be computed from the file."""
+    if all_rows:
+        if fmt == "npy":
+            raise ValueError("a DataComp .npy lists kept uids only; --all-rows needs CSV or Parquet")
+        kept = frame.assign(keep=frame["keep"].astype(int), excluded_by=frame["excluded_by"].map("; ".join))
+    else:
+        kept = frame[frame["keep"]].drop(columns=["keep", "excluded_by"])
     if fmt == "csv":
         return to_csv(kept).encode("utf-8")
     if fmt == "parquet":
@@ -113,7 +130,8 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
     return fmt
 
 
-def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None = None, echo=print) -> dict:
+def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None = None, echo=print,
+           by: Sequence[str] = (), all_rows: bool = False) -> dict:
     """Write the kept subset to ``out`` and its manifest to ``out + '.manifest.json'``."""
     fmt = format_of(out, fmt)
     recipe, extra = None, None
@@ -127,13 +145,22 @@ def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None =
         if recipe is not None:
             recipe = Recipe.parse(rules, names=st.score_names())
             parsed = recipe.rules
-        frame, sel, _ = selection_frame(st, parsed, recipe=recipe)
-        data = render(frame, fmt)
+        frame, sel, _ = selection_frame(st, parsed, recipe=recipe, by=by)
+        data = render(frame, fmt, all_rows=all_rows)
+        cat = st.attribute_catalog()
         if recipe is not None:
             extra = {"recipe": str(recipe), "kept_after_step": sel.step_kept, "equivalent_rules": sel.as_rules()}
         man = manifest(st, parsed, sel, fmt, extra=extra)
         man["uid_warnings"] = st.uid_problems(frame.loc[frame["keep"], "uid"].tolist())
-    man["file"] = {"name": Path(out).name, "bytes": len(data), "rows": man["kept"],
+    man["all_rows"] = bool(all_rows)
+    groups = {}
+    for b in by:
+        row = cat[cat["attribute"] == b]
+        groups[b] = ({"method": str(row.iloc[0]["method"]), "imputed": bool(row.iloc[0]["imputed"]),
+                      "random_weights": bool(row.iloc[0]["random_weights"])} if len(row)
+                     else {"method": "sample column", "imputed": False})
+    man["group_columns"] = groups
+    man["file"] = {"name": Path(out).name, "bytes": len(data), "rows": man["pool"] if all_rows else man["kept"],
                    "sha256": hashlib.sha256(data).hexdigest()}
     write_atomic(Path(out), data)
     checkpoint("export.data_written")
