@@ -145,6 +145,15 @@ def _simulated_share(store, uids) -> bool:
     return bool(len(uids)) and bool(samples_simulated(store, list(uids)).all())
 
 
+def _labelled(frame: pd.DataFrame, labels: pd.Series):
+    """The rows of ``frame`` that have a class label: (frame, labels, probe-able classes, notes)."""
+    lab = labels.reindex(pd.Index(frame["uid"])).to_numpy(dtype=object)
+    has = pd.notna(lab)
+    frame, lab = frame[has].reset_index(drop=True), lab[has]
+    classes, notes = usable_classes(lab)
+    return frame, lab, classes, notes
+
+
 def _probe_captions(store, labels: pd.Series, p: OriginParams, seed: int, echo) -> dict:
     from sklearn.feature_extraction.text import CountVectorizer
 
@@ -153,11 +162,7 @@ def _probe_captions(store, labels: pd.Series, p: OriginParams, seed: int, echo) 
     wanted = [f for f in CAPTION_FAMILIES if p.wants(f)]
     if not wanted:
         return {}
-    frame = store.sample_frame(["caption"], non_blank=["caption"])
-    lab = labels.reindex(pd.Index(frame["uid"])).to_numpy(dtype=object)
-    has = pd.notna(lab)
-    frame, lab = frame[has].reset_index(drop=True), lab[has]
-    classes, notes = usable_classes(lab)
+    frame, lab, classes, notes = _labelled(store.sample_frame(["caption"], non_blank=["caption"]), labels)
     if len(classes) < 2:
         msg = f"needs captions from at least two {p.by} classes (at least {MIN_PER_CLASS} each)"
         return {f: _skipped(f, None, "caption", msg) for f in wanted}
@@ -200,11 +205,7 @@ def _probe_images(store, labels: pd.Series, p: OriginParams, seed: int, echo) ->
     wanted = [f for f in IMAGE_FAMILIES if p.wants(f)]
     if not wanted:
         return {}
-    frame = store.sample_frame(["image_ref"], not_null=["image_ref"])
-    lab = labels.reindex(pd.Index(frame["uid"])).to_numpy(dtype=object)
-    has = pd.notna(lab)
-    frame, lab = frame[has].reset_index(drop=True), lab[has]
-    classes, notes = usable_classes(lab)
+    frame, lab, classes, notes = _labelled(store.sample_frame(["image_ref"], not_null=["image_ref"]), labels)
     if len(classes) < 2:
         present = ", ".join(f"{c} ({n})" for c, n in pd.Series(lab).value_counts().items()) or "none"
         msg = (f"needs stored images from at least two {p.by} classes (at least {MIN_PER_CLASS} each); "
