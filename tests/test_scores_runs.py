@@ -185,3 +185,22 @@ def test_image_based_with_given_centroids(tiny, tmp_path, monkeypatch):
     # ip argmax: a=e1 -> 0 (1 vs 0), b=e2 -> 1, c=e3 and d=e4 -> ties at 0 -> 0; target e2 -> cluster 1
     assert values(tiny, "image_based_cluster_m").tolist() == [0.0, 1.0, 0.0, 0.0]
     assert values(tiny, "image_based_m").tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_a_score_computed_from_a_random_weight_score_is_flagged(make_store):
+    """laion reads a B/32 CLIP score; when that score came from a random-weight model, laion says so too."""
+    import numpy as np
+
+    from audit.scores.base import run_score
+    from audit.store import Store
+
+    n = 6
+    uids = [f"u{i}" for i in range(n)]
+    path = make_store([{"uid": u, "caption": "a photo of a dog on the beach"} for u in uids],
+                      scores={"clip_b32_similarity_score": np.linspace(0.2, 0.35, n)})
+    with Store.writer(path) as st:   # the fixture's score, now marked as coming from random weights
+        st.cursor().execute("UPDATE score_catalog SET random_weights = true")
+    run_score("laion", path, params={"clip_score": "clip_b32_similarity_score"}, echo=lambda s: None)
+    with Store.reader(path) as st:
+        cat = st.score_catalog().set_index("name")
+    assert bool(cat.loc["laion", "random_weights"]) and bool(cat.loc["laion_b32", "random_weights"])

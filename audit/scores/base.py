@@ -27,6 +27,13 @@ class ScoreContext:
     rng: np.random.Generator
     echo: Callable[[str], None] = print
     _index: dict = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)   # stored scores this computation read (provenance)
+
+    def score(self, name: str) -> np.ndarray:
+        """A stored score for every sample (uid order); recorded, so the output inherits its provenance flags."""
+        self.store.check_score(name)
+        self.inputs.append(name)
+        return self.store.score_frame([name])[name].to_numpy(dtype=float)
 
     def index(self) -> dict[str, int]:
         if not self._index:
@@ -109,6 +116,11 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
         checkpoint("score.computing")
         scorer = cls()
         values = scorer.compute(ctx)
+    if ctx.inputs:   # a score computed from a random-weight or simulated score carries that flag on
+        with Store.reader(store_path) as rd:
+            cat = rd.score_catalog().set_index("name")
+        used = cat.loc[[n for n in dict.fromkeys(ctx.inputs) if n in cat.index]]
+        random_weights = random_weights or bool(used["random_weights"].fillna(False).astype(bool).any())
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
         sim = samples_simulated(st, uids)   # the run's samples (others may have been ingested meanwhile)

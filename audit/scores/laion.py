@@ -68,7 +68,7 @@ class Laion(Score):
         from audit import lang
 
         name = pick_clip_score(ctx.store.score_names(), ctx.params.get("clip_score"))
-        b32 = ctx.store.score_frame([name])[name].to_numpy(dtype=float)
+        b32 = ctx.score(name)
         caps = ctx.samples(["caption"])["caption"].tolist()
         self.run_description = {
             "laion": f"{self.description} ({name}; language: {lang.DETECTOR}, the reference uses gcld3)",

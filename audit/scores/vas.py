@@ -198,8 +198,8 @@ class VasD(Score):
         if float(p.get("fraction", 1.0)) < 1.0:
             from audit.decide.selection import top_fraction_threshold
 
-            name = ctx.store.check_score(p["clip_score"])
-            sc = ctx.store.score_frame([name])[name].to_numpy(float)[rows]
+            name = p["clip_score"]
+            sc = ctx.score(name)[rows]
             tau = top_fraction_threshold(sc, float(p["fraction"]))
             with np.errstate(invalid="ignore"):
                 cand = np.flatnonzero(sc >= tau)
