@@ -163,7 +163,11 @@ def score_label(cat: pd.DataFrame, name: str) -> str:
         tags.append("random weights")
     if bool(r["simulated"]):
         tags.append("simulated")
-    return f"{name}" + (f"  [{', '.join(tags)}]" if tags else "")
+    # where the values came from, so the parquet's clip_l14_similarity_score and a computed clip_datacomp_l14 differ
+    kind, model = str(r.get("kind") or ""), r.get("model")
+    origin = ("from the pool's parquet" if kind == "datacomp" else
+              f"computed: {kind}" + (f" on {model}" if isinstance(model, str) and model else "") if kind else "")
+    return f"{name}" + (f" — {origin}" if origin else "") + (f"  [{', '.join(tags)}]" if tags else "")
 
 
 def group_label(store: Store, col: str) -> str:
