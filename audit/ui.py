@@ -152,6 +152,15 @@ def md(text) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame for display with missing text cells as "—" (st.dataframe shows None as the word "None")."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].astype(object).where(out[col].notna(), "—")
+    return out
+
+
 # ---- labels ------------------------------------------------------------------------------------
 def score_label(cat: pd.DataFrame, name: str) -> str:
     row = cat[cat["name"] == name]

@@ -45,9 +45,9 @@ with st.expander("Embedding models"):
     if models.empty:
         st.caption("none")
     else:
-        st.dataframe(models, hide_index=True, width="stretch")
+        st.dataframe(ui.blank_missing(models), hide_index=True, width="stretch")
         if models["random_weights"].any():
             st.warning("Models marked random_weights have no pretrained weights: their embeddings and scores "
                        "carry no meaning and are shown only to exercise the pipeline.")
 with st.expander("Runs (provenance of every stage)"):
-    st.dataframe(info["runs"], hide_index=True, width="stretch")
+    st.dataframe(ui.blank_missing(info["runs"]), hide_index=True, width="stretch")

@@ -204,3 +204,15 @@ def test_a_score_computed_from_a_random_weight_score_is_flagged(make_store):
     with Store.reader(path) as st:
         cat = st.score_catalog().set_index("name")
     assert bool(cat.loc["laion", "random_weights"]) and bool(cat.loc["laion_b32", "random_weights"])
+
+
+def test_metaclip_warns_when_t_is_too_large_for_the_pool(make_store):
+    from audit.scores.base import run_score
+
+    path = make_store([{"uid": f"u{i}", "caption": f"a photo of a dog number {i}"} for i in range(20)])
+    lines: list[str] = []
+    run_score("metaclip", path, params={"t": 20_000.0, "min_count": 3, "entries_out": None}, echo=lines.append)
+    assert any("balancing removes nothing" in s and "scale it to the pool" in s for s in lines)
+    lines.clear()
+    run_score("metaclip", path, params={"t": 5.0, "min_count": 3, "entries_out": None}, echo=lines.append, force=True)
+    assert not any("balancing removes nothing" in s for s in lines)

@@ -205,6 +205,10 @@ class MetaClip(Score):
         ctx.echo("head entries (count): " + ", ".join(f"{entries[i]!r} ({counts[i]:,})" for i in head))
         ctx.echo(f"entries matched at least once: {(counts > 0).sum():,} of {len(entries):,}; "
                  f"above t={t:g}: {(counts > t).sum():,}")
+        if (counts > t).sum() == 0:
+            ctx.echo(f"warning: no entry is matched more than t={t:g} times in these {len(caps):,} captions, so "
+                     f"balancing removes nothing and every matched caption is kept; t = 20,000 was chosen for a "
+                     f"1.6B-row pool, scale it to the pool (the demo uses t = 100 on 100k rows)")
         if p.get("entries_out"):
             import pandas as pd
 
