@@ -476,3 +476,15 @@ def test_map_draws_the_smaller_class_on_top():
     vals = np.array(["kept"] * 3 + ["excluded"] * 7, dtype=object)
     fig = charts.map_points(points, vals, numeric=False, colour="f", keep_colours=True)
     assert [tr.name for tr in fig.data] == ["excluded (7)", "kept (3)"]   # the last trace is drawn on top
+
+
+def test_ingest_without_store_refuses_to_write_into_the_demo_store(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "AUDIT_STORE"}
+    res = subprocess.run([sys.executable, "-m", "audit", "ingest", "folder", str(tmp_path)], cwd=tmp_path,
+                         env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    assert res.returncode == 1 and "no --store given" in res.stderr
+    assert not (tmp_path / "data").exists()
