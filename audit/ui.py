@@ -39,6 +39,10 @@ def _snapshot_dir(path: str) -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Opening a snapshot of the store…")
 def _open_snapshot(path: str, version: int) -> Store:
     snap = snapshot(path, _snapshot_dir(path), wait_s=20)
+    try:   # our copy: add the columns newer versions write (another dashboard process may hold it: it did this)
+        Store.open(snap, read_only=False, wait_s=1, vectors_root=vectors_dir(path)).close()
+    except Exception:
+        pass
     return Store.open(snap, read_only=True, vectors_root=vectors_dir(path))
 
 

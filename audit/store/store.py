@@ -343,6 +343,9 @@ class Store:
         """Among ``uids``: how many were made up at ingest (the input had none) and how many the input repeats
         (a duplicate_uid reject exists), the two things a DataComp uid subset cannot express."""
         frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        if not self.scalar("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'samples' "
+                           "AND column_name = 'uid_given'"):
+            return {"generated_uids": 0, "repeated_in_input": 0}   # a store from before uid_given was recorded
         cur = self.cursor()
         cur.register("_ask", frame)
         try:
