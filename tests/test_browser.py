@@ -86,3 +86,46 @@ def test_slider_moves_the_kept_count_in_chromium(server, demo_store):
         page.screenshot(path=str(ARTIFACTS / "filter_preview_e2e.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "filter_preview_e2e.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+def test_a_result_being_recomputed_is_marked_out_of_date(server):
+    """Balancing recomputes for seconds after a control changes: from one second on, the old numbers are either
+    replaced or marked stale (Streamlit fades them), never shown as current."""
+    from playwright.sync_api import sync_playwright
+
+    state = """() => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(
+        e => e.innerText.includes('Kept (M4 draw)'));
+        if (!m) return null;
+        const box = m.closest('[data-stale]');
+        return {value: m.querySelector('[data-testid=stMetricValue]').innerText,
+                stale: !!(box && box.getAttribute('data-stale') === 'true'),
+                opacity: parseFloat(getComputedStyle(m.closest('[data-testid=stElementContainer]') || m).opacity)}; }"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(server, timeout=60_000)
+        page.wait_for_selector("[data-testid='stMetric']", timeout=120_000)
+        page.goto(f"{server}/balance", timeout=60_000)
+        page.wait_for_function(f"() => ({state})() !== null", timeout=240_000)
+        page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=240_000)
+        before = page.evaluate(state)["value"]
+        thumb = page.locator("input[type='range'][aria-label='Budget η (kept fraction)']")
+        thumb.focus()
+        for _ in range(10):   # η 0.90 -> 0.80: a new M4 solve
+            thumb.press("ArrowLeft")
+        t0 = time.time()
+        seen = []
+        while time.time() - t0 < 120:
+            s = page.evaluate(state)
+            seen.append((time.time() - t0, s))
+            if s and s["value"] != before and not s["stale"]:
+                break
+            time.sleep(0.1)
+        browser.close()
+    final = seen[-1][1]
+    assert final["value"] != before, "the result never changed"
+    shown_as_current = [(round(t, 2), s) for t, s in seen if t > 1.0 and s and s["value"] == before
+                        and not s["stale"] and s["opacity"] > 0.9]
+    assert shown_as_current == [], shown_as_current
