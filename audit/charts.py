@@ -12,6 +12,13 @@ import plotly.graph_objects as go
 from audit.measure.metrics import MIN_N
 
 
+def _fit(fig):
+    """Axes make room for their labels (Plotly's default cuts long category names such as 'homosexual (n=…)')."""
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
 def txt(label) -> str:
     """A label from the data as Plotly text: Plotly reads <a>, <b>, <br>, <span> … in labels, so < > & are escaped
     (a domain or group named '<a href=…>' is shown, not followed)."""
@@ -47,7 +54,7 @@ def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_group
     fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
                       height=max(260, 34 * len(t) + 110), margin=dict(l=10, r=10, t=50, b=40),
                       xaxis=dict(range=_rate_range(t, overall)))
-    return fig
+    return _fit(fig)
 
 
 def _rate_range(t: pd.DataFrame, overall: float) -> list[float]:
@@ -67,7 +74,7 @@ def histogram(values: np.ndarray, *, title: str, tau: float | None = None):
                       annotation_text=f"threshold {tau:.4f}", annotation_position="top right")
     fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=30), xaxis_title="score",
                       yaxis_title="samples", bargap=0.02)
-    return fig
+    return _fit(fig)
 
 
 def shares_chart(table: pd.DataFrame, groups: list[str], target: np.ndarray, *, title: str):
@@ -90,7 +97,7 @@ def shares_chart(table: pd.DataFrame, groups: list[str], target: np.ndarray, *, 
                       margin=dict(l=10, r=10, t=50, b=40), xaxis_title="share of kept members − target share",
                       yaxis_title="group (imputed)", xaxis=dict(range=[-span, span], zeroline=False),
                       legend=dict(orientation="h", yanchor="top", y=-0.25, x=0), legend_title_text="")
-    return fig
+    return _fit(fig)
 
 
 def association_heatmaps(assoc: dict[str, np.ndarray], groups: list[str], proxies: list[str], *, title: str):
@@ -114,7 +121,7 @@ def association_heatmaps(assoc: dict[str, np.ndarray], groups: list[str], proxie
     fig.update_xaxes(title_text="proxy", tickangle=-35, row=len(names), col=1)
     fig.update_layout(title=title, height=120 + len(names) * (45 * len(groups) + 60),
                       margin=dict(l=10, r=10, t=80, b=10))
-    return fig
+    return _fit(fig)
 
 
 def reason_chart(table: pd.DataFrame, *, title: str):
@@ -128,7 +135,7 @@ def reason_chart(table: pd.DataFrame, *, title: str):
     fig.update_layout(title=title, barmode="group", height=max(220, 46 * len(t) + 120),
                       margin=dict(l=10, r=10, t=50, b=40), xaxis_title="samples",
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
-    return fig
+    return _fit(fig)
 
 
 def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, label_a: str, label_b: str,
@@ -150,7 +157,7 @@ def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, l
                       height=max(320, 34 * len(a) + 210), margin=dict(l=10, r=10, t=50, b=100),
                       xaxis=dict(range=_rate_range(both, float(table_a.attrs.get("overall", both["rate"].mean())))),
                       legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))
-    return fig
+    return _fit(fig)
 
 
 def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str):
@@ -166,7 +173,7 @@ def density_chart(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, tit
                                hovertemplate="x %{x:.4f}<br>y %{y:.4f}<br>%{z:,} samples<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=340,
                       margin=dict(l=10, r=10, t=50, b=40))
-    return fig
+    return _fit(fig)
 
 
 # ---- Overview ------------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ def source_bars(sources: pd.DataFrame):
     fig = px.bar(src, x="n", y="label", orientation="h", title="Samples by source", text="n")
     fig.update_layout(height=60 + 40 * len(src), yaxis_title=None, xaxis_title="samples",
                       margin=dict(l=10, r=10, t=40, b=30))
-    return fig
+    return _fit(fig)
 
 
 def reject_bars(rejects: pd.DataFrame):
@@ -186,7 +193,7 @@ def reject_bars(rejects: pd.DataFrame):
                  text="n")
     fig.update_layout(height=60 + 40 * len(rejects), yaxis_title=None, xaxis_title="rows",
                       margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(autorange="reversed"))
-    return fig
+    return _fit(fig)
 
 
 # ---- Who's in, who's out ---------------------------------------------------------------------------------
@@ -212,7 +219,7 @@ def rate_vs_count_chart(pts: pd.DataFrame, reg, overall: float):
                       xaxis=dict(type="log", title="samples in the pool (log scale)"),
                       yaxis=dict(title="inclusion rate (95% Wilson interval)"),
                       margin=dict(l=10, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.2))
-    return fig
+    return _fit(fig)
 
 
 def flag_share_bars(bars: list[tuple[str, dict]]):
@@ -226,7 +233,7 @@ def flag_share_bars(bars: list[tuple[str, dict]]):
                          arrayminus=[v - fr[f"{key_}_ci"][0] for (_, fr), v in zip(bars, vals)])))
     fig.update_layout(barmode="group", height=300, yaxis_title="share of samples (95% Wilson interval)",
                       margin=dict(l=10, r=10, t=30, b=30), legend=dict(orientation="h", y=1.12))
-    return fig
+    return _fit(fig)
 
 
 # ---- Dataset origin -----------------------------------------------------------------------------------------
@@ -254,7 +261,7 @@ def probe_accuracy_chart(ok: pd.DataFrame):
     fig.update_layout(height=max(300, 38 * len(ok) + 150), margin=dict(l=10, r=10, t=30, b=90),
                       xaxis=dict(title="accuracy on held-out samples (95% Wilson interval)", range=[0, 1.02]),
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
-    return fig
+    return _fit(fig)
 
 
 def confusion_heatmap(shares: pd.DataFrame, counts: np.ndarray, *, title: str, by: str):
@@ -266,7 +273,7 @@ def confusion_heatmap(shares: pd.DataFrame, counts: np.ndarray, *, title: str, b
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=120 + 60 * len(shares), margin=dict(l=10, r=10, t=50, b=40),
                       xaxis_title=f"predicted {by}", yaxis_title=f"true {by}", yaxis=dict(autorange="reversed"))
-    return fig
+    return _fit(fig)
 
 
 def coefficient_bars(coefs: pd.DataFrame):
@@ -279,7 +286,7 @@ def coefficient_bars(coefs: pd.DataFrame):
                       height=max(260, 22 * len(coefs) + 90), margin=dict(l=10, r=10, t=50, b=40),
                       xaxis_title="logistic coefficient (higher: more typical of the class)",
                       yaxis=dict(autorange="reversed"))
-    return fig
+    return _fit(fig)
 
 
 def concept_share_heatmap(by_class: dict, concepts: list[str]):
@@ -294,7 +301,7 @@ def concept_share_heatmap(by_class: dict, concepts: list[str]):
         hovertemplate="%{y}<br>%{x}: %{z:.3f} (95% CI %{customdata[0]:.3f}–%{customdata[1]:.3f})<extra></extra>"))
     fig.update_layout(title="Share of samples in which each concept is present", height=160 + 45 * len(cls),
                       margin=dict(l=10, r=10, t=50, b=110), xaxis=dict(tickangle=-45, title="concept"))
-    return fig
+    return _fit(fig)
 
 
 def concept_coef_heatmap(coefs: dict, concepts: list[str], classes: list[str]):
@@ -306,7 +313,7 @@ def concept_coef_heatmap(coefs: dict, concepts: list[str], classes: list[str]):
     fig.update_layout(title="Logistic coefficients on concept presence (red: marks the source)",
                       height=140 + 45 * len(classes), margin=dict(l=10, r=10, t=50, b=110),
                       xaxis=dict(tickangle=-45, title="concept"))
-    return fig
+    return _fit(fig)
 
 
 # ---- Embedding map ------------------------------------------------------------------------------------------
@@ -323,7 +330,7 @@ def map_density(x: np.ndarray, y: np.ndarray, bins: int = 120):
     fig.add_heatmap(x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=np.where(counts > 0, counts, np.nan).T,
                     colorscale="Blues", colorbar=dict(title="samples"),
                     hovertemplate="x %{x:.2f}, y %{y:.2f}<br>%{z:,} samples<extra></extra>")
-    return fig
+    return _fit(fig)
 
 
 def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour: str, keep_colours: bool):
@@ -358,10 +365,10 @@ def map_points(points: pd.DataFrame, vals: np.ndarray, *, numeric: bool, colour:
                                       color=colours.get(g, "#adb5bd" if g == "other" else MAP_COLOURS[i % len(MAP_COLOURS)])),
                           hovertemplate="%{customdata[1]}<br>source %{customdata[2]}"
                                         + ("" if colour == "source" else f"<br>{txt(colour)}: {txt(g)}") + "<extra></extra>")
-    return fig
+    return _fit(fig)
 
 
 def map_layout(fig, *, legend_title: str, density: bool):
     fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=40), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
                       legend=dict(title=legend_title, itemsizing="constant"), dragmode="zoom" if density else "lasso")
-    return fig
+    return _fit(fig)

@@ -177,10 +177,10 @@ def score_label(cat: pd.DataFrame, name: str) -> str:
     if bool(r["simulated"]):
         tags.append("simulated")
     # where the values came from, so the parquet's clip_l14_similarity_score and a computed clip_datacomp_l14 differ
-    kind, model = str(r.get("kind") or ""), r.get("model")
-    origin = ("from the pool's parquet" if kind == "datacomp" else
-              f"computed: {kind}" + (f" on {model}" if isinstance(model, str) and model else "") if kind else "")
-    return f"{name}" + (f" — {origin}" if origin else "") + (f"  [{', '.join(tags)}]" if tags else "")
+    # (short: the name already carries the model; a select box cuts long labels)
+    kind = str(r.get("kind") or "")
+    origin = "from the parquet" if kind == "datacomp" else ("computed" if kind else "")
+    return f"{name}" + (f" ({origin})" if origin else "") + (f"  [{', '.join(tags)}]" if tags else "")
 
 
 def group_label(store: Store, col: str) -> str:

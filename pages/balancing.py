@@ -35,8 +35,9 @@ def attr_label(a: str) -> str:
 c1, c2, c3 = st.columns([2.2, 2.2, 1.6])
 a_default = defaults.get("attribute") if defaults.get("attribute") in attrs else (
     "caption_gender" if "caption_gender" in attrs else attrs[0])
-attribute = c1.selectbox("Sensitive attribute", attrs, index=attrs.index(a_default), format_func=attr_label,
-                         key="bal_attribute")
+attribute = c1.selectbox("Sensitive attribute", attrs, index=attrs.index(a_default),
+                         format_func=lambda a: ui.group_label(store, a), key="bal_attribute",
+                         help="Imputed attributes are estimates; the method of the one chosen is named below.")
 counts = ui.label_counts(store, attribute)
 labels = [str(x) for x in counts["label"] if x not in NON_GROUPS]
 n_of = dict(zip(counts["label"].astype(str), counts["n"]))
