@@ -91,8 +91,9 @@ def test_slider_moves_the_kept_count_in_chromium(server, demo_store):
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
 def test_a_result_being_recomputed_is_marked_out_of_date(server):
-    """Balancing recomputes for seconds after a control changes: from one second on, the old numbers are either
-    replaced or marked stale (Streamlit fades them), never shown as current."""
+    """Balancing recomputes for seconds after a control changes: the old numbers are soon either replaced or marked
+    stale (Streamlit fades them), never shown as current. Quiet, Streamlit marks them within 0.6 s; the bound here
+    is 2 s, as a loaded 2-core CI machine delays the browser too (1 s failed once beside other work)."""
     from playwright.sync_api import sync_playwright
 
     state = """() => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(
@@ -126,6 +127,6 @@ def test_a_result_being_recomputed_is_marked_out_of_date(server):
         browser.close()
     final = seen[-1][1]
     assert final["value"] != before, "the result never changed"
-    shown_as_current = [(round(t, 2), s) for t, s in seen if t > 1.0 and s and s["value"] == before
+    shown_as_current = [(round(t, 2), s) for t, s in seen if t > 2.0 and s and s["value"] == before
                         and not s["stale"] and s["opacity"] > 0.9]
     assert shown_as_current == [], shown_as_current
