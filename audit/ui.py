@@ -219,7 +219,7 @@ def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: 
             st.caption(("🔞 (blurred) " if blur else "") + md(text))
 
 
-# ---- fairness (issue 4): cached inputs of the "Who's in, who's out" page --------------------------------
+# ---- cached inputs of the "Who's in, who's out" page ---------------------------------------------------
 @st.cache_resource(max_entries=8, show_spinner="Loading scores and labels…", hash_funcs=HASH)
 def fairness_frame(store: Store, scores: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
     """Score columns and label columns of every sample (audit.report.load_frame). Held, not copied: read-only."""
@@ -236,7 +236,7 @@ def attribute_labels(store: Store, attrs: tuple[str, ...]) -> pd.DataFrame:
     return label_frame(store, list(attrs))
 
 
-# ---- balancing (issue 6): cached balancing inputs/results and the two charts of the Balancing page ----
+# ---- cached balancing inputs and results of the Balancing page -----------------------------------------
 @st.cache_resource(max_entries=8, show_spinner="Reading memberships and proxies…", hash_funcs=HASH)
 def balance_inputs(store: Store, attribute: str, proxies: tuple[str, ...], groups: tuple[str, ...],
                    target: str, utility: str | None, model: str | None):
@@ -277,7 +277,7 @@ def balance_clip(store: Store, score: str, budget: float):
     return clip_filter_q(store, score, budget)
 
 
-# ---- scores (issue 3): recipe columns, reasons and the side-by-side comparison of the Filter preview -----
+# ---- score columns of the Filter preview's recipes and comparison -----------------------------------------
 @st.cache_resource(max_entries=64, show_spinner=False, hash_funcs=HASH)
 def score_column(store: Store, name: str) -> np.ndarray:
     """One score for every sample, ORDER BY uid (aligned with preview_data). Held, not copied: read-only."""
@@ -296,7 +296,7 @@ def spearman(store: Store, a: str, b: str) -> tuple[float, int]:
     return rho(score_column(store, a), score_column(store, b))
 
 
-# ---- origin probe and embedding map (issue 5): cached inputs of the Dataset origin and Embedding map pages --
+# ---- cached inputs of the Dataset origin and Embedding map pages ------------------------------------------
 @st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
 def origin_runs(store: Store) -> pd.DataFrame:
     from audit.store.results import origin_runs as runs

@@ -190,19 +190,15 @@ def image_row(batch: Batch, ref: str, data: bytes | None, caption, uid: str, url
                   "sha256": hashlib.sha256(data).hexdigest(), "uid_given": uid_given})
 
 
-def given_uid(value) -> bool:
-    """The input carries a uid of its own (text, not blank)."""
-    return isinstance(value, str) and value != ""
-
-
-def uid_of(value, fallback: str) -> tuple[str | None, str | None]:
-    """(uid, error): the given uid when it is text, the generated ``fallback`` when none is given, an error when
-    a uid of another type is given (a number would silently become another sample's id)."""
+def uid_of(value, fallback: str) -> tuple[str | None, str | None, bool]:
+    """(uid, error, given): the given uid when it is text, the generated ``fallback`` when none is given (given
+    False: a DataComp subset cannot select it), an error when a uid of another type is given (a number would
+    silently become another sample's id)."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
-        return fallback, None
+        return fallback, None, False
     if isinstance(value, str):
-        return value, None
-    return None, f"uid must be text, got {type(value).__name__} {value!r}"[:200]
+        return value, None, True
+    return None, f"uid must be text, got {type(value).__name__} {value!r}"[:200], False
 
 
 def dimension(value) -> tuple[int | None, str | None]:

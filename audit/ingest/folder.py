@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from audit import images
-from audit.ingest.accounting import Batch, given_uid, image_row, make_uid, uid_of
+from audit.ingest.accounting import Batch, image_row, make_uid, uid_of
 
 MAX_RECORD_LINES = 1000   # a quoted CSV field may span lines; an unterminated quote is cut here
 
@@ -127,7 +127,7 @@ def fill_folder(batch: Batch, path: Path) -> None:
             batch.reject(ref0, "missing_file_field", f"line {line} has no 'file' value")
             continue
         caption = rec.get("caption")
-        uid, err = uid_of(rec.get("uid"), make_uid(batch.source, fname, str(caption)))
+        uid, err, given = uid_of(rec.get("uid"), make_uid(batch.source, fname, str(caption)))
         if err:
             batch.reject(ref0, "bad_uid", f"line {line}: {err}")
             continue
@@ -145,4 +145,4 @@ def fill_folder(batch: Batch, path: Path) -> None:
             batch.reject(str(img_path), "not_a_file" if "not a regular file" in str(exc) else exc.reason,
                          str(exc), uid)
             continue
-        image_row(batch, str(img_path), data, caption, uid, url, uid_given=given_uid(rec.get("uid")))
+        image_row(batch, str(img_path), data, caption, uid, url, uid_given=given)

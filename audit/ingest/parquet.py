@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from audit import images
-from audit.ingest.accounting import Batch, caption_ok, dimension, given_uid, image_row, make_uid, uid_of
+from audit.ingest.accounting import Batch, caption_ok, dimension, image_row, make_uid, uid_of
 
 TEXT_COLUMNS = ("text", "caption")
 IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
@@ -35,7 +35,7 @@ def fill_parquet(batch: Batch, path: Path) -> None:
             batch.reject(ref, "missing_column", f"parquet lacks column(s) {', '.join(missing)}")
             continue
         text, url = rec.get(text_col), rec.get("url")
-        uid, err = uid_of(rec.get("uid"), make_uid(str(url), str(text)))
+        uid, err, given = uid_of(rec.get("uid"), make_uid(str(url), str(text)))
         if err:
             batch.reject(ref, "bad_uid", err)
             continue
@@ -49,7 +49,7 @@ def fill_parquet(batch: Batch, path: Path) -> None:
             continue
         if image_col is not None and isinstance(rec.get(image_col), (bytes, bytearray)):
             image_row(batch, images.parquet_ref(path, image_col, i), bytes(rec[image_col]), text, uid, url,
-                      original=(rec.get(size_cols[0]), rec.get(size_cols[1])), uid_given=given_uid(rec.get("uid")))
+                      original=(rec.get(size_cols[0]), rec.get(size_cols[1])), uid_given=given)
             continue
         if not caption_ok(text):
             batch.reject(ref, "empty_caption", "caption is missing or blank", uid)
@@ -60,4 +60,4 @@ def fill_parquet(batch: Batch, path: Path) -> None:
             continue
         sha = rec.get("sha256")
         batch.accept({"uid": uid, "caption": text, "url": url, "width": w, "height": h, "image_ref": None,
-                      "sha256": sha if isinstance(sha, str) else None, "uid_given": given_uid(rec.get("uid"))})
+                      "sha256": sha if isinstance(sha, str) else None, "uid_given": given})

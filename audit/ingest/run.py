@@ -140,7 +140,9 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
     """Read one input file and write all of it in one transaction: a kill leaves the store as it was.
 
     Vector parts are written first, named by the input's content (``fp``), so a rerun rewrites the same files
-    instead of adding copies; they are only visible once the transaction registers the model.
+    instead of adding copies. A model's first parts appear in the store when the transaction registers it; parts
+    of a model already registered are read as soon as they are renamed into place (until the rerun, a kill can
+    leave vectors whose samples were rolled back).
     """
     batch = Batch(source, fmt, max_pixels=max_pixels)
     vectors = FILLERS[fmt](batch, path) or {}

@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 from audit import images
-from audit.ingest.accounting import Batch, given_uid, image_row, make_uid, uid_of
+from audit.ingest.accounting import Batch, image_row, make_uid, uid_of
 
 IMAGE_MEMBER_EXTS = ("jpg", "jpeg", "png", "webp")
 _BASE_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")   # webdataset's base_plus_ext
@@ -109,7 +109,7 @@ def _sample(batch: Batch, path: Path, key: str, group: dict) -> None:
         if not isinstance(meta, dict):
             batch.reject(ref, "bad_metadata", f"{names['json']} holds a JSON {type(meta).__name__}, not an object")
             return
-    uid, err = uid_of(meta.get("uid"), make_uid(batch.source, path.name, key))
+    uid, err, given = uid_of(meta.get("uid"), make_uid(batch.source, path.name, key))
     if err:
         batch.reject(ref, "bad_uid", err)
         return
@@ -138,7 +138,7 @@ def _sample(batch: Batch, path: Path, key: str, group: dict) -> None:
         if ("original_width" in meta or "original_height" in meta) else None
     url = meta.get("url") if isinstance(meta.get("url"), str) else None
     image_row(batch, images.tar_ref(path, names[img_ext]), data, caption, uid, url, original=original,
-              uid_given=given_uid(meta.get("uid")))
+              uid_given=given)
 
 
 def _download_failures(batch: Batch, path: Path) -> None:

@@ -3,5 +3,5 @@ from audit.scores.base import SCORES, Score, ScoreContext  # noqa: F401
 from audit.scores import clip_score  # noqa: F401,E402
 
 __all__ = ["SCORES", "Score", "ScoreContext"]
-# scores area (issue 3): the seed papers' filters
+# the seed papers' filters
 from audit.scores import negclip, normsim, vas, basic, laion, image_based, text_based, metaclip  # noqa: F401,E402

@@ -10,7 +10,7 @@ from audit.store.schema import SAMPLE_GROUP_COLUMNS, StoreError, ident
 from audit.store.store import Store
 
 
-# ---- fairness (issue 4): label columns for group tables ----------------------------------------------
+# ---- label columns for group tables ------------------------------------------------------------------
 def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
     """uid plus one label column per sample group column or attribute, every sample, ORDER BY uid.
 
@@ -20,7 +20,7 @@ def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
     return label_confidence_frame(store, columns)[["uid", *columns]]
 
 
-# ---- balancing (issue 6): labels with confidences (whole pool or streamed), meta key/value ------------
+# ---- labels with confidences (whole pool or streamed), score columns, label counts ---------------------
 def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
     attrs = set(store.attributes())
     exprs, joins, params = ["s.uid"], [], []
@@ -78,11 +78,6 @@ def label_counts(store: Store, column: str) -> pd.DataFrame:
     sql, params = _label_conf_sql(store, [column])
     return store.df(f"SELECT l0 AS label, count(*) AS n, sum(c0) AS mass FROM ({sql}) GROUP BY l0 "
                     f"ORDER BY n DESC, label", params)
-
-
-def captions_frame(store: Store) -> pd.DataFrame:
-    """uid, caption of every sample, ORDER BY uid."""
-    return store.df("SELECT uid, caption FROM samples ORDER BY uid")
 
 
 def samples_simulated(store: Store, uids: Sequence[str]) -> np.ndarray:

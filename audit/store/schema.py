@@ -94,6 +94,3 @@ def slug(text: str) -> str:
     """Lower-case identifier-safe form of a model or score name (``ViT-B-32`` -> ``vit_b_32``)."""
     s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
     return s if s and not s[0].isdigit() else f"m_{s}"
-
-
-# ---- origin probe and embedding map (issue 5): result tables ------------------------------------------

@@ -357,9 +357,6 @@ class Store:
             cur.unregister("_ask")
         return {"generated_uids": int(made_up), "repeated_in_input": int(repeated)}
 
-    def simulated_flags(self) -> np.ndarray:
-        """(n,) bool: the ``simulated`` flag of every sample (False where unset), ORDER BY uid."""
-        return self.df("SELECT coalesce(simulated, false) AS s FROM samples ORDER BY uid")["s"].to_numpy(bool)
 
     # ---- embeddings -----------------------------------------------------------------------------
     def vectors_dir(self) -> Path:

@@ -229,12 +229,11 @@ def metaclip_run_params(store) -> dict | None:
 def metaclip_index(store, *, metadata: str | None = None, min_count: int | None = None) -> MetaClipIndex:
     """Match every caption against the metadata the stored metaclip run used (or the given file / pool n-grams)."""
     from audit.scores import metaclip as mc
-    from audit.store.labels import captions_frame
 
     params = metaclip_run_params(store) or {}
     metadata = metadata or params.get("metadata")
     min_count = int(min_count or params.get("min_count") or mc.DEFAULT_MIN_COUNT)
-    caps = captions_frame(store)["caption"].tolist()
+    caps = store.sample_frame(["caption"])["caption"].tolist()
     if metadata:
         entries = mc.read_metadata(metadata)
         source = f"{len(entries):,} entries from {Path(metadata).name}"
