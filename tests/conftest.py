@@ -16,6 +16,19 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from audit.store import Store  # noqa: E402
 
 DEMO_ROWS = 4000
+# Debian's Chromium, as the browser tests launch it (headless; no background connections on a closed network)
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 APP = str(ROOT / "app.py")  # AppTest resolves relative paths against the calling file
 
 

@@ -11,18 +11,10 @@ import pytest
 
 from audit.decide.selection import Rule, apply_rule
 from audit.store import Store
-from conftest import ROOT
+from conftest import CHROMIUM, ROOT, free_port
+from conftest import CHROMIUM_ARGS as ARGS
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

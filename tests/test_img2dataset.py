@@ -19,6 +19,7 @@ from PIL import Image
 
 from audit.ingest.run import ingest
 from audit.store import Store
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "img2dataset"
@@ -39,12 +40,6 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory):
     if not IMG2DATASET.exists():
@@ -58,7 +53,7 @@ def downloads(tmp_path_factory):
     www = root / "www"
     cap = write_photos(www)   # 25 real photos + a corrupt jpg + a blank caption + a missing file
     photos = list(csv.DictReader(open(cap)))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=www)
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -71,7 +66,7 @@ def downloads(tmp_path_factory):
              "file": r["file"]} for i, r in enumerate(photos)]
     n_ok = len(rows)
     rows += [{"url": f"http://127.0.0.1:{port}/no-such-file.jpg", "caption": "a 404", "uid": f"{900:032x}", "file": ""},
-             {"url": f"http://127.0.0.1:{_free_port()}/refused.jpg", "caption": "nobody listens", "uid": f"{901:032x}",
+             {"url": f"http://127.0.0.1:{free_port()}/refused.jpg", "caption": "nobody listens", "uid": f"{901:032x}",
               "file": ""},
              {"url": f"http://127.0.0.1:{port}/noai/coffee.png", "caption": "opted out", "uid": f"{902:032x}",
               "file": ""}]

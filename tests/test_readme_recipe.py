@@ -14,11 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import CHROMIUM, ROOT, free_port
+from conftest import CHROMIUM_ARGS as ARGS
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = ["", "preview", "who", "dataset-origin", "map", "balance", "download"]
 
 
@@ -26,12 +24,6 @@ def readme_block() -> str:
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Your own pool"):]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -50,7 +42,7 @@ def test_readme_own_pool_recipe_runs_verbatim_and_serves_a_clean_dashboard(tmp_p
     for name in ("app.py", "pages", ".streamlit"):   # `streamlit run app.py` as from a checkout
         (work / name).symlink_to(ROOT / name)
     (tmp_path / "recipe.sh").write_text("set -euo pipefail\n" + block)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "S": str(tmp_path / "mypool.duckdb"), "PHOTOS": str(tmp_path / "photos"),
            "PRETRAINED": "none", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
