@@ -68,6 +68,14 @@ MIGRATIONS = [
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS url VARCHAR",
     "ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS simulated BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS caption VARCHAR",
+    # binary little-endian float16 vector (store/vectors.py) -> FLOAT[], for the embeddings view: hex digits in
+    # fours ("LLHH"), byte-swapped to the 16-bit pattern v, then sign · mantissa · 2^exponent (subnormals, inf, NaN)
+    "CREATE MACRO IF NOT EXISTS audit_half_vector(b) AS list_transform("
+    "  list_transform(regexp_extract_all(hex(b), '....'), lambda x: ('0x' || x[3:4] || x[1:2])::INTEGER),"
+    "  lambda v: ((CASE WHEN v >= 32768 THEN -1.0 ELSE 1.0 END) * (CASE"
+    "    WHEN ((v >> 10) & 31) = 0 THEN (v & 1023) * 5.960464477539063e-08"
+    "    WHEN ((v >> 10) & 31) = 31 THEN CASE WHEN (v & 1023) = 0 THEN 'inf'::DOUBLE ELSE 'nan'::DOUBLE END"
+    "    ELSE (1024 + (v & 1023)) * pow(2.0, ((v >> 10) & 31) - 25) END))::FLOAT)",
 ]
 REJECT_COLUMNS = ("source_ref", "stage", "reason", "detail", "source", "uid", "run_id", "url", "caption")
 

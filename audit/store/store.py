@@ -382,11 +382,15 @@ class Store:
         parts = []
         for model, folder in models:
             d = self.vectors_dir() / folder
+            if not self.read_only and self.vectors_root is None and d.is_dir():
+                from audit.store.vectors import migrate_parts
+
+                migrate_parts(d)   # parts of the older list layout, once
             if any(d.glob("part-*.parquet")):
                 glob = str((d / "part-*.parquet").resolve()).replace("'", "''")
                 m = model.replace("'", "''")
                 parts.append(
-                    f"SELECT uid, '{m}' AS model, img::FLOAT[] AS img, txt::FLOAT[] AS txt "
+                    f"SELECT uid, '{m}' AS model, audit_half_vector(img) AS img, audit_half_vector(txt) AS txt "
                     f"FROM read_parquet('{glob}')")
         cur.execute("CREATE OR REPLACE VIEW embeddings AS " + " UNION ALL ".join(parts)
                     if parts else _EMPTY_EMBEDDINGS_VIEW)
