@@ -114,51 +114,104 @@ def record_simulator(store: str, cfg) -> None:
         meta_put(st, "simulator", json.dumps({"seed": cfg.seed, "rows": cfg.rows, "text_directions": spaces}))
 
 
+class EarlySteps:
+    """Work done in one spawned worker process (no forked DuckDB or torch state) while the builder goes on: the
+    simulation beside the photos, then the analysis steps that need no scores beside steps 4-5 (two cores).
+    ``futures`` maps a step's name to the future of the lines it printed."""
+
+    def __init__(self, store: str, seed: int):
+        self.store, self.seed, self.futures, self._pool = store, seed, {}, None
+
+    def submit(self, fn, *args):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def simulate_inputs(pool: str, rows: int, seed: int) -> None:
+    """Write the simulated pool's shards, and move its ground truth out of the folder that gets ingested."""
+    from audit.demo.simulate import SimConfig, write_pool
+
+    write_pool(Path(pool), SimConfig(rows=rows, seed=seed))
+    for name in ("truth.parquet", "latent.json"):
+        (Path(pool) / name).replace(Path(pool).parent / name)
+
+
 def build_demo(store: str, *, rows: int = 100_000, seed: int = 0, photos: bool = True, echo=print) -> None:
     from audit.annotators.base import run_annotator
     from audit.ingest.run import ingest
     from audit.scores.base import run_score
-    from audit.demo.simulate import SOURCES, SimConfig, write_pool
+    from audit.demo.simulate import SOURCES, SimConfig
+    from audit.demo.steps import run_captured
 
     t0 = time.perf_counter()
+    lap = [t0]
+
+    def done(what: str) -> None:   # per-step time, so a slow step shows where the minutes go
+        now = time.perf_counter()
+        echo(f"    {what}: {now - lap[0]:.1f} s")
+        lap[0] = now
+
     root = Path(store).with_suffix("")
     root = root.parent / (root.name + "_inputs")
     pool = root / "sim" / "pool"
-    echo(f"[1/6] simulating {rows} rows in DataComp format -> {pool}")
-    write_pool(pool, SimConfig(rows=rows, seed=seed))
-    for name in ("truth.parquet", "latent.json"):  # keep the ground truth out of the ingested folder
-        (pool / name).replace(pool.parent / name)
     from audit.store import Store
+    from audit.demo.steps import EARLY_STEPS, STEPS
 
-    record_simulator(store, SimConfig(rows=rows, seed=seed))
-    echo("[2/6] ingesting the simulated pool (datacomp format)")
-    for name in SOURCES:
-        ingest("datacomp", [str(pool / f"{name}.parquet")], store_path=store, source=name, simulated=True, progress=False,
-               echo=lambda s: echo("    " + s))
-    if photos:
-        echo("[3/6] real photos from installed wheels (folder format), embedded with open_clip ViT-B-32, RANDOM weights")
-        cap = write_photos(root / "photos")
-        ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: echo("    " + s))
-        from audit.embed.runner import embed
+    early = EarlySteps(store, seed)
+    try:
+        echo(f"[1/6] simulating {rows} rows in DataComp format -> {pool}" + (" (in a second process)" if photos else ""))
+        simulated = early.submit(simulate_inputs, str(pool), rows, seed)
+        if photos:   # the photos need nothing simulated: they go in while the second process simulates
+            echo("[2/6] real photos from installed wheels (folder format), embedded with open_clip ViT-B-32, RANDOM weights")
+            cap = write_photos(root / "photos")
+            ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: echo("    " + s))
+            from audit.embed.runner import embed
 
-        embed(store, model="ViT-B-32", pretrained="none", batch_size=16, workers=0, progress=False, precision="fp32",
-              echo=lambda s: echo("    " + s))
-    from audit.annotators import ANNOTATORS
-    from audit.scores import SCORES
+            embed(store, model="ViT-B-32", pretrained="none", batch_size=16, workers=0, progress=False, precision="fp32",
+                  echo=lambda s: echo("    " + s))
+            done("photos ingested and embedded")
+        simulated.result()
+        record_simulator(store, SimConfig(rows=rows, seed=seed))
+        done("simulated (waited for the second process)" if photos else "simulated")
+        echo("[3/6] ingesting the simulated pool (datacomp format)")
+        for name in SOURCES:
+            ingest("datacomp", [str(pool / f"{name}.parquet")], store_path=store, source=name, simulated=True, progress=False,
+                   echo=lambda s: echo("    " + s))
+        done("ingested")
+        for name in EARLY_STEPS:   # these need only what is ingested and embedded
+            early.futures[name] = early.submit(run_captured, name, store, seed)
+        from audit.annotators import ANNOTATORS
+        from audit.scores import SCORES
 
-    with Store.reader(store) as st:
-        models = st.models()["model"].tolist()
-    echo("[4/6] scores")
-    for cls in SCORES:
-        for model, params in cls.demo_runs(models):
-            run_score(cls.name, store, model=model, params=params, seed=seed, echo=lambda s: echo("    " + s))
-    echo("[5/6] annotators (imputed labels)")
-    for cls in ANNOTATORS:
-        for model, params in cls.demo_runs(models):
-            run_annotator(cls.name, store, model=model, params=params, seed=seed, echo=lambda s: echo("    " + s))
-    echo("[6/6] analyses")
-    from audit.demo.steps import STEPS
-
-    for step in STEPS:
-        step(store, seed=seed, echo=lambda s: echo("    " + s))
+        with Store.reader(store) as st:
+            models = st.models()["model"].tolist()
+        echo("[4/6] scores" + (f" (the second process runs {', '.join(EARLY_STEPS)} meanwhile)" if EARLY_STEPS else ""))
+        for cls in SCORES:
+            for model, params in cls.demo_runs(models):
+                run_score(cls.name, store, model=model, params=params, seed=seed, echo=lambda s: echo("    " + s))
+                done(f"score {cls.name}" + (f" ({model})" if model else ""))
+        echo("[5/6] annotators (imputed labels)")
+        for cls in ANNOTATORS:
+            for model, params in cls.demo_runs(models):
+                run_annotator(cls.name, store, model=model, params=params, seed=seed, echo=lambda s: echo("    " + s))
+                done(f"annotator {cls.name}" + (f" ({model})" if model else ""))
+        echo("[6/6] analyses")
+        for step in STEPS:
+            if step.__name__ in early.futures:
+                for line in early.futures.pop(step.__name__).result():   # ran in the second process
+                    echo("    " + line)
+                done(f"{step.__name__} (waited for the second process)")
+                continue
+            step(store, seed=seed, echo=lambda s: echo("    " + s))
+            done(step.__name__)
+    finally:   # a failed step cancels what the second process has not started
+        early.close()
     echo(f"demo store ready: {store} ({time.perf_counter() - t0:.0f} s)")

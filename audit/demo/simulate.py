@@ -202,7 +202,13 @@ def _captions(truth: pd.DataFrame, rng: np.random.Generator) -> list[str]:
     out = []
     adjs = ["beautiful", "happy", "modern", "vintage", "close-up of a", "portrait of a", "smiling", "red", "new"]
     places = ["in the park", "at home", "on the beach", "in the city", "on white background", "at sunset", ""]
-    for r in truth.itertuples(index=False):
+    from types import SimpleNamespace
+
+    fields = ["quality", "is_person", "age", "gender", "race", "orientation", "religion", "concept", "lang", "nsfw",
+              "stock"]
+    columns = [truth[f].to_numpy(dtype=object) for f in fields]   # plain objects: iterating Arrow strings is slow
+    for values in zip(*columns):
+        r = SimpleNamespace(**dict(zip(fields, values)))
         if r.quality == "low" and rng.random() < 0.7:
             out.append(LOW_QUALITY[rng.integers(len(LOW_QUALITY))].format(n=rng.integers(1000, 9999)))
             continue
@@ -237,34 +243,34 @@ def embed_truth(truth: pd.DataFrame, dim: int, scores: np.ndarray, seed: int) ->
     dirs = latent_directions(dim, seed)
     rng = np.random.default_rng([seed, dim, 1])
     n = len(truth)
-    img = rng.standard_normal((n, dim)).astype(np.float32) * (0.9 / math.sqrt(dim))
-    txt_sem = rng.standard_normal((n, dim)).astype(np.float32) * (1.1 / math.sqrt(dim))
-
-    def add(mask: np.ndarray, key: str, w_img: float, w_txt: float) -> None:
-        if mask.any():
-            img[mask] += w_img * dirs[key]
-            txt_sem[mask] += w_txt * dirs[key]
-
-    for c in CONCEPTS:
-        add(truth["concept"].to_numpy() == c, "concept:" + c, 1.0, 1.0)
-    for s, (_, style, _) in SOURCES.items():
-        add(truth["source"].to_numpy() == s, "source:" + s, style, 0.0)
-    for g in GENDERS:
-        add(truth["gender"].to_numpy() == g, "gender:" + g, 0.5, 0.3)
-    for a in AGES:
-        add(truth["age"].to_numpy() == a, "age:" + a, 0.4, 0.2)
-    for r in RACES:
-        add(truth["race"].to_numpy() == r, "race:" + r, 0.4, 0.1)
-    add(truth["nsfw"].to_numpy() == "yes", "nsfw", 0.7, 0.4)
-    add(truth["stock"].to_numpy() == "yes", "watermark", 0.5, 0.0)
-    add(truth["stock"].to_numpy() == "yes", "stock", 0.2, 0.5)
-    img = _unit(img)
-    # text: s·img + sqrt(1-s²)·w, w = unit part of txt_sem orthogonal to img
-    w = txt_sem - np.sum(txt_sem * img, axis=1, keepdims=True) * img
-    w = _unit(w)
+    img = rng.standard_normal((n, dim), dtype=np.float32)
+    img *= np.float32(0.9 / math.sqrt(dim))
+    txt_sem = rng.standard_normal((n, dim), dtype=np.float32)
+    txt_sem *= np.float32(1.1 / math.sqrt(dim))
+    # (key, truth column, value, image weight, text weight): each sample adds w · direction for every latent
+    # property it has. One membership matrix and two matmuls instead of a masked update per key.
+    terms = ([("concept:" + c, "concept", c, 1.0, 1.0) for c in CONCEPTS]
+             + [("source:" + s, "source", s, style, 0.0) for s, (_, style, _) in SOURCES.items()]
+             + [("gender:" + g, "gender", g, 0.5, 0.3) for g in GENDERS]
+             + [("age:" + a, "age", a, 0.4, 0.2) for a in AGES]
+             + [("race:" + r, "race", r, 0.4, 0.1) for r in RACES]
+             + [("nsfw", "nsfw", "yes", 0.7, 0.4), ("watermark", "stock", "yes", 0.5, 0.0),
+                ("stock", "stock", "yes", 0.2, 0.5)])
+    member = np.zeros((n, len(terms)), dtype=np.float32)
+    cols = {c: truth[c].to_numpy() for c in {t[1] for t in terms}}
+    for j, (_, col, val, _, _) in enumerate(terms):
+        member[:, j] = cols[col] == val
+    direction = np.stack([dirs[t[0]] for t in terms]).astype(np.float32)
+    img += member @ (np.array([t[3] for t in terms], dtype=np.float32)[:, None] * direction)
+    txt_sem += member @ (np.array([t[4] for t in terms], dtype=np.float32)[:, None] * direction)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    # text: s·img + sqrt(1-s²)·w, w = unit part of txt_sem orthogonal to img (in place: these are n × dim)
+    txt_sem -= np.einsum("ij,ij->i", txt_sem, img)[:, None] * img
+    txt_sem /= np.linalg.norm(txt_sem, axis=1, keepdims=True)
     s = np.asarray(scores, dtype=np.float32)[:, None]
-    txt = s * img + np.sqrt(np.clip(1 - s * s, 0, 1)) * w
-    return img.astype(np.float32), txt.astype(np.float32)
+    txt_sem *= np.sqrt(np.clip(1 - s * s, 0, 1))
+    txt_sem += s * img
+    return img, txt_sem
 
 
 def _inject_bad_rows(truth: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:

@@ -115,3 +115,15 @@ def balance_step(store: str, *, seed: int = 0, echo: Callable[[str], None] = pri
 
 
 STEPS: list[Callable] = [map_step, origin_step, balance_step]
+# Steps that need only what is ingested and embedded, not the scores or labels: the builder starts them in a
+# second process after ingest, so on two cores they overlap the scores and annotators (the map's UMAP alone is
+# ~25 s, half of it numba compiling).
+EARLY_STEPS: tuple[str, ...] = ("map_step", "origin_step")
+
+
+def run_captured(step_name: str, store: str, seed: int) -> list[str]:
+    """Run one step by name and return what it printed (for a worker process; the builder echoes it)."""
+    lines: list[str] = []
+    step = {s.__name__: s for s in STEPS}[step_name]
+    step(store, seed=seed, echo=lines.append)
+    return lines

@@ -110,7 +110,7 @@ def build_map(store_path: str, model: str | None, params: MapParams | None = Non
     t0 = time.perf_counter()
     timings: dict = {}
     try:
-        with Store.reader(store_path) as rd:
+        with Store.detached(store_path) as rd:   # holds the file only per query: other stages write meanwhile
             got = compute_map(rd, model, params, seed=seed, echo=echo, timings=timings)
     except Exception as exc:
         with Store.writer(store_path) as st:

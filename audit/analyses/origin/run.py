@@ -321,7 +321,7 @@ def run_origin(store_path: str, params: OriginParams | None = None, *, seed: int
             run_id = st.start_run("origin", params.by, params=full, version=VERSION)
     if run_id is not None:
         try:
-            with Store.reader(store_path) as rd:
+            with Store.detached(store_path) as rd:   # holds the file only per query: others write meanwhile
                 result = compute_origin(rd, params, seed=seed, echo=echo)
         except Exception as exc:
             with Store.writer(store_path) as st:
