@@ -79,6 +79,32 @@ def test_nsfw_domain_and_combination():
     label, conf = combine(img, cap, dom)
     assert label.tolist() == ["nsfw", "safe", "nsfw", "safe", "nsfw", UNKNOWN, UNKNOWN]
     assert conf.tolist() == [0.9, 0.9, 0.9, 0.5, 0.6, 0.0, 0.0]
+    # with the LAION embedding detector: it flags on its own, judges image-less samples safe (0.8), and never
+    # overrules a judged image's "safe" into unknown
+    emb = np.array(["safe", "nsfw", "safe", "safe", "safe", "nsfw", "safe"], dtype=object)
+    label, conf = combine(img, cap, dom, emb)
+    assert label.tolist() == ["nsfw", "nsfw", "nsfw", "safe", "nsfw", "nsfw", "safe"]
+    assert conf.tolist() == [0.9, 0.9, 0.9, 0.8, 0.6, 0.9, 0.8]
+
+
+def test_nsfw_annotator_uses_a_stored_laion_nsfw_score(make_store):
+    from audit.annotators.base import run_annotator
+    from audit.store import Store
+
+    samples = [{"uid": f"u{i}", "caption": c, "url": "https://photos.example.org/a.jpg"}
+               for i, c in enumerate(["a cat", "a dog", "nude beach", "a tree"])]
+    path = make_store(samples, scores={"laion_nsfw_datacomp_l14": [0.9, 0.1, 0.2, np.nan]})
+    run_annotator("nsfw", path, params={"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None},
+                  echo=lambda s: None)
+    with Store.reader(path) as st:
+        got = st.df("SELECT uid, attribute, label, method FROM annotations WHERE attribute IN "
+                    "('nsfw', 'nsfw_embedding') ORDER BY uid, attribute")
+    lab = {(r.uid, r.attribute): r.label for r in got.itertuples()}
+    assert [lab[(f"u{i}", "nsfw_embedding")] for i in range(4)] == ["nsfw", "safe", "safe", UNKNOWN]
+    # u0: embedding flags it; u1: embedding-safe; u2: the caption flags it; u3: text-only safe
+    assert [lab[(f"u{i}", "nsfw")] for i in range(4)] == ["nsfw", "safe", "nsfw", "safe"]
+    why = got.set_index(["uid", "attribute"])["method"]
+    assert "embedding laion_nsfw_datacomp_l14 p=0.90" in why[("u0", "nsfw")]
 
 
 # ---- copyright -------------------------------------------------------------------------------------------------

@@ -9,10 +9,15 @@
   the registered domain name (the paper used Cloudflare's domain categories, methods.md §6.3; we have no
   network, so this is a much smaller stand-in).
 
+* embedding: when the store has a ``laion_nsfw_*`` score (``score laion-nsfw``: LAION's CLIP-embedding NSFW
+  detector, which needs no image file), p > 0.5 flags the sample (clip-retrieval's rule), else it is judged safe by
+  the embedding. The L/14 score is preferred; ``--embedding-score`` picks one.
+
 Combined ``nsfw`` attribute: ``nsfw`` if any source flags the sample; ``safe`` if the image was judged
-safe, or (no image) the caption and the domain were both checked and neither flags it; otherwise
-``unknown``. Text-only ``safe`` has confidence 0.5: a clean caption does not make an image safe. The
-Filter preview blurs thumbnails whose ``nsfw`` label is ``nsfw``.
+safe, or (no image) the embedding judged it safe, or the caption and the domain were both checked and neither
+flags it; otherwise ``unknown``. Embedding-only ``safe`` has confidence 0.8 (or 1 − p when lower), text-only
+``safe`` 0.5: a clean caption does not make an image safe. The Filter preview blurs thumbnails whose ``nsfw``
+label is ``nsfw``. Re-run with ``--force`` after adding a laion-nsfw score to a store already annotated.
 """
 from __future__ import annotations
 
@@ -87,21 +92,39 @@ def image_label(p: float, low: float, high: float) -> str:
     return "nsfw" if p >= high else ("safe" if p < low else "uncertain")
 
 
-def combine(image: np.ndarray, caption: np.ndarray, domain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Combined label and confidence from the three per-source labels (arrays of equal length).
+def combine(image: np.ndarray, caption: np.ndarray, domain: np.ndarray,
+            embedding: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Combined label and confidence from the per-source labels (arrays of equal length).
 
-    image: nsfw/uncertain/safe/unknown; caption: explicit/suggestive/none/unknown; domain: adult/none/unknown.
+    image: nsfw/uncertain/safe/unknown; caption: explicit/suggestive/none/unknown; domain: adult/none/unknown;
+    embedding (optional): nsfw/safe/unknown from the LAION embedding detector.
     """
+    emb = np.full(len(image), UNKNOWN, dtype=object) if embedding is None else embedding
     flag_img = image == "nsfw"
+    flag_emb = emb == "nsfw"
     flag_cap = np.isin(caption, ["explicit", "suggestive"])
     flag_dom = domain == "adult"
-    flagged = flag_img | flag_cap | flag_dom
+    flagged = flag_img | flag_emb | flag_cap | flag_dom
     img_safe = image == "safe"
-    text_safe = (image == UNKNOWN) & (caption == "none") & (domain == "none")
-    label = np.where(flagged, "nsfw", np.where(img_safe | text_safe, "safe", UNKNOWN))
-    conf = np.where(flagged, np.where(flag_img | (caption == "explicit") | flag_dom, 0.9, 0.6),
-                    np.where(img_safe, 0.9, np.where(text_safe, 0.5, 0.0)))
+    emb_safe = (image == UNKNOWN) & (emb == "safe")
+    text_safe = (image == UNKNOWN) & (emb == UNKNOWN) & (caption == "none") & (domain == "none")
+    label = np.where(flagged, "nsfw", np.where(img_safe | emb_safe | text_safe, "safe", UNKNOWN))
+    conf = np.where(flagged, np.where(flag_img | flag_emb | (caption == "explicit") | flag_dom, 0.9, 0.6),
+                    np.where(img_safe, 0.9, np.where(emb_safe, 0.8, np.where(text_safe, 0.5, 0.0))))
     return label.astype(object), conf
+
+
+EMBEDDING_THRESHOLD = 0.5   # clip-retrieval's rule for LAION's detector
+
+
+def pick_embedding_score(names: list[str], wanted: str | None) -> str | None:
+    """The laion_nsfw_* score to use: ``wanted``, else the L/14 one, else any; None when there is none."""
+    if wanted:
+        if wanted not in names:
+            raise ValueError(f"unknown score {wanted!r}; this store has: {', '.join(names) or 'none'}")
+        return wanted
+    found = sorted(n for n in names if n.startswith("laion_nsfw_"))
+    return next((n for n in found if "l14" in n), found[0] if found else None)
 
 
 def bundled_model_path() -> str:
@@ -145,6 +168,7 @@ class Nsfw(Annotator):
         "nsfw_image": "open_nsfw image label (nsfw ≥ high, safe < low, uncertain between; unknown = no image)",
         "nsfw_caption": "NSFW words in the caption (explicit / suggestive / none)",
         "nsfw_domain": "adult domain of the URL (suffix, site list, keyword)",
+        "nsfw_embedding": "LAION CLIP-embedding NSFW detector (nsfw if p > 0.5, else safe; unknown = no score)",
     }
 
     @classmethod
@@ -152,6 +176,8 @@ class Nsfw(Annotator):
         parser.add_argument("--high", type=float, default=0.8, help="p(nsfw) at or above: nsfw (default 0.8)")
         parser.add_argument("--low", type=float, default=0.2, help="p(nsfw) below: safe (default 0.2)")
         parser.add_argument("--adult-domains", help="text file of extra adult registered domains, one per line")
+        parser.add_argument("--embedding-score", help="laion_nsfw_* score to use as evidence (default: the L/14 one "
+                                                      "if stored, else any laion_nsfw_* score, else none)")
 
     @classmethod
     def params_from_args(cls, args: argparse.Namespace) -> dict:
@@ -159,11 +185,11 @@ class Nsfw(Annotator):
         if args.adult_domains:
             with open(args.adult_domains, encoding="utf-8") as fh:
                 extra = sorted({ln.strip().lower() for ln in fh if ln.strip() and not ln.startswith("#")})
-        return {"high": args.high, "low": args.low, "adult_domains": extra}
+        return {"high": args.high, "low": args.low, "adult_domains": extra, "embedding_score": args.embedding_score}
 
     @classmethod
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
-        return [(None, {"high": 0.8, "low": 0.2, "adult_domains": []})]
+        return [(None, {"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None})]
 
     def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
         high, low = float(ctx.params.get("high", 0.8)), float(ctx.params.get("low", 0.2))
@@ -193,15 +219,31 @@ class Nsfw(Annotator):
         pairs = by_host(frame["url"], lambda h: host_flag(h, extra))
         dom_lab = np.array([p[0] for p in pairs], dtype=object)
         dom_why = np.array([p[1] for p in pairs], dtype=object)
-        label, conf = combine(img_lab, cap, dom_lab)
-        evidence = _evidence(img_lab, img_why, cap, dom_lab, dom_why)
+        # embedding (LAION's detector, a stored score)
+        emb_lab = np.full(n, UNKNOWN, dtype=object)
+        emb_p = np.full(n, np.nan)
+        emb_name = pick_embedding_score(ctx.store.score_names(), ctx.params.get("embedding_score"))
+        if emb_name:
+            emb_p = ctx.store.score_frame([emb_name]).set_index("uid")[emb_name].reindex(uids).to_numpy(dtype=float)
+            have_p = np.isfinite(emb_p)
+            emb_lab[have_p] = np.where(emb_p[have_p] > EMBEDDING_THRESHOLD, "nsfw", "safe")
+            ctx.echo(f"embedding evidence from {emb_name} for {int(have_p.sum()):,} samples")
+        label, conf = combine(img_lab, cap, dom_lab, emb_lab)
+        emb_conf = np.where(emb_lab == "nsfw", emb_p, np.where(emb_lab == "safe", 1 - emb_p, 0.0))
+        conf = np.where((label == "safe") & (img_lab == UNKNOWN) & (emb_lab == "safe"), np.minimum(conf, emb_conf), conf)
+        evidence = _evidence(img_lab, img_why, cap, dom_lab, dom_why, emb_lab, emb_p, emb_name)
         img_conf = np.where(img_lab == "nsfw", img_p, np.where(img_lab == "safe", 1 - img_p,
                             np.where(img_lab == "uncertain", 0.5, 0.0)))
         parts = [
             pd.DataFrame({"uid": uids, "attribute": "nsfw", "label": label, "confidence": conf,
-                          "method": "combined (image ≥ %g | caption lexicon | adult domain): " % high + evidence}),
+                          "method": ("combined (image ≥ %g | " % high) + ("embedding p > 0.5 | " if emb_name else "")
+                          + "caption lexicon | adult domain): " + evidence}),
             pd.DataFrame({"uid": uids, "attribute": "nsfw_image", "label": img_lab,
                           "confidence": np.nan_to_num(img_conf), "method": IMAGE_METHOD + "; " + img_why.astype(str)}),
+            pd.DataFrame({"uid": uids, "attribute": "nsfw_embedding", "label": emb_lab,
+                          "confidence": np.nan_to_num(emb_conf),
+                          "method": f"LAION CLIP-embedding NSFW detector ({emb_name}; p > {EMBEDDING_THRESHOLD:g})"
+                          if emb_name else "no laion_nsfw score in this store (run `score laion-nsfw`)"}),
             pd.DataFrame({"uid": uids, "attribute": "nsfw_caption", "label": cap,
                           "confidence": np.where(cap == UNKNOWN, 0.0, np.where(cap == "explicit", 0.9, 0.6)),
                           "method": np.where(cap == UNKNOWN, "caption lexicon; empty caption", "caption lexicon")}),
@@ -212,24 +254,30 @@ class Nsfw(Annotator):
         return pd.concat(parts, ignore_index=True)
 
 
-def _evidence(img_lab, img_why, cap, dom_lab, dom_why) -> np.ndarray:
+def _evidence(img_lab, img_why, cap, dom_lab, dom_why, emb_lab=None, emb_p=None, emb_name=None) -> np.ndarray:
     """One short evidence string per sample, naming every source that flagged it or was checked."""
-    out = np.empty(len(cap), dtype=object)
+    n = len(cap)
+    emb_lab = np.full(n, UNKNOWN, dtype=object) if emb_lab is None else emb_lab
+    emb_p = np.full(n, np.nan) if emb_p is None else emb_p
+    out = np.empty(n, dtype=object)
     cache: dict[tuple, str] = {}
-    for i in range(len(cap)):
-        key = (img_lab[i], img_why[i] if img_lab[i] != UNKNOWN else "", cap[i], dom_lab[i], dom_why[i])
+    for i in range(n):
+        p_txt = f"p={emb_p[i]:.2f}" if emb_lab[i] == "nsfw" else ""
+        key = (img_lab[i], img_why[i] if img_lab[i] != UNKNOWN else "", cap[i], dom_lab[i], dom_why[i], emb_lab[i], p_txt)
         got = cache.get(key)
         if got is None:
             bits = []
             if img_lab[i] == "nsfw":
                 bits.append(f"image {img_why[i]}")
+            if emb_lab[i] == "nsfw":
+                bits.append(f"embedding {emb_name} {p_txt}")
             if cap[i] in ("explicit", "suggestive"):
                 bits.append(f"caption {cap[i]}")
             if dom_lab[i] == "adult":
                 bits.append(f"domain: {dom_why[i]}")
             if not bits:
-                checked = [s for s, ok in (("image", img_lab[i] != UNKNOWN), ("caption", cap[i] != UNKNOWN),
-                                           ("domain", dom_lab[i] != UNKNOWN)) if ok]
+                checked = [s for s, ok in (("image", img_lab[i] != UNKNOWN), ("embedding", emb_lab[i] != UNKNOWN),
+                                           ("caption", cap[i] != UNKNOWN), ("domain", dom_lab[i] != UNKNOWN)) if ok]
                 extra = f" (image {img_why[i]})" if img_lab[i] in ("safe", "uncertain") else ""
                 got = ("no flag from " + ", ".join(checked) + extra) if checked else "nothing to check"
             else:

@@ -5,3 +5,5 @@ from audit.scores import clip_score  # noqa: F401,E402
 __all__ = ["SCORES", "Score", "ScoreContext"]
 # the seed papers' filters
 from audit.scores import negclip, normsim, vas, basic, laion, image_based, text_based, metaclip  # noqa: F401,E402
+# classifiers of the stored image embedding (pools without images)
+from audit.scores import embedding_classifiers  # noqa: F401,E402

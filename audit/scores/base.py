@@ -68,6 +68,12 @@ class Score(PlugIn):
     def output_names(cls, model: str | None, params: dict) -> list[str]:
         return [cls.name if model is None else f"{cls.name}_{slug(model)}"]
 
+    @classmethod
+    def complete_params(cls, params: dict) -> dict:
+        """Fill in what the run must record however it was called (CLI, demo, a script): e.g. the weights file's
+        sha256. Called before the run starts; the result is the run's parameters."""
+        return params
+
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -94,7 +100,7 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
               seed: int = 0, force: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Compute and store one score. Returns the stored score names."""
     cls = SCORES.get(name)
-    params = dict(params or {})
+    params = cls.complete_params(dict(params or {}))
     with Store.writer(store_path) as st:
         if cls.uses_model:
             model = resolve_model(st, model)
