@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit.store.vectors import _to_half, half_binary, half_to_float32  # noqa: E402
+from audit.store.vectors import half_matrix, half_binary, half_to_float32  # noqa: E402
 
 
 def best(fn, k=3) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
 
             def read():
                 t = pq.read_table(path)
-                _to_half(t.column("img")), _to_half(t.column("txt"))
+                half_matrix(t.column("img")), half_matrix(t.column("txt"))
 
             w, r = best(write), best(read)
             rows.append((name, w, r))

@@ -110,12 +110,14 @@ def state(store: str, export: Path | None = None) -> dict:
         for k, sql in q.items():
             out[k] = st.df(sql)
         out["running"] = int(st.scalar("SELECT count(*) FROM runs WHERE status = 'running'"))
+        from audit.store.vectors import half_matrix
+
         vecs = {}
         for model, folder in st.cursor().execute("SELECT model, folder FROM embedding_models").fetchall():
             rows = []
             for p in sorted((st.vectors_dir() / folder).glob("part-*.parquet")):
                 t = pq.read_table(p)
-                mat = np.asarray(t.column("img").combine_chunks().values).reshape(t.num_rows, -1)
+                mat = half_matrix(t.column("img"))
                 rows += list(zip(t.column("uid").to_pylist(), (r.tobytes() for r in mat)))
             vecs[model] = sorted(rows)   # every (uid, vector) once; which part holds it does not matter
         out["vectors"] = vecs

@@ -174,7 +174,34 @@ def simulate_truth(cfg: SimConfig) -> pd.DataFrame:
     truth["score_l14"] = np.clip(rng.normal(mu, SIGMA), -1.0, 1.0)
     truth["score_b32"] = np.clip(truth["score_l14"] + B32_OFFSET + rng.normal(0, B32_NOISE, n), -1.0, 1.0)
     truth["bad"] = "none"
+    _plant_duplicates(truth, np.random.default_rng([cfg.seed, 11]))
     return truth
+
+
+DUP_P = {"stock": 0.12, "young person": 0.06, "other": 0.02}   # P(a row re-uploads another row's image)
+DUP_NOISE = (0.03, 0.15)   # norm of the noise added to a copied image vector, uniform: cosine 0.9996 … 0.989
+
+
+def _plant_duplicates(truth: pd.DataFrame, rng: np.random.Generator) -> None:
+    """Near-duplicate images, as web pools have them (re-uploads, stock photos on many sites): a row copies another
+    row's content (its semantics and caption; its own url, domain and CLIP score stay) and, in embed_truth, its
+    image vector plus a little noise. Stock domains and photos of young people are re-posted more (DUP_P), so
+    deduplication removes some groups more than others. ``dup_row`` is the copied row (-1 for none); no chains."""
+    n = len(truth)
+    src = rng.integers(0, n, n)
+    young = (truth["is_person"].to_numpy() & (truth["age"].to_numpy() == "young"))[src]
+    p = np.where(truth["domain_kind"].to_numpy() == "stock", DUP_P["stock"],
+                 np.where(young, DUP_P["young person"], DUP_P["other"]))
+    dup = (rng.random(n) < p) & (src != np.arange(n))
+    dup &= ~dup[src]                 # the copied row is an original
+    cols = ["concept", "is_person", "gender", "age", "race", "age_gender", "orientation", "religion", "nsfw",
+            "caption"]
+    rows = np.flatnonzero(dup)
+    for c in cols:
+        v = truth[c].to_numpy().copy()
+        v[rows] = v[src[rows]]
+        truth[c] = v
+    truth["dup_row"] = np.where(dup, src, -1)
 
 
 def _person_phrase(row_age: str, row_gender: str, row_race: str, rng: np.random.Generator,
@@ -264,6 +291,13 @@ def embed_truth(truth: pd.DataFrame, dim: int, scores: np.ndarray, seed: int) ->
     img += member @ (np.array([t[3] for t in terms], dtype=np.float32)[:, None] * direction)
     txt_sem += member @ (np.array([t[4] for t in terms], dtype=np.float32)[:, None] * direction)
     img /= np.linalg.norm(img, axis=1, keepdims=True)
+    if "dup_row" in truth:   # planted near-duplicates: the copied row's image plus a little noise
+        dup = np.flatnonzero(truth["dup_row"].to_numpy() >= 0)
+        src = truth["dup_row"].to_numpy()[dup]
+        r = rng.uniform(*DUP_NOISE, size=(len(dup), 1)).astype(np.float32)
+        noise = rng.standard_normal((len(dup), dim), dtype=np.float32) * (r / np.float32(math.sqrt(dim)))
+        img[dup] = img[src] + noise
+        img[dup] /= np.linalg.norm(img[dup], axis=1, keepdims=True)
     # text: s·img + sqrt(1-s²)·w, w = unit part of txt_sem orthogonal to img (in place: these are n × dim)
     txt_sem -= np.einsum("ij,ij->i", txt_sem, img)[:, None] * img
     txt_sem /= np.linalg.norm(txt_sem, axis=1, keepdims=True)

@@ -6,4 +6,4 @@ __all__ = ["SCORES", "Score", "ScoreContext"]
 # the seed papers' filters
 from audit.scores import negclip, normsim, vas, basic, laion, image_based, text_based, metaclip  # noqa: F401,E402
 # classifiers of the stored image embedding (pools without images)
-from audit.scores import embedding_classifiers  # noqa: F401,E402
+from audit.scores import embedding_classifiers, semdedup  # noqa: F401,E402

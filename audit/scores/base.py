@@ -52,6 +52,14 @@ class ScoreContext:
                 pos, cols = pos[keep], {k: v[keep] for k, v in cols.items()}
             yield pos, cols
 
+    def unit_images(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row positions, L2-normalised float32 image vectors) part by part; rows with NaN stay NaN."""
+        from audit.store.vectors import l2_normalise
+
+        for rows, cols in self.iter_vectors(("img",)):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                yield rows, l2_normalise(cols["img"])
+
     def samples(self, columns: list[str]):
         return self.store.sample_frame(columns)
 

@@ -20,7 +20,6 @@ import numpy as np
 from audit.scores.base import SCORES, Score, ScoreContext
 from audit.scores.laion_models import (AESTHETIC_FILE, AESTHETIC_SHA256, MODELS_DIR, NSFW_FILES, NSFW_THRESHOLD,
                                        load_aesthetic, load_nsfw, resolve_weights, sha256_of)
-from audit.store.vectors import l2_normalise
 
 # embedding models the classifiers were trained for: (dim, the OpenAI architecture) per DataComp key or open_clip arch
 TRAINED_ON = {768: ("ViT-L-14", "datacomp_l14"), 512: ("ViT-B-32", "datacomp_b32")}
@@ -39,13 +38,6 @@ def space_note(ctx: ScoreContext, dims: tuple[int, ...], what: str) -> str:
         return ""
     return (f" [model {ctx.model} is not OpenAI CLIP {arch}, the space {what} was trained on: "
             "the output carries no meaning]")
-
-
-def image_vectors(ctx: ScoreContext):
-    """(row positions, L2-normalised float32 image vectors) part by part; NaN rows stay NaN."""
-    for rows, cols in ctx.iter_vectors(("img",)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            yield rows, l2_normalise(cols["img"])
 
 
 def _weights_params(path) -> dict:
@@ -92,7 +84,7 @@ class LaionNsfw(Score):
         path = Path(ctx.params.get("weights") or MODELS_DIR / f"{NSFW_FILES[dim]}.npz")
         model = load_nsfw(dim, path)
         out = np.full(len(ctx.uids), np.nan)
-        for rows, x in image_vectors(ctx):
+        for rows, x in ctx.unit_images():
             ok = np.isfinite(x).all(axis=1)
             out[rows[ok]] = model.predict(x[ok])
         self.run_description = f"{self.description}: {model.name} ({path.name}, sha256 {sha256_of(path)[:12]}…){note}"
@@ -135,7 +127,7 @@ class Aesthetic(Score):
         path = Path(ctx.params["weights"])
         model = load_aesthetic(path)
         out = np.full(len(ctx.uids), np.nan)
-        for rows, x in image_vectors(ctx):
+        for rows, x in ctx.unit_images():
             ok = np.isfinite(x).all(axis=1)
             out[rows[ok]] = model.predict(x[ok])
         self.run_description = f"{self.description} ({path.name}, sha256 {ctx.params['sha256'][:12]}…){note}"

@@ -89,7 +89,7 @@ def parts(store: Store, model: str) -> list[Path]:
     return sorted(store.model_dir(model).glob("part-*.parquet"))
 
 
-def _to_half(column) -> np.ndarray:
+def half_matrix(column) -> np.ndarray:
     """A vector column (binary float16 rows, or the older FixedSizeList<float16>) -> (n, d) float16."""
     import pyarrow as pa
 
@@ -104,7 +104,7 @@ def _to_half(column) -> np.ndarray:
 
 
 def _to_matrix(column) -> np.ndarray:
-    return half_to_float32(_to_half(column))
+    return half_to_float32(half_matrix(column))
 
 
 def migrate_parts(folder: Path) -> int:
@@ -118,7 +118,7 @@ def migrate_parts(folder: Path) -> int:
         if not pa.types.is_fixed_size_list(pq.read_schema(p).field("img").type):
             continue
         t = pq.read_table(p)
-        img, txt = _to_half(t.column("img")), _to_half(t.column("txt"))
+        img, txt = half_matrix(t.column("img")), half_matrix(t.column("txt"))
         table = pa.table({"uid": t.column("uid"), "img": half_binary(img), "txt": half_binary(txt)})
         _write_atomic(table.cast(_schema(img.shape[1])), p)
         done += 1

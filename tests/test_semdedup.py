@@ -1,0 +1,131 @@
+"""SemDeDup: planted near-duplicate sets are found exactly, one sample per set is kept (the one farthest from its
+centroid), a pool without duplicates loses nothing, and batching clusters changes nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.scores.semdedup import column_names, dedup_cluster, fit_centroids, parse_eps
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def planted_pool(seed=0, d=64, n_sets=30, n_single=300, noise=0.05):
+    """n_sets sets of 2-5 near-copies (cosine ≈ 1/sqrt(1+noise²) ≈ 0.9988) plus n_single unrelated vectors."""
+    rng = np.random.default_rng(seed)
+    rows, set_id = [], []
+    for s in range(n_sets):
+        base = rng.standard_normal(d)
+        base /= np.linalg.norm(base)
+        for _ in range(int(rng.integers(2, 6))):
+            rows.append(base + noise * rng.standard_normal(d) / np.sqrt(d))
+            set_id.append(s + 1)
+    for _ in range(n_single):
+        rows.append(rng.standard_normal(d))
+        set_id.append(0)
+    perm = rng.permutation(len(rows))
+    return _unit(np.array(rows))[perm], np.array(set_id)[perm]
+
+
+def brute_force(x, centroid, eps):
+    """The paper's rule written plainly: rank by similarity to the centroid (lowest first); drop a row if any row
+    ranked before it is within ε."""
+    order = sorted(range(len(x)), key=lambda i: (float(x[i] @ centroid), i))
+    keep = np.ones(len(x), bool)
+    for r, i in enumerate(order):
+        for j in order[:r]:
+            if float(x[i] @ x[j]) > 1 - eps:
+                keep[i] = False
+                break
+    return keep
+
+
+def same_partition(a, b):
+    """Whether two labelings (0 = no group) define the same groups."""
+    pairs_a = {(int(x), int(y)) for x, y in zip(a, b) if x > 0}
+    return len(pairs_a) == len({x for x, _ in pairs_a}) == len({y for _, y in pairs_a}) and ((a > 0) == (b > 0)).all()
+
+
+def test_planted_sets_found_exactly_and_one_kept_per_set():
+    x, truth = planted_pool()
+    centroid = _unit(x.mean(axis=0, keepdims=True))[0]
+    keep, comp = dedup_cluster(x, centroid, [0.01], block=37)   # a small block exercises the block edges
+    keep, comp = keep[0], comp[0]
+    assert same_partition(comp, truth)                            # precision = recall = 1 for the planted sets
+    for s in range(1, truth.max() + 1):
+        members = np.flatnonzero(truth == s)
+        assert keep[members].sum() == 1
+        kept = members[keep[members]][0]
+        assert kept == members[np.argmin(x[members] @ centroid)]   # the one farthest from the centroid
+    assert keep[truth == 0].all()
+    np.testing.assert_array_equal(keep, brute_force(x, centroid, 0.01))
+
+
+def test_no_duplicates_removes_nothing_and_too_tight_eps_finds_nothing():
+    rng = np.random.default_rng(1)
+    x = _unit(rng.standard_normal((400, 64)))
+    keep, comp = dedup_cluster(x, _unit(x.mean(0, keepdims=True))[0], [0.01, 0.05])
+    assert keep.all() and (comp == 0).all()
+    x, truth = planted_pool(noise=0.05)   # 1 − cosine ≈ 0.0012: ε = 0.0001 is too tight
+    keep, comp = dedup_cluster(x, _unit(x.mean(0, keepdims=True))[0], [0.0001])
+    assert keep.all() and (comp == 0).all()
+
+
+def test_chains_follow_the_paper_rule():
+    # a ≈ b and b ≈ c but a ≉ c: the component is {a, b, c}; the paper's rule compares with every earlier row
+    c = np.array([1.0, 0.0, 0.0])
+    a = np.array([0.0, 1.0, 0.0])
+    t = 0.0995   # angle step: cos(t) > 0.99 > cos(2t)
+    v = lambda ang: np.array([0.0, np.cos(ang), np.sin(ang)])  # noqa: E731
+    x = np.stack([v(0), v(t), v(2 * t)]).astype(np.float32) + np.float32(1e-9) * a
+    centroid = _unit(np.array([[0.3, 1.0, 0.0]]))[0]
+    keep, comp = dedup_cluster(x, centroid, [0.01])
+    assert (comp[0] > 0).all() and len(set(comp[0])) == 1
+    np.testing.assert_array_equal(keep[0], brute_force(x, centroid, 0.01))
+
+
+def test_parse_eps_and_names():
+    assert parse_eps("0.05, 0.01") == (0.01, 0.05)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        parse_eps("0")
+    with pytest.raises(ValueError, match="commas"):
+        parse_eps("a")
+    names = column_names("datacomp_l14", [0.05])
+    assert names["keep"] == ["semdedup_keep_datacomp_l14_eps0_05"]
+
+
+def test_spherical_kmeans_separates_far_apart_blobs():
+    rng = np.random.default_rng(2)
+    centres = _unit(rng.standard_normal((4, 32)))
+    x = _unit(np.repeat(centres, 50, axis=0) + 0.05 * rng.standard_normal((200, 32)))
+    c = fit_centroids(x, 4, seed=0)
+    assign = np.argmax(x @ c.T, axis=1)
+    # every blob lands in one cluster (random starts can merge two blobs; 4 random starts from 4 blobs of 50
+    # rows in this seed do not)
+    assert all(len(set(assign[i * 50:(i + 1) * 50])) == 1 for i in range(4))
+
+
+def test_score_run_through_the_store_in_bounded_batches(make_store):
+    from audit.scores.base import run_score
+    from audit.store import Store
+
+    x, truth = planted_pool(d=64, n_sets=20, n_single=150)
+    uids = [f"u{i:04d}" for i in range(len(x))]   # sorted = row order
+    path = make_store([{"uid": u, "caption": "c"} for u in uids], vectors={"m": (uids, x, x)})
+    got = {}
+    for max_rows in (10_000, 40):   # one batch of clusters, then many
+        names = run_score("semdedup", path, model="m", params={"clusters": 6, "eps": [0.01], "max_rows": max_rows},
+                          force=True, echo=lambda s: None)
+        with Store.reader(path) as st:
+            got[max_rows] = st.score_frame(names).set_index("uid").loc[uids]
+    a, b = got[10_000], got[40]
+    keep = a["semdedup_keep_m_eps0_01"].to_numpy()
+    np.testing.assert_array_equal(keep, b["semdedup_keep_m_eps0_01"].to_numpy())
+    # float16 storage moves vectors by ~1e-3 relative: the planted sets (1 − cos ≈ 0.0012) still sit far inside ε
+    assert same_partition(a["semdedup_group_m_eps0_01"].to_numpy().astype(int), truth)
+    assert int((keep == 0).sum()) == int(sum((truth == s).sum() - 1 for s in range(1, truth.max() + 1)))
+    # a set split across clusters would keep two members; with far-apart sets each lands in one cluster
+    cl = a["semdedup_cluster_m"].to_numpy()
+    assert all(len(set(cl[truth == s])) == 1 for s in range(1, truth.max() + 1))
