@@ -15,6 +15,7 @@ PAGES = [
     ("pages/overview.py", "Overview", ":material/dashboard:", "overview"),
     ("pages/filter_preview.py", "Filter preview", ":material/tune:", "preview"),
     ("pages/fairness.py", "Who's in, who's out", ":material/groups:", "who"),
+    ("pages/duplicates.py", "Duplicates", ":material/content_copy:", "duplicates"),
     ("pages/origin.py", "Dataset origin", ":material/fingerprint:", "dataset-origin"),
     ("pages/embedding_map.py", "Embedding map", ":material/scatter_plot:", "map"),
     ("pages/balancing.py", "Balancing", ":material/balance:", "balance"),

@@ -29,7 +29,8 @@ def txt(label) -> str:
 PALETTE = {"kept": "#2b8a3e", "excluded": "#c92a2a", "small": "#adb5bd", "overall": "#1c7ed6"}
 
 
-def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30):
+def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30,
+               xaxis_title: str = "inclusion rate (kept / n), 95% Wilson interval", what: str = "kept"):
     """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line.
 
     With more than ``max_groups`` groups (domains: thousands) the chart shows the largest ones and says so in
@@ -48,10 +49,10 @@ def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_group
                      arrayminus=t["rate"] - t["ci_low"], color="#495057", thickness=1.5),
         customdata=np.stack([t["n"], t["kept"], t["ci_low"], t["ci_high"]], axis=1),
         hovertemplate="%{y}<br>rate %{x:.3f} (95%% CI %{customdata[2]:.3f}–%{customdata[3]:.3f})"
-                      "<br>kept %{customdata[1]:,} of %{customdata[0]:,}<extra></extra>"))
+                      "<br>" + what + " %{customdata[1]:,} of %{customdata[0]:,}<extra></extra>"))
     fig.add_vline(x=overall, line=dict(color=PALETTE["overall"], dash="dash"),
                   annotation_text=f"overall {overall:.3f}", annotation_position="top")
-    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+    fig.update_layout(title=title, xaxis_title=xaxis_title,
                       height=max(260, 34 * len(t) + 110), margin=dict(l=10, r=10, t=50, b=40),
                       xaxis=dict(range=_rate_range(t, overall)))
     return _fit(fig)
@@ -64,6 +65,21 @@ def _rate_range(t: pd.DataFrame, overall: float) -> list[float]:
     pad = max(0.02, 0.08 * (hi - lo))
     lo = 0.0 if lo - pad < 0.15 * hi else lo - pad
     return [max(0.0, lo), min(1.0, hi + pad)]
+
+
+def dedup_curve(summary: pd.DataFrame):
+    """Share of the pool SemDeDup removes at each ε (columns ε, removed share, removed)."""
+    t = summary.sort_values("ε")
+    fig = go.Figure(go.Scatter(x=t["ε"], y=t["removed share"], mode="lines+markers+text",
+                               text=[f"{r:,}" for r in t["removed"]], textposition="top center",
+                               marker=dict(color=PALETTE["excluded"], size=9), line=dict(color=PALETTE["excluded"]),
+                               hovertemplate="ε %{x:g}: %{y:.2%} removed<extra></extra>"))
+    top = float(t["removed share"].max()) if len(t) else 0.0
+    fig.update_layout(title="Removed as near-duplicates, by ε", height=260, margin=dict(l=10, r=10, t=40, b=40),
+                      xaxis_title="ε (duplicates: cosine similarity > 1 − ε)", yaxis_title="share of the pool",
+                      yaxis=dict(tickformat=".1%", range=[0, max(top * 1.3, 0.01)]),
+                      xaxis=dict(type="log" if len(t) > 1 and t["ε"].min() > 0 else "linear"))
+    return _fit(fig)
 
 
 def histogram(values: np.ndarray, *, title: str, tau: float | None = None):
@@ -153,7 +169,7 @@ def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, l
                                      arrayminus=t["rate"] - t["ci_low"], color=color, thickness=1.2),
                         hovertemplate="%{y}<br>" + name + ": %{x:.3f}<extra></extra>")
     both = pd.concat([a, b])
-    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
+    fig.update_layout(title=title, xaxis_title=xaxis_title,
                       height=max(320, 34 * len(a) + 210), margin=dict(l=10, r=10, t=50, b=100),
                       xaxis=dict(range=_rate_range(both, float(table_a.attrs.get("overall", both["rate"].mean())))),
                       legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))

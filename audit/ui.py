@@ -228,6 +228,14 @@ def fairness_frame(store: Store, scores: tuple[str, ...], by: tuple[str, ...]) -
     return load_frame(store, list(scores), list(by))
 
 
+@st.cache_data(max_entries=16, show_spinner=False, hash_funcs=HASH)
+def duplicate_examples(store: Store, group_score: str, keep_score: str, limit_groups: int = 5) -> pd.DataFrame:
+    """The largest SemDeDup duplicate groups' members (audit.store.results.duplicate_examples)."""
+    from audit.store.results import duplicate_examples as query
+
+    return query(store, group_score, keep_score, limit_groups=limit_groups)
+
+
 @st.cache_resource(max_entries=16, show_spinner=False, hash_funcs=HASH)
 def attribute_labels(store: Store, attrs: tuple[str, ...]) -> pd.DataFrame:
     """uid plus one label column per attribute, every sample ordered by uid. Read-only."""

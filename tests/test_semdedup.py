@@ -129,3 +129,33 @@ def test_score_run_through_the_store_in_bounded_batches(make_store):
     # a set split across clusters would keep two members; with far-apart sets each lands in one cluster
     cl = a["semdedup_cluster_m"].to_numpy()
     assert all(len(set(cl[truth == s])) == 1 for s in range(1, truth.max() + 1))
+
+
+def test_duplicates_page_counts_match_the_store(demo_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from audit.store import Store
+    from audit.store.labels import label_frame
+    from conftest import APP
+
+    monkeypatch.setenv("AUDIT_STORE", demo_store)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/duplicates.py").run()
+    assert not at.exception and not at.error
+    summary = at.dataframe[0].value
+    with Store.reader(demo_store) as st:
+        names = [n for n in st.score_names() if n.startswith("semdedup_keep_datacomp_l14_eps")]
+        frame = st.score_frame(names)
+        labels = label_frame(st, ["caption_gender"])
+    removed = {float(n.rsplit("eps", 1)[1].replace("_", ".", 1)): int((frame[n] == 0).sum()) for n in names}
+    assert dict(zip(summary["ε"], summary["removed"])) == removed
+    assert max(removed.values()) > 0   # the demo pool has planted near-duplicates
+    # the group table at the selected (largest) ε: removed per group, recomputed here from the stored columns
+    eps = max(removed)
+    name = next(n for n in names if n.endswith(str(eps).replace(".", "_")))
+    table = at.dataframe[1].value.set_index("group")
+    merged = frame.merge(labels, on="uid")
+    want = merged.groupby("caption_gender")[name].apply(lambda v: int((v == 0).sum()))
+    assert table["removed"].to_dict() == want.to_dict()
+    assert int(table["removed"].sum()) == removed[eps]

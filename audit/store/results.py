@@ -74,3 +74,20 @@ def map_coords(store: Store, model: str) -> pd.DataFrame:
         "SELECT m.uid, m.x, m.y, m.fit, s.pos FROM embedding_map m JOIN "
         "(SELECT uid, row_number() OVER (ORDER BY uid) - 1 AS pos FROM samples) s USING (uid) "
         "WHERE m.model = ? ORDER BY m.uid", [model])
+
+
+def duplicate_examples(store: Store, group_score: str, keep_score: str, *, limit_groups: int = 5,
+                       max_members: int = 12) -> pd.DataFrame:
+    """Members of the largest duplicate groups of a SemDeDup run: group, uid, kept, caption, url, source (at most
+    ``max_members`` per group, kept ones first). Aggregated and limited in SQL: nothing per pool row comes back."""
+    store.check_score(group_score)
+    store.check_score(keep_score)
+    return store.df(
+        "WITH g AS (SELECT uid, value AS grp FROM scores WHERE name = ? AND value > 0), "
+        "top AS (SELECT grp, count(*) AS n FROM g GROUP BY grp ORDER BY n DESC, grp LIMIT ?), "
+        "m AS (SELECT g.grp, g.uid, k.value AS kept, top.n, "
+        "      row_number() OVER (PARTITION BY g.grp ORDER BY k.value DESC, g.uid) AS r "
+        "      FROM g JOIN top USING (grp) LEFT JOIN scores k ON k.uid = g.uid AND k.name = ?) "
+        "SELECT m.grp AS \"group\", m.uid, m.kept, s.caption, s.url, s.source FROM m JOIN samples s USING (uid) "
+        "WHERE m.r <= ? ORDER BY m.n DESC, m.grp, m.r",
+        [group_score, int(limit_groups), keep_score, int(max_members)])
