@@ -169,7 +169,7 @@ def compare_chart(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, l
                                      arrayminus=t["rate"] - t["ci_low"], color=color, thickness=1.2),
                         hovertemplate="%{y}<br>" + name + ": %{x:.3f}<extra></extra>")
     both = pd.concat([a, b])
-    fig.update_layout(title=title, xaxis_title=xaxis_title,
+    fig.update_layout(title=title, xaxis_title="inclusion rate (kept / n), 95% Wilson interval",
                       height=max(320, 34 * len(a) + 210), margin=dict(l=10, r=10, t=50, b=100),
                       xaxis=dict(range=_rate_range(both, float(table_a.attrs.get("overall", both["rate"].mean())))),
                       legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))

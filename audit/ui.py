@@ -228,6 +228,19 @@ def fairness_frame(store: Store, scores: tuple[str, ...], by: tuple[str, ...]) -
     return load_frame(store, list(scores), list(by))
 
 
+@st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def count_download_failures(store: Store) -> int:
+    return store.count_download_failures()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def availability_frame(store: Store, scores: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
+    """Samples plus failed downloads (audit.measure.availability.load_frame). Held, not copied: read-only."""
+    from audit.measure.availability import load_frame
+
+    return load_frame(store, list(scores), list(by))
+
+
 @st.cache_data(max_entries=16, show_spinner=False, hash_funcs=HASH)
 def duplicate_examples(store: Store, group_score: str, keep_score: str, limit_groups: int = 5) -> pd.DataFrame:
     """The largest SemDeDup duplicate groups' members (audit.store.results.duplicate_examples)."""

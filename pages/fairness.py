@@ -8,6 +8,7 @@ import streamlit as st
 from audit import charts, ui
 from audit.export.csvsafe import to_csv
 from audit.measure.fairness import HARMONISE, SEP, confusion, flag_rates
+from audit.measure import availability
 from audit.measure.report import REPORT_COLUMNS, table_from_frame
 from audit.decide.recipes import default_score
 from audit.decide.selection import Rule, RuleError
@@ -151,6 +152,32 @@ st.download_button("Download this table (CSV)", to_csv(view).encode(),
 cmd = (f"python -m audit report --store {ui.store_path()} " + " ".join(f"--keep '{r}'" for r in rules)
        + " " + " ".join(f"--by {b}" for b in by) + f" --min-n {min_n} --out fairness.csv")
 st.code(cmd, language="bash", wrap_lines=True)
+
+# ---- availability: failed downloads as the first filter step -------------------------------------------------
+n_failed = ui.count_download_failures(store)
+if n_failed:
+    st.subheader("Availability: downloads as the first filter step")
+    st.markdown(
+        f"**{n_failed:,}** input rows failed to download (img2dataset's status and error are kept as "
+        "`download_failed` rejects, with their url and caption). Counted as pool rows that were not kept, they show "
+        "who is lost **before** any filter, and the chain availability → this filter. Failed rows have only a URL "
+        "and a caption, so groups come from those, computed the same way for every row.")
+    choices = list(availability.URL_ATTRIBUTES) + [a for a in groups if a.startswith("caption_")]
+    av_by = st.selectbox("Group by (URL- or caption-derived)", choices,
+                         index=choices.index(by1) if by1 in choices else 0, key="fz_av_by")
+    av_frame = ui.availability_frame(store, tuple(dict.fromkeys(r.score for r in rules)), (av_by,))
+    alone = availability.table_from_frame(av_frame, [Rule.parse("downloaded>=1")], [av_by], min_n=min_n).table
+    chain = availability.table_from_frame(av_frame, rules, [av_by], min_n=min_n).table
+    a1, a2, a3 = st.columns(3)
+    a1.metric("Input rows", f"{len(av_frame):,}")
+    a2.metric("Downloaded", f"{alone.attrs['overall']:.1%}")
+    a3.metric("Kept after availability → filter", f"{chain.attrs['overall']:.1%}")
+    st.plotly_chart(charts.compare_chart(alone, chain, title=f"Inclusion by {av_by}: availability alone vs "
+                                         "availability → filter", label_a="downloaded",
+                                         label_b="downloaded and kept by " + " and ".join(r.keeps for r in rules)),
+                    width="stretch")
+    st.code(f"python -m audit report --store {ui.store_path()} --include-failed --keep downloaded>=1 --by {av_by} "
+            f"--out availability.csv", language="bash", wrap_lines=True)
 
 # ---- exclusion amplification ---------------------------------------------------------------------------
 st.subheader("Exclusion amplification")

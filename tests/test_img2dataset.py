@@ -148,3 +148,61 @@ def test_parquet_output_every_row_accounted_fields_exact(downloads, tmp_path):
 
     assert s["image_ref"].str.startswith("parquet://").all()
     assert images.load_image(s["image_ref"].iloc[-1]).size[0] <= 256
+
+
+def test_availability_is_the_first_filter_step(downloads, tmp_path, capsys):
+    """Failed downloads join the pool as not downloaded: availability alone, and the chain availability -> filter,
+    by URL- and caption-derived groups; the report's numbers recomputed here from samples and rejects."""
+    from audit.annotators.caption import label_captions
+    from audit.cli import main
+    from audit.scores.base import run_score
+
+    store = str(tmp_path / "a.duckdb")
+    ingest("webdataset", [str(downloads["out"]["webdataset"] / "{00000..00003}.tar")], store_path=store,
+           progress=False, echo=lambda s: None)
+    run_score("basic", store, params={}, echo=lambda s: None)
+    with Store.reader(store) as st:
+        s = st.df("SELECT uid, caption FROM samples ORDER BY uid").merge(
+            st.score_frame(["basic_min_side"]), on="uid")
+        f = st.download_failures()
+    n_ok, n_failed = len(s), len(f)
+    assert n_failed >= 5   # 3 planted failures + img2dataset's own (missing file, undecodable bytes)
+    out = tmp_path / "avail.csv"
+    assert main(["report", "--store", store, "--include-failed", "--keep", "downloaded>=1",
+                 "--by", "domain_registered", "--out", str(out)]) == 0
+    t = pd.read_csv(out).set_index("group")
+    # every url is on 127.0.0.1: one group, availability = downloaded / (downloaded + failed)
+    assert t.loc["127.0.0.1", "n"] == n_ok + n_failed and t.loc["127.0.0.1", "kept"] == n_ok
+    assert abs(t.loc["127.0.0.1", "rate"] - n_ok / (n_ok + n_failed)) < 1e-12
+    # the chain availability -> basic_min_side >= 200 by caption_gender
+    assert main(["report", "--store", store, "--include-failed", "--keep", "basic_min_side>=200",
+                 "--by", "caption_gender", "--out", str(out)]) == 0
+    t = pd.read_csv(out).set_index("group")
+    lab_ok = label_captions(s["caption"], "caption_gender")
+    lab_failed = label_captions(f["caption"], "caption_gender")
+    for g in t.index:
+        n = int((lab_ok == g).sum() + (lab_failed == g).sum())
+        kept = int(((lab_ok == g) & (s["basic_min_side"].to_numpy() >= 200)).sum())
+        assert (t.loc[g, "n"], t.loc[g, "kept"]) == (n, kept), g
+    assert int(t["n"].sum()) == n_ok + n_failed
+    # an attribute the failed rows cannot have is refused with a message
+    assert main(["report", "--store", store, "--include-failed", "--keep", "downloaded>=1", "--by", "nsfw_image",
+                 "--out", str(out)]) == 1
+    assert "failed downloads have only a URL and a caption" in capsys.readouterr().err
+    # the Who's in page shows the same availability step
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import APP
+
+    os.environ["AUDIT_STORE"] = store
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+        at.switch_page("pages/fairness.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Input rows"] == f"{n_ok + n_failed:,}"
+        assert metrics["Downloaded"] == f"{n_ok / (n_ok + n_failed):.1%}"
+        assert any("failed to download" in m.value for m in at.markdown)
+    finally:
+        del os.environ["AUDIT_STORE"]

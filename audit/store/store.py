@@ -305,6 +305,14 @@ class Store:
             raise StoreError(f"unknown table {table}")
         return int(self.scalar(f"SELECT count(*) FROM {table}"))
 
+    def download_failures(self) -> pd.DataFrame:
+        """uid, url, caption, detail of every ``download_failed`` reject (img2dataset's failed rows), by uid."""
+        return self.df("SELECT uid, url, caption, detail FROM rejects WHERE reason = 'download_failed' "
+                       "ORDER BY uid NULLS LAST, source_ref")
+
+    def count_download_failures(self) -> int:
+        return int(self.scalar("SELECT count(*) FROM rejects WHERE reason = 'download_failed'"))
+
     def rejects_by_reason(self) -> pd.DataFrame:
         return self.df("SELECT stage, reason, count(*) AS n FROM rejects GROUP BY ALL ORDER BY n DESC, reason")
 
