@@ -90,10 +90,9 @@ class NsfwModel:
         return out
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        x64 = x.astype(np.float64)
-        h = np.nan_to_num(x64.astype(np.float32), nan=0.0)
-        for c in self.int_columns:
-            h[:, c] = _lookup(x64[:, c], self.vocab[int(c)])
+        h = np.nan_to_num(np.array(x, dtype=np.float32), nan=0.0)   # Keras: float64 -> float32, NaN -> 0
+        for c in self.int_columns:   # only these columns are looked at in float64 (exact for float32 input)
+            h[:, c] = _lookup(np.asarray(x[:, c], dtype=np.float64), self.vocab[int(c)])
         h = (h - self.mean) / self.scale
         for kernel, bias, act in self.dense:
             h = h @ kernel + bias

@@ -74,8 +74,10 @@ def fit_centroids(x: np.ndarray, k: int, seed: int, *, iters: int = 20) -> np.nd
     for _ in range(iters):
         sim = x @ c.T
         a = np.argmax(sim, axis=1)
-        sums = np.zeros_like(c)
-        np.add.at(sums, a, x)
+        from scipy.sparse import csr_matrix
+
+        onehot = csr_matrix((np.ones(len(x), dtype=np.float32), (a, np.arange(len(x)))), shape=(k, len(x)))
+        sums = np.asarray(onehot @ x)                        # per-cluster sums (np.add.at is 20x slower)
         counts = np.bincount(a, minlength=k)
         for e in np.flatnonzero(counts == 0):
             worst = int(np.argmin(sim[np.arange(len(x)), a]))
