@@ -13,7 +13,7 @@ from playwright.sync_api import sync_playwright
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES = ["", "preview", "who", "dataset-origin", "map", "balance", "download"]  # url paths (app.py)
+PAGES = ["", "preview", "who", "duplicates", "dataset-origin", "map", "balance", "download"]  # url paths (app.py)
 
 
 def main(out: str = "bench/out/screens", port: int = 8601, pages=None) -> None:

@@ -116,6 +116,6 @@ def test_demo_pool_scores_are_labelled_simulated(demo_store):
 
     with Store.reader(demo_store) as st:
         cat = st.score_catalog().set_index("name")
-    for name in ("laion_nsfw_datacomp_l14", "laion_nsfw_datacomp_b32", "aesthetic_datacomp_l14"):
+    for name in ("laion_nsfw_datacomp_l14", "aesthetic_datacomp_l14"):
         assert bool(cat.loc[name, "simulated"]), name
         assert "SIMULATED" in cat.loc[name, "description"]

@@ -17,7 +17,7 @@ import pytest
 from conftest import CHROMIUM, ROOT, free_port
 from conftest import CHROMIUM_ARGS as ARGS
 
-PAGES = ["", "preview", "who", "dataset-origin", "map", "balance", "download"]
+PAGES = ["", "preview", "who", "duplicates", "dataset-origin", "map", "balance", "download"]
 
 
 def readme_block() -> str:

@@ -76,7 +76,7 @@ class LaionNsfw(Score):
 
     @classmethod
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
-        return [(m, {"weights": None}) for m in models if m in ("datacomp_l14", "datacomp_b32")]
+        return [(m, {"weights": None}) for m in models if m == "datacomp_l14"]   # B/32: same code, not needed
 
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         note = space_note(ctx, tuple(NSFW_FILES), "LAION's NSFW detector")

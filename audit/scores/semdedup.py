@@ -33,7 +33,7 @@ from audit.store.vectors import l2_normalise
 
 DEFAULT_EPS = (0.01, 0.05)
 FIT_SAMPLE = None          # default: max(20,000, 50 rows per cluster), at most the pool
-MAX_ROWS = 1_000_000
+MAX_ROWS = 500_000        # rows held at once (768-d float32: 1.5 GB)
 BLOCK = 2048
 
 
@@ -90,6 +90,16 @@ def fit_centroids(x: np.ndarray, k: int, seed: int, *, iters: int = 20) -> np.nd
     return np.ascontiguousarray(c, dtype=np.float32)
 
 
+_UPPER: dict[int, np.ndarray] = {}
+
+
+def _upper(b: int, block: int) -> np.ndarray:
+    """The (b, b) upper triangle with its diagonal, as a bool mask (cached per block size)."""
+    if block not in _UPPER:
+        _UPPER[block] = np.triu(np.ones((block, block), dtype=bool))
+    return _UPPER[block][:b, :b]
+
+
 def dedup_cluster(x: np.ndarray, centroid: np.ndarray, eps_list, *, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """One cluster's rows x (m, d), L2-normalised. Returns (keep (len(eps), m) bool, component (len(eps), m) int:
     0 for a row without near-duplicates, else 1 + the component's index within the cluster)."""
@@ -108,8 +118,7 @@ def dedup_cluster(x: np.ndarray, centroid: np.ndarray, eps_list, *, block: int =
         q = xs[s:s + block]
         b = len(q)
         sims = q @ xs[:s + b].T                              # (b, s + b): only rows ranked before or in the block
-        diag = sims[:, s:]                                   # the block against itself: keep j < i only
-        diag[np.triu_indices(b)] = -np.inf
+        np.putmask(sims[:, s:], _upper(b, block), -np.inf)   # the block against itself: keep j < i only
         max_prev[s:s + b] = sims.max(axis=1)
         ii, jj = np.nonzero(sims > loosest)                  # each pair once (j < i)
         edges_i.append(ii + s), edges_j.append(jj), edges_s.append(sims[ii, jj])
@@ -176,12 +185,29 @@ class SemDeDup(Score):
         p = ctx.params
         eps_list = list(p["eps"])
         n = len(ctx.uids)
+        budget = max(1, int(p.get("max_rows") or MAX_ROWS))
+        cache: list = []
+
+        def parts():
+            """The vector parts; a pool of at most --max-rows rows is read once and held for the later passes."""
+            if cache and cache[0] is not None:
+                yield from cache[0]
+                return
+            got, total = [], 0
+            for rows, x in ctx.unit_images():
+                total += len(rows)
+                got = got if got is not None and total <= budget else None
+                if got is not None:
+                    got.append((rows, x))
+                yield rows, x
+            cache[:] = [got]
+
         # pass 1: the fit sample
         k = int(p.get("clusters") or default_clusters(n))
         fit_n = min(int(p.get("fit_sample") or max(20_000, 50 * k)), n)
         chosen = np.zeros(n, dtype=bool)
         chosen[ctx.rng.choice(n, size=fit_n, replace=False)] = True
-        fit_rows = [x[chosen[rows] & np.isfinite(x).all(axis=1)] for rows, x in ctx.unit_images()]
+        fit_rows = [x[chosen[rows] & np.isfinite(x).all(axis=1)] for rows, x in parts()]
         fit = np.concatenate(fit_rows) if fit_rows else np.zeros((0, 1), np.float32)
         if not len(fit):
             raise ValueError(f"no usable image vectors for {ctx.model}")
@@ -189,7 +215,7 @@ class SemDeDup(Score):
         del fit, fit_rows
         # pass 2: assign every row
         cluster = np.full(n, -1, dtype=np.int32)
-        for rows, x in ctx.unit_images():
+        for rows, x in parts():
             ok = np.isfinite(x).all(axis=1)
             cluster[rows[ok]] = np.argmax(x[ok] @ centroids.T, axis=1)
         sizes = np.bincount(cluster[cluster >= 0], minlength=len(centroids))
@@ -197,7 +223,6 @@ class SemDeDup(Score):
         keep = np.full((len(eps_list), n), np.nan)
         group = np.full((len(eps_list), n), np.nan)
         offset = np.zeros(len(eps_list), dtype=np.int64)
-        budget = max(1, int(p.get("max_rows") or MAX_ROWS))
         batches, cur, cur_n = [], [], 0
         for c in np.argsort(-sizes, kind="stable"):
             if sizes[c] == 0:
@@ -212,7 +237,7 @@ class SemDeDup(Score):
         for b, batch in enumerate(batches):
             members = np.isin(cluster, batch)
             got_rows, got_x = [], []
-            for rows, x in ctx.unit_images():
+            for rows, x in parts():
                 sel = members[rows]
                 got_rows.append(rows[sel])
                 got_x.append(x[sel])
