@@ -30,7 +30,8 @@ PALETTE = {"kept": "#2b8a3e", "excluded": "#c92a2a", "small": "#adb5bd", "overal
 
 
 def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30,
-               xaxis_title: str = "inclusion rate (kept / n), 95% Wilson interval", what: str = "kept"):
+               xaxis_title: str = "inclusion rate (kept / n), 95% Wilson interval", what: str = "kept",
+               color: str | None = None):
     """Inclusion rate per group with 95% Wilson intervals, the overall rate as a reference line.
 
     With more than ``max_groups`` groups (domains: thousands) the chart shows the largest ones and says so in
@@ -41,7 +42,7 @@ def rate_chart(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_group
         title = f"{title} — the {max_groups} largest of {len(table):,} groups"
         table = table.nlargest(max_groups, "n")
     t = table.sort_values("rate", ascending=True).reset_index(drop=True)
-    colors = [PALETTE["small"] if s else PALETTE["kept"] for s in t["small"]]
+    colors = [PALETTE["small"] if s else (color or PALETTE["kept"]) for s in t["small"]]
     labels = [f"{txt(g)} (n={n:,})" for g, n in zip(t["group"], t["n"])]
     fig = go.Figure(go.Scatter(
         x=t["rate"], y=labels, mode="markers", marker=dict(color=colors, size=10),
@@ -68,17 +69,16 @@ def _rate_range(t: pd.DataFrame, overall: float) -> list[float]:
 
 
 def dedup_curve(summary: pd.DataFrame):
-    """Share of the pool SemDeDup removes at each ε (columns ε, removed share, removed)."""
+    """Share of the pool SemDeDup removes at each ε (columns ε, share, removed)."""
     t = summary.sort_values("ε")
-    fig = go.Figure(go.Scatter(x=t["ε"], y=t["removed share"], mode="lines+markers+text",
+    fig = go.Figure(go.Scatter(x=[f"ε={e:g}" for e in t["ε"]], y=t["share"], mode="lines+markers+text",
                                text=[f"{r:,}" for r in t["removed"]], textposition="top center",
                                marker=dict(color=PALETTE["excluded"], size=9), line=dict(color=PALETTE["excluded"]),
-                               hovertemplate="ε %{x:g}: %{y:.2%} removed<extra></extra>"))
-    top = float(t["removed share"].max()) if len(t) else 0.0
+                               hovertemplate="%{x}: %{y:.2%} removed<extra></extra>"))
+    top = float(t["share"].max()) if len(t) else 0.0
     fig.update_layout(title="Removed as near-duplicates, by ε", height=260, margin=dict(l=10, r=10, t=40, b=40),
                       xaxis_title="ε (duplicates: cosine similarity > 1 − ε)", yaxis_title="share of the pool",
-                      yaxis=dict(tickformat=".1%", range=[0, max(top * 1.3, 0.01)]),
-                      xaxis=dict(type="log" if len(t) > 1 and t["ε"].min() > 0 else "linear"))
+                      yaxis=dict(tickformat=".1%", range=[0, max(top * 1.3, 0.01)]), xaxis=dict(type="category"))
     return _fit(fig)
 
 

@@ -39,17 +39,21 @@ for eps, name in runs:
     removed = int((k == 0).sum())
     n_groups = int(g[g > 0].nunique()) if g is not None else None
     in_groups = int((g > 0).sum()) if g is not None else None
-    rows.append({"ε": eps, "similarity above": 1 - eps, "scored": scored, "removed": removed,
-                 "removed share": removed / scored if scored else float("nan"), "duplicate groups": n_groups,
-                 "samples in groups": in_groups})
+    rows.append({"ε": eps, "cosine above": 1 - eps, "scored": scored, "removed": removed,
+                 "share": removed / scored if scored else float("nan"), "groups": n_groups,
+                 "in groups": in_groups})
 summary = pd.DataFrame(rows)
-c1, c2 = st.columns([1.4, 1])
+c1, c2 = st.columns([1.6, 1])
 c1.dataframe(summary, hide_index=True, width="stretch",
-             column_config={"ε": st.column_config.NumberColumn(format="%g"),
-                            "similarity above": st.column_config.NumberColumn(format="%.4f"),
-                            "removed share": st.column_config.NumberColumn(format="%.4f")})
+             column_config={"ε": st.column_config.NumberColumn(format="%g", width="small"),
+                            "cosine above": st.column_config.NumberColumn(format="%.4f", width="small"),
+                            "share": st.column_config.NumberColumn(format="%.4f", width="small",
+                                                                   help="removed / scored"),
+                            "groups": st.column_config.NumberColumn(help="duplicate groups (connected components)"),
+                            "in groups": st.column_config.NumberColumn(help="samples in a duplicate group")})
 c2.plotly_chart(charts.dedup_curve(summary), width="stretch")
-desc = cat.set_index("name").loc[runs[0][1], "description"]
+cluster_col = f"semdedup_cluster_{runs[0][1].split('_keep_', 1)[1].rsplit('_eps', 1)[0]}"
+desc = cat.set_index("name")["description"].get(cluster_col, "SemDeDup")
 st.caption(f"`{model}`: {ui.md(str(desc))}. A sample without a usable vector is not scored.")
 
 # ---- who loses most ---------------------------------------------------------------------------------------
@@ -73,7 +77,7 @@ removal["rate"], removal["ci_low"], removal["ci_high"] = 1 - t["rate"], 1 - t["c
 removal.attrs["overall"] = 1 - t.attrs["overall"]
 st.plotly_chart(charts.rate_chart(removal, title=f"Share removed as near-duplicates at ε={eps_pick:g}, by {by}",
                                   min_n=min_n, xaxis_title="removal rate (removed / n), 95% Wilson interval",
-                                  what="removed"), width="stretch")
+                                  what="removed", color=charts.PALETTE["excluded"]), width="stretch")
 worst = removal[~removal["small"] & removal["labelled"]].sort_values("rate", ascending=False)
 if len(worst):
     top = worst.iloc[0]
