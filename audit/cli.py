@@ -20,6 +20,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("scores", "scores", "list the score names in a store"),
     ("annotate", "annotate", "impute labels (demographics, NSFW, ...) and store them"),
     ("report", "report", "fairness table of a filter by group (CSV)"),
+    ("labels", "labels", "gold labels: import a hand-labelled audit sample"),
+    ("imputation", "imputation", "accuracy of imputed attributes against gold labels"),
     ("origin", "origin", "dataset-origin probe: can the sources be told apart?"),
     ("map", "map", "UMAP map of the embeddings (coordinates stored)"),
     ("balance", "balance", "data balancing weights: M4 or MetaCLIP"),

@@ -114,7 +114,39 @@ def balance_step(store: str, *, seed: int = 0, echo: Callable[[str], None] = pri
          f"kept {int(keep.sum()):,} of {len(res.q):,} ({time.perf_counter() - t0:.1f} s)")
 
 
-STEPS: list[Callable] = [map_step, origin_step, balance_step]
+def gold_step(store: str, *, seed: int = 0, echo: Callable[[str], None] = print) -> None:
+    """A seeded gold sample of 1,000 rows from the simulator's truth (perceived gender; 'none' = no person ->
+    unknown), imported as gold_caption_gender the way a user imports hand labels, then measured."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from audit.measure.gold import accuracy, format_accuracy, import_gold
+    from audit.store import Store
+    from audit.store.labels import label_frame
+
+    root = Path(store).with_suffix("")
+    sim = root.parent / (root.name + "_inputs") / "sim"
+    truth = pd.read_parquet(sim / "truth.parquet", columns=["uid", "gender", "bad"])
+    truth = truth[truth["bad"] == "none"]          # rows the ingest rejected are not samples
+    gold_file = sim / "gold_gender.csv"
+    truth[["uid", "gender"]].rename(columns={"gender": "label"}).to_csv(gold_file, index=False)
+    with Store.reader(store) as st:
+        if "caption_gender" not in st.attributes():
+            echo("no caption_gender attribute: gold sample skipped")
+            return
+    echo(import_gold(store, "gold_caption_gender", str(gold_file), mapping={"none": "unknown"}, sample=1000,
+                     seed=seed))
+    with Store.reader(store) as st:
+        lab = label_frame(st, ["gold_caption_gender", "caption_gender"]).set_index("uid")
+        have = set(st.annotated_uids("gold_caption_gender"))
+    lab = lab[lab.index.isin(have)]
+    for line in format_accuracy(accuracy(lab["gold_caption_gender"], lab["caption_gender"],
+                                         attribute="caption_gender", method="caption lexicon")):
+        echo(line)
+
+
+STEPS: list[Callable] = [map_step, origin_step, balance_step, gold_step]
 # Steps that need only what is ingested and embedded, not the scores or labels: the builder starts them in a
 # second process after ingest, so on two cores they overlap the scores and annotators (the map's UMAP alone is
 # ~25 s, half of it numba compiling).

@@ -481,6 +481,27 @@ class Store:
             cur.execute("INSERT INTO annotations SELECT * FROM _ann")
             cur.unregister("_ann")
 
+    def unknown_uids(self, uids: Sequence[str]) -> list[str]:
+        """The given uids that are not samples of this store, in the given order."""
+        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+        cur = self.cursor()
+        cur.register("_ask_uids", frame)
+        try:
+            got = cur.execute("SELECT a.uid FROM _ask_uids a ANTI JOIN samples s USING (uid)").fetchall()
+        finally:
+            cur.unregister("_ask_uids")
+        missing = {r[0] for r in got}
+        return [u for u in uids if u in missing]
+
+    def annotated_uids(self, attribute: str) -> list[str]:
+        return [r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT uid FROM annotations WHERE attribute = ? ORDER BY uid", [attribute]).fetchall()]
+
+    def attribute_labels(self, attribute: str) -> list[str]:
+        """The distinct labels an attribute has in this store."""
+        return [r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT label FROM annotations WHERE attribute = ? ORDER BY label", [attribute]).fetchall()]
+
     def attributes(self) -> list[str]:
         return [r[0] for r in self.cursor().execute(
             "SELECT attribute FROM attribute_catalog ORDER BY attribute").fetchall()]
