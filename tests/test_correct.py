@@ -1,0 +1,117 @@
+"""Corrected group rates (report --correct): each estimator on a hand-computed 2-group example, a differential
+check of the confusion correction against a direct simulation, the singular case, and the CLI contract."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.measure.correct import (Confusion, CorrectionError, confusion_rates, rate_bounds, soft_rates,
+                                   solve_true)
+
+# gold: true man -> imputed man 8, woman 2; true woman -> man 1, woman 9   => P = [[.8, .2], [.1, .9]]
+CONF = Confusion(["man", "woman"], ["man", "woman"], np.array([[8, 2], [1, 9]]))
+
+
+def pool(n_man=90, k_man=42, n_woman=110, k_woman=28, n_unk=0, k_unk=0):
+    labels = np.array(["man"] * n_man + ["woman"] * n_woman + ["unknown"] * n_unk, dtype=object)
+    keep = np.concatenate([np.arange(n_man) < k_man, np.arange(n_woman) < k_woman, np.arange(n_unk) < k_unk])
+    return keep, labels
+
+
+def test_soft_by_hand():
+    got = soft_rates(np.array([1, 0, 1]), np.array(["a", "a", "b"], dtype=object), np.array([1.0, 0.5, 0.8]),
+                     ["a", "b"]).set_index("group")
+    assert got.loc["a", "rate"] == pytest.approx(1 / 1.5)          # (1·1 + 0.5·0) / (1 + 0.5)
+    assert got.loc["a", "n_eff"] == pytest.approx(1.5 ** 2 / 1.25)  # Kish: (Σw)² / Σw²
+    assert got.loc["b", "rate"] == pytest.approx(1.0)
+
+
+def test_confusion_recovers_the_true_rates_by_hand():
+    # true pool N = [100, 100], K = [50, 20]: observed n = Pᵀ N = [90, 110], k = Pᵀ K = [42, 28]
+    keep, labels = pool()
+    assert (42 / 90, 28 / 110) == pytest.approx((0.4667, 0.2545), abs=1e-4)   # the naive rates, both wrong
+    got = confusion_rates(keep, labels, CONF, bootstrap=50, seed=0).set_index("group")
+    np.testing.assert_allclose(got["n_true"], [100, 100], atol=1e-9)
+    np.testing.assert_allclose(got["kept_true"], [50, 20], atol=1e-9)
+    np.testing.assert_allclose(got["rate"], [0.5, 0.2], atol=1e-12)
+    assert (got["ci_low"] <= got["rate"]).all() and (got["rate"] <= got["ci_high"]).all()
+
+
+def test_bounds_by_hand():
+    keep, labels = pool(n_unk=20, k_unk=5)
+    got = rate_bounds(keep, labels, ["man", "woman"], 0.1).set_index("group")
+    # man: m = 9 may be mislabelled; add the 15 non-kept unknowns + 11 of woman's non-kept -> low = 33 / 107;
+    # drop 9 non-kept, add 5 kept unknowns + 11 of woman's kept -> high = 58 / 97
+    assert got.loc["man", "bound_low"] == pytest.approx(33 / 107)
+    assert got.loc["man", "bound_high"] == pytest.approx(58 / 97)
+    # no unknowns and no error: the bounds close on the naive rate
+    keep, labels = pool()
+    tight = rate_bounds(keep, labels, ["man", "woman"], 0.0).set_index("group")
+    assert tight.loc["woman", "bound_low"] == tight.loc["woman", "bound_high"] == pytest.approx(28 / 110)
+
+
+def test_singular_confusion_is_reported_not_inverted():
+    with pytest.raises(CorrectionError, match="singular"):
+        solve_true(np.array([[0.5, 0.5], [0.5, 0.5]]), np.array([10.0, 10.0]), np.array([5.0, 5.0]))
+
+
+def test_confusion_against_a_direct_simulation():
+    """Simulate true groups with a real gap, impute through P, correct with a gold sample drawn the same way."""
+    rng = np.random.default_rng(3)
+    p = np.array([[0.85, 0.10, 0.05], [0.15, 0.80, 0.05], [0.05, 0.05, 0.90]])   # true x obs (obs 3 = unknown)
+    names_true, names_obs = ["man", "woman"], ["man", "woman", "unknown"]
+    p2 = p[:2]
+    n = 200_000
+    true = rng.choice(2, size=n, p=[0.6, 0.4])
+    rates = np.array([0.35, 0.20])
+    keep = rng.random(n) < rates[true]
+    obs = (rng.random(n)[:, None] < np.cumsum(p2[true], axis=1)).argmax(axis=1)   # a draw from row true of P
+    labels = np.array(names_obs, dtype=object)[obs]
+    gold_idx = rng.choice(n, size=3000, replace=False)
+    counts = np.zeros((2, 3), dtype=np.int64)
+    np.add.at(counts, (true[gold_idx], obs[gold_idx]), 1)
+    got = confusion_rates(keep, labels, Confusion(names_true, names_obs, counts), bootstrap=100, seed=1)
+    got = got.set_index("group")
+    np.testing.assert_allclose(got["rate"], rates, atol=0.02)
+    assert ((got["ci_low"] <= rates) & (rates <= got["ci_high"])).all()
+    naive_woman = keep[labels == "woman"].mean()
+    assert abs(naive_woman - 0.20) > 0.02   # the naive rate is off by more than the tolerance above
+
+
+def test_report_contract(make_store, tmp_path, capsys):
+    from audit.cli import main
+
+    keep, labels = pool(n_man=90, k_man=42, n_woman=110, k_woman=28)
+    n = len(labels)
+    uids = [f"u{i:03d}" for i in range(n)]
+    path = make_store([{"uid": u, "caption": "c"} for u in uids], scores={"s": keep.astype(float)})
+    from audit.store import Store
+
+    with Store.writer(path) as st:
+        run = st.start_run("test", "labels", params={})
+        st.write_annotations(pd.DataFrame({"uid": uids, "attribute": "caption_gender", "label": labels,
+                                           "confidence": 1.0, "method": "test"}), run_id=run, method="test")
+        st.end_run(run)
+    # the gold sample realises P exactly: 8/2 of ten true men, 1/9 of ten true women
+    gold_uids = [u for u, l in zip(uids, labels) if l == "man"][:9] + [u for u, l in zip(uids, labels) if l == "woman"][:11]
+    gold_lab = ["man"] * 8 + ["woman"] + ["man"] * 2 + ["woman"] * 9   # imputed man 9 = 8 men + 1 woman; ...
+    pd.DataFrame({"uid": gold_uids, "label": gold_lab}).to_csv(tmp_path / "gold.csv", index=False)
+    out = tmp_path / "r.csv"
+    assert main(["report", "--store", path, "--keep", "s>=1", "--by", "caption_gender", "--correct", "confusion",
+                 "--gold", str(tmp_path / "gold.csv"), "--bootstrap", "30", "--out", str(out)]) == 0
+    t = pd.read_csv(out).set_index("group")
+    for col in ["group", "rate", "ci_low", "ci_high", "method", "rate_corrected", "ci_low_corrected",
+                "ci_high_corrected", "bound_low", "bound_high", "gold_n"]:
+        assert col in t.reset_index().columns
+    assert t.loc["man", "rate"] == pytest.approx(42 / 90)                 # the naive figure unchanged
+    assert t.loc["man", "rate_corrected"] == pytest.approx(0.5, abs=1e-9)
+    assert t.loc["woman", "rate_corrected"] == pytest.approx(0.2, abs=1e-9)
+    assert (t["gold_n"] == 20).all() and (t["method"] == "confusion").all()
+    assert main(["report", "--store", path, "--keep", "s>=1", "--by", "caption_gender", "--correct", "bounds",
+                 "--max-error", "0.1", "--out", str(out)]) == 0
+    t = pd.read_csv(out).set_index("group")
+    assert t.loc["man", "bound_low"] <= 42 / 90 <= t.loc["man", "bound_high"]
+    assert main(["report", "--store", path, "--keep", "s>=1", "--by", "caption_gender", "--correct", "confusion",
+                 "--out", str(out)]) == 1
+    assert "needs gold labels" in capsys.readouterr().err
