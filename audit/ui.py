@@ -228,6 +228,28 @@ def fairness_frame(store: Store, scores: tuple[str, ...], by: tuple[str, ...]) -
     return load_frame(store, list(scores), list(by))
 
 
+@st.cache_data(max_entries=16, show_spinner="Accounting for label noise…", hash_funcs=HASH)
+def corrected_report(store: Store, specs: tuple[str, ...], by: str, method: str, min_n: int,
+                     max_error: float | None = None):
+    """(report table with the corrected columns, the gold confusion as (true classes, imputed classes, counts) or
+    None). The same computation as `report --correct` (audit/measure/correct.py)."""
+    from audit.measure.correct import corrected_columns, load_confusion
+    from audit.measure.report import build
+    from audit.store.labels import label_confidence_frame
+
+    rep = build(store, list(specs), [by], min_n=min_n)
+    conf = load_confusion(store, by, None)
+    lc = label_confidence_frame(store, [by])
+    table = corrected_columns(rep.table, rep.selection.keep, rep.labels, lc[f"{by}__conf"].to_numpy(dtype=float),
+                              method, conf=conf, max_error=max_error)
+    return table, (None if conf is None else (conf.true_classes, conf.obs_classes, conf.counts))
+
+
+@st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def has_gold(store: Store, attribute: str) -> bool:
+    return f"gold_{attribute}" in store.attributes()
+
+
 @st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
 def count_download_failures(store: Store) -> int:
     return store.count_download_failures()

@@ -9,6 +9,7 @@ from audit import charts, ui
 from audit.export.csvsafe import to_csv
 from audit.measure.fairness import HARMONISE, SEP, confusion, flag_rates
 from audit.measure import availability
+from audit.measure.correct import verdict_changes
 from audit.measure.report import REPORT_COLUMNS, table_from_frame
 from audit.decide.recipes import default_score
 from audit.decide.selection import Rule, RuleError
@@ -152,6 +153,61 @@ st.download_button("Download this table (CSV)", to_csv(view).encode(),
 cmd = (f"python -m audit report --store {ui.store_path()} " + " ".join(f"--keep '{r}'" for r in rules)
        + " " + " ".join(f"--by {b}" for b in by) + f" --min-n {min_n} --out fairness.csv")
 st.code(cmd, language="bash", wrap_lines=True)
+
+# ---- label noise: corrected rates ------------------------------------------------------------------------------
+imputed_attr = len(by) == 1 and by1 in set(acat["attribute"]) and bool(
+    acat.loc[acat["attribute"] == by1, "imputed"].iloc[0])
+if imputed_attr:
+    st.subheader("Label noise: how much of these rates survives misclassification")
+    gold = ui.has_gold(store, by1)
+    options = ["naive", "soft", "corrected (gold confusion)", "bounds"] if gold else ["naive", "soft", "bounds"]
+    pick = st.radio("Rates by", options, horizontal=True, key="fz_noise",
+                    help="naive: by imputed label (the table above). soft: weighted by the annotator's confidence. "
+                         "corrected: true-group rates solved with the confusion measured on gold labels, "
+                         "bootstrap interval. bounds: the range consistent with unknowns and the measured error.")
+    if not gold:
+        st.info(f"No gold labels for {by1}: import a hand-labelled sample with `python -m audit labels import "
+                f"--store {ui.store_path()} --name gold_{by1} --file labels.csv` to measure its accuracy and "
+                "correct for it. Soft and bounds need none (bounds then assume a 10% error).")
+    method = {"naive": "none", "soft": "soft", "corrected (gold confusion)": "confusion", "bounds": "bounds"}[pick]
+    ct, cm = None, None
+    if method != "none":
+        try:
+            ct, cm = ui.corrected_report(store, tuple(str(r) for r in rules), by1, method, min_n,
+                                         None if gold else 0.1)
+        except ValueError as exc:   # a singular confusion, gold without a labelled class, …: said, not raised
+            st.error(str(exc))
+        if ct is not None:
+            lo_col, hi_col = (("bound_low", "bound_high") if method == "bounds" else
+                              ("ci_low_corrected", "ci_high_corrected"))
+            b = ct[["group", "n", lo_col, hi_col]].rename(columns={lo_col: "ci_low", hi_col: "ci_high"})
+            b["rate"] = ct["rate_corrected"] if method != "bounds" else (b["ci_low"] + b["ci_high"]) / 2
+            shown_b = b[b["rate"].notna()]
+            a_t = table[table["group"].isin(shown_b["group"])].copy()
+            a_t.attrs.update(table.attrs)
+            if len(shown_b):
+                st.plotly_chart(charts.compare_chart(a_t, shown_b, title=f"Inclusion rate by {by1}: naive vs {pick}",
+                                                     label_a="naive (imputed labels)", label_b=pick),
+                                width="stretch")
+            worst = shown_b.sort_values("rate").head(1)
+            if len(worst):
+                w = worst.iloc[0]
+                src = (f"correcting for {by1}'s measured confusion (gold n = {int(ct['gold_n'].iloc[0]):,})"
+                       if method == "confusion" else "weighting by confidence" if method == "soft" else
+                       "allowing unknowns and mislabelled samples to be anyone")
+                what = (f"between {w['ci_low']:.3f} and {w['ci_high']:.3f}" if method == "bounds" else
+                        f"at {w['rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]")
+                st.markdown(f"After {src}, **{ui.md(w['group'])}** is kept {what} against {overall:.3f} overall.")
+            changes = verdict_changes(ct)
+            st.caption("Amplification verdicts that change under this correction: "
+                       + ("; ".join(changes) if changes else "none") + ".")
+            if cm is not None and method == "confusion":
+                tc, oc, counts = cm
+                shares = pd.DataFrame(np.asarray(counts) / np.maximum(np.asarray(counts).sum(1, keepdims=True), 1),
+                                      index=[f"gold {t}" for t in tc], columns=[f"imputed {o}" for o in oc])
+                st.dataframe(shares.style.format("{:.3f}"), key="fz_noise_conf")
+                st.caption(f"P(imputed label | gold label) measured on {int(np.asarray(counts).sum()):,} gold "
+                           "samples; `python -m audit imputation` prints it with counts, precision and recall.")
 
 # ---- availability: failed downloads as the first filter step -------------------------------------------------
 n_failed = ui.count_download_failures(store)

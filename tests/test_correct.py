@@ -115,3 +115,48 @@ def test_report_contract(make_store, tmp_path, capsys):
     assert main(["report", "--store", path, "--keep", "s>=1", "--by", "caption_gender", "--correct", "confusion",
                  "--out", str(out)]) == 1
     assert "needs gold labels" in capsys.readouterr().err
+
+
+def test_amplified_robust_to_label_noise():
+    from audit.measure.correct import corrected_columns, verdict_changes
+    from audit.measure.fairness import group_table
+
+    keep, labels = pool(n_man=100, k_man=10, n_woman=900, k_woman=500)   # man: 0.10 vs 0.51 overall
+    table = group_table(keep, labels, min_n=30)
+    assert bool(table.set_index("group").loc["man", "amplified"])
+    strict = corrected_columns(table, keep, labels, None, "bounds", max_error=0.0).set_index("group")
+    assert bool(strict.loc["man", "amplified_robust"])          # bound_high = 0.10 < 0.51
+    loose = corrected_columns(table, keep, labels, None, "bounds", max_error=0.5)
+    # up to half of the 100 may be women and 450 kept women may be men: high = 460 / 500 = 0.92 > 0.51
+    assert loose.set_index("group").loc["man", "bound_high"] == pytest.approx(460 / 500)
+    assert not bool(loose.set_index("group").loc["man", "amplified_robust"])
+    assert verdict_changes(loose) == ["man: amplified by the naive rate, not once label noise is accounted for"]
+
+
+def test_whos_in_page_label_noise_control_matches_the_report(demo_store, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from audit.cli import main
+    from conftest import APP
+
+    monkeypatch.setenv("AUDIT_STORE", demo_store)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("pages/fairness.py").run()
+    assert at.radio(key="fz_noise").options == ["naive", "soft", "corrected (gold confusion)", "bounds"]
+    at.radio(key="fz_noise").set_value("corrected (gold confusion)").run()
+    assert not at.exception and not at.error
+    sentence = next(m.value for m in at.markdown if m.value.startswith("After correcting"))
+    assert "gold n = 1,000" in sentence
+    rule = at.session_state["fz_score"]
+    frac = at.slider(key="fz_top").value
+    out = tmp_path / "c.csv"
+    assert main(["report", "--store", demo_store, "--keep", f"{rule}:top={frac}", "--by", "caption_gender",
+                 "--correct", "confusion", "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    t = t[t["group"].isin(["man", "woman"])].sort_values("rate_corrected").iloc[0]
+    assert f"**{t['group']}** is kept at {t['rate_corrected']:.3f} [{t['ci_low_corrected']:.3f}, " \
+           f"{t['ci_high_corrected']:.3f}]" in sentence
+    for opt in ("soft", "bounds"):
+        at.radio(key="fz_noise").set_value(opt).run()
+        assert not at.exception and not at.error

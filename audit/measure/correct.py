@@ -30,7 +30,7 @@ from audit.measure.metrics import Z95, wilson
 
 METHODS = ("none", "soft", "confusion", "bounds")
 CORRECTED_COLUMNS = ["method", "rate_corrected", "ci_low_corrected", "ci_high_corrected", "bound_low", "bound_high",
-                     "gold_n"]
+                     "gold_n", "amplified_robust"]
 
 
 class CorrectionError(ValueError):
@@ -184,8 +184,9 @@ def corrected_columns(table: pd.DataFrame, keep: np.ndarray, labels: np.ndarray,
         raise CorrectionError(f"--correct must be one of {', '.join(METHODS)}; got {method!r}")
     out = table.copy()
     out["method"] = method
-    for c in CORRECTED_COLUMNS[1:]:
+    for c in CORRECTED_COLUMNS[1:-1]:
         out[c] = np.nan
+    out["amplified_robust"] = out["amplified"].astype(bool) if method == "none" else False
     groups = [g for g in out["group"] if g not in UNLABELLED]
     if method == "none":
         return out
@@ -212,6 +213,20 @@ def corrected_columns(table: pd.DataFrame, keep: np.ndarray, labels: np.ndarray,
         out.attrs["max_error"] = e
     for src, dst in cols.items():
         out[dst] = got[src].reindex(idx).to_numpy()
+    # amplified, robust to label noise: the naive verdict holds and the corrected interval (bounds: the whole
+    # range) lies below the overall rate
+    overall = float(table.attrs.get("overall", np.nan))
+    top = out["bound_high"] if method == "bounds" else out["ci_high_corrected"]
+    out["amplified_robust"] = out["amplified"].astype(bool) & (top < overall).fillna(False).to_numpy()
+    return out
+
+
+def verdict_changes(table: pd.DataFrame) -> list[str]:
+    """Sentences naming the groups whose amplification verdict the correction changes."""
+    out = []
+    for r in table.itertuples():
+        if bool(r.amplified) and not bool(r.amplified_robust):
+            out.append(f"{r.group}: amplified by the naive rate, not once label noise is accounted for")
     return out
 
 
