@@ -86,6 +86,7 @@ RACE_P = [0.46, 0.14, 0.14, 0.1, 0.1, 0.06]
 RELIGIONS = ["christian", "muslim", "jewish"]
 # probability that the caption mentions each truth
 P_MENTION = {"gender": 0.7, "age": 0.45, "race": 0.25}
+CAPTION_GENDER_ERROR = {"child": 0.10, "young": 0.03, "middle-aged": 0.03, "older": 0.12}
 
 AGE_WORDS = {"child": ["girl", "boy"], "young": ["young woman", "young man"],
              "middle-aged": ["woman", "man"], "older": ["older woman", "older man"]}
@@ -104,6 +105,9 @@ class SimConfig:
     bad_rows: bool = True
     dims: tuple[int, int] = (512, 768)   # b32, l14
     float16: bool = True
+    # imputation noise of the caption lexicon: P(a caption that names a gender names the other one | age), as
+    # captioners and alt texts mistake the gender of children and older people more often (CAPTION_GENDER_ERROR)
+    caption_gender_error: tuple[tuple[str, float], ...] | None = None
 
 
 def expected_inclusion(mu: np.ndarray, threshold: float, sigma: float = SIGMA) -> np.ndarray:
@@ -160,7 +164,8 @@ def simulate_truth(cfg: SimConfig) -> pd.DataFrame:
     for (col, val), shift in SHIFTS.items():
         mu += np.where(truth[col].to_numpy() == val, shift, 0.0)
     truth["mu"] = mu
-    truth["caption"] = _captions(truth, rng)
+    truth["caption"] = _captions(truth, rng, seed=cfg.seed,
+                                 error=None if cfg.caption_gender_error is None else dict(cfg.caption_gender_error))
     w = np.exp(rng.normal(6.0, 0.6, n)).clip(32, 6000).astype(np.int64)
     aspect = np.exp(rng.normal(0.0, 0.35, n))
     h = (w / aspect).clip(16, 8000).astype(np.int64)
@@ -205,7 +210,7 @@ def _plant_duplicates(truth: pd.DataFrame, rng: np.random.Generator) -> None:
 
 
 def _person_phrase(row_age: str, row_gender: str, row_race: str, rng: np.random.Generator,
-                   orient: str, religion: str) -> str:
+                   orient: str, religion: str, swap_gender: bool = False) -> str:
     words = []
     if orient == "lgbtq":
         words.append(["gay", "lesbian", "bisexual", "homosexual"][rng.integers(4)])
@@ -215,6 +220,8 @@ def _person_phrase(row_age: str, row_gender: str, row_race: str, rng: np.random.
         words.append({"east asian": "asian", "south asian": "indian", "middle eastern": "arab"}.get(row_race, row_race))
     mention_g = rng.random() < P_MENTION["gender"]
     mention_a = rng.random() < P_MENTION["age"]
+    if mention_g and swap_gender:   # the captioner names the other gender (the truth keeps the perceived one)
+        row_gender = {"woman": "man", "man": "woman"}.get(row_gender, row_gender)
     if mention_g:
         noun = AGE_WORDS[row_age][0 if row_gender == "woman" else 1] if mention_a else row_gender
         if not mention_a and row_age == "child":
@@ -225,7 +232,8 @@ def _person_phrase(row_age: str, row_gender: str, row_race: str, rng: np.random.
     return " ".join(words)
 
 
-def _captions(truth: pd.DataFrame, rng: np.random.Generator) -> list[str]:
+def _captions(truth: pd.DataFrame, rng: np.random.Generator, *, seed: int = 0,
+              error: dict | None = None) -> list[str]:
     out = []
     adjs = ["beautiful", "happy", "modern", "vintage", "close-up of a", "portrait of a", "smiling", "red", "new"]
     places = ["in the park", "at home", "on the beach", "in the city", "on white background", "at sunset", ""]
@@ -234,13 +242,17 @@ def _captions(truth: pd.DataFrame, rng: np.random.Generator) -> list[str]:
     fields = ["quality", "is_person", "age", "gender", "race", "orientation", "religion", "concept", "lang", "nsfw",
               "stock"]
     columns = [truth[f].to_numpy(dtype=object) for f in fields]   # plain objects: iterating Arrow strings is slow
-    for values in zip(*columns):
+    # caption-gender errors drawn from their own stream, so every other draw is as without them
+    err = dict(CAPTION_GENDER_ERROR if error is None else error)
+    ages = truth["age"].to_numpy(dtype=object)
+    swap = np.random.default_rng([seed, 13]).random(len(truth)) < np.array([err.get(a, 0.0) for a in ages])
+    for i, values in enumerate(zip(*columns)):
         r = SimpleNamespace(**dict(zip(fields, values)))
         if r.quality == "low" and rng.random() < 0.7:
             out.append(LOW_QUALITY[rng.integers(len(LOW_QUALITY))].format(n=rng.integers(1000, 9999)))
             continue
         if r.is_person:
-            subject = _person_phrase(r.age, r.gender, r.race, rng, r.orientation, r.religion)
+            subject = _person_phrase(r.age, r.gender, r.race, rng, r.orientation, r.religion, bool(swap[i]))
             c = f"{subject} {['at a', 'in a', 'during a', 'posing for a'][rng.integers(4)]} {r.concept}"
         else:
             c = f"{adjs[rng.integers(len(adjs))]} {r.concept}"
