@@ -245,6 +245,23 @@ def corrected_report(store: Store, specs: tuple[str, ...], by: str, method: str,
     return table, (None if conf is None else (conf.true_classes, conf.obs_classes, conf.counts))
 
 
+@st.cache_data(max_entries=32, show_spinner=False, hash_funcs=HASH)
+def accuracy_note(store: Store, attribute: str) -> str:
+    """' Measured …' against the stored gold labels gold_<attribute> ('' when there are none): every page that shows
+    an imputed attribute says how accurate it measured."""
+    gold = f"gold_{attribute}"
+    if gold not in store.attributes() or attribute not in store.attributes():
+        return ""
+    from audit.measure.gold import accuracy
+    from audit.store.labels import label_frame
+
+    lab = label_frame(store, [gold, attribute]).set_index("uid").loc[store.annotated_uids(gold)]
+    acc = accuracy(lab[gold], lab[attribute], attribute=attribute, method="")
+    kappa = f"Cohen's κ {acc.kappa:.2f}, " if np.isfinite(acc.kappa) else ""
+    return (f" Measured against {len(lab):,} gold labels ({gold}): {kappa}coverage {acc.coverage:.0%} "
+            f"(`python -m audit imputation --attribute {attribute} --gold {gold}`).")
+
+
 @st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
 def has_gold(store: Store, attribute: str) -> bool:
     return f"gold_{attribute}" in store.attributes()

@@ -153,7 +153,8 @@ m[4].metric("Solve time", f"{res.seconds:.2f} s", help=f"{res.iterations} Newton
 unknown = int((inputs.S.sum(1) == 0).sum())
 st.caption(f"Groups are **imputed** labels ({attr_label(attribute)}), estimates and not identities. "
            f"{unknown:,} of {n:,} rows have no membership in the chosen groups (`unknown`, `multiple` or other "
-           f"labels) and are neither forced in nor out. Proxies: {len(inputs.proxies)} columns.")
+           f"labels) and are neither forced in nor out. Proxies: {len(inputs.proxies)} columns."
+           + ui.accuracy_note(store, attribute))
 for note in notes:
     st.caption("Note: " + note)
 

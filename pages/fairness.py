@@ -34,7 +34,7 @@ def attr_note(attr: str) -> str:
     kind = "imputed (perceived) labels" if bool(r["imputed"]) else "labels read from the data"
     method = str(r["method"]).replace(" [RANDOM/SIMULATED: not meaningful]", "")
     warn = " ⚠️ **Random-weight model or simulated text encoder: not meaningful.**" if bool(r["random_weights"]) else ""
-    return f"**{attr}** — {kind}; method: {method.rstrip('.')}.{warn}"
+    return f"**{attr}** — {kind}; method: {method.rstrip('.')}.{warn}" + ui.accuracy_note(store, attr)
 
 
 def label_of(attr: str) -> str:

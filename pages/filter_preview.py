@@ -173,7 +173,8 @@ with left:
     st.plotly_chart(fig, width="stretch")
     if group in store.attributes():
         st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
-                   "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden).")
+                   "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden)."
+                   + ui.accuracy_note(store, group))
 with right:
     st.plotly_chart(charts.histogram(data.values, title=f"{score}", tau=tau if np.isfinite(tau) else None),
                     width="stretch")
