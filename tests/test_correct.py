@@ -165,3 +165,29 @@ def test_whos_in_page_label_noise_control_matches_the_report(demo_store, monkeyp
     for opt in ("soft", "bounds"):
         at.radio(key="fz_noise").set_value(opt).run()
         assert not at.exception and not at.error
+
+
+def test_gold_without_overlap_is_a_message(make_store, tmp_path, capsys):
+    from audit.cli import main
+    from audit.store import Store
+
+    uids = [f"u{i}" for i in range(6)]
+    path = make_store([{"uid": u, "caption": "c"} for u in uids], scores={"s": [1, 0, 1, 0, 1, 0]})
+    with Store.writer(path) as st:
+        run = st.start_run("test", "labels", params={})
+        st.write_annotations(pd.DataFrame({"uid": uids, "attribute": "caption_gender",
+                                           "label": ["man", "woman"] * 3, "confidence": 1.0, "method": "t"}),
+                             run_id=run, method="t")
+        st.end_run(run)
+    base = ["report", "--store", path, "--keep", "s>=1", "--by", "caption_gender", "--correct", "confusion",
+            "--out", str(tmp_path / "r.csv")]
+    pd.DataFrame({"uid": uids[:3], "label": ["unknown"] * 3}).to_csv(tmp_path / "g.csv", index=False)
+    assert main(base + ["--gold", str(tmp_path / "g.csv")]) == 1
+    assert "no labelled class" in capsys.readouterr().err
+    pd.DataFrame({"uid": ["x1", "x2"], "label": ["man", "woman"]}).to_csv(tmp_path / "g2.csv", index=False)
+    assert main(base + ["--gold", str(tmp_path / "g2.csv")]) == 1
+    assert "not samples of this store" in capsys.readouterr().err
+    # a gold sample that imputes both classes alike: singular, reported
+    pd.DataFrame({"uid": uids[:4], "label": ["man", "man", "woman", "woman"]}).to_csv(tmp_path / "g3.csv", index=False)
+    assert main(base + ["--gold", str(tmp_path / "g3.csv")]) == 1
+    assert "singular" in capsys.readouterr().err
