@@ -187,7 +187,10 @@ if imputed_attr:
             a_t.attrs.update(table.attrs)
             if len(shown_b):
                 st.plotly_chart(charts.compare_chart(a_t, shown_b, title=f"Inclusion rate by {by1}: naive vs {pick}",
-                                                     label_a="naive (imputed labels)", label_b=pick),
+                                                     label_a="naive (imputed labels)",
+                                                     label_b=pick if method != "bounds" else
+                                                     "bounds: the whole range is possible (the mark is its midpoint, "
+                                                     "not an estimate)"),
                                 width="stretch")
             worst = shown_b.sort_values("rate").head(1)
             if len(worst):
