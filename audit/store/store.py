@@ -483,15 +483,8 @@ class Store:
 
     def unknown_uids(self, uids: Sequence[str]) -> list[str]:
         """The given uids that are not samples of this store, in the given order."""
-        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
-        cur = self.cursor()
-        cur.register("_ask_uids", frame)
-        try:
-            got = cur.execute("SELECT a.uid FROM _ask_uids a ANTI JOIN samples s USING (uid)").fetchall()
-        finally:
-            cur.unregister("_ask_uids")
-        missing = {r[0] for r in got}
-        return [u for u in uids if u in missing]
+        found = self.existing_uids(uids)
+        return [u for u in uids if u not in found]
 
     def annotated_uids(self, attribute: str) -> list[str]:
         return [r[0] for r in self.cursor().execute(
