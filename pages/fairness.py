@@ -192,6 +192,10 @@ if imputed_attr:
                                                      "bounds: the whole range is possible (the mark is its midpoint, "
                                                      "not an estimate)"),
                                 width="stretch")
+            same = a_t.set_index("group")["rate"].reindex(shown_b["group"]).to_numpy() - shown_b["rate"].to_numpy()
+            if method == "soft" and len(same) and np.nanmax(np.abs(same)) < 1e-9:
+                st.caption("Soft equals naive here (the marks overlap): this annotator gives every sample of a label "
+                           "the same confidence, so weighting changes nothing. Only a gold sample can correct it.")
             worst = shown_b.sort_values("rate").head(1)
             if len(worst):
                 w = worst.iloc[0]
