@@ -234,10 +234,12 @@ def corrected_report(store: Store, specs: tuple[str, ...], by: str, method: str,
     """(report table with the corrected columns, the gold confusion as (true classes, imputed classes, counts) or
     None). The same computation as `report --correct` (audit/measure/correct.py)."""
     from audit.measure.correct import corrected_columns, load_confusion
-    from audit.measure.report import build
+    from audit.measure.report import parse_rules, table_from_frame
     from audit.store.labels import label_confidence_frame
 
-    rep = build(store, list(specs), [by], min_n=min_n)
+    rules = parse_rules(specs)   # the page's cached frame (fairness_frame), not a second read of the pool
+    rep = table_from_frame(fairness_frame(store, tuple(dict.fromkeys(r.score for r in rules)), (by,)), rules, [by],
+                           min_n=min_n)
     conf = load_confusion(store, by, None)
     lc = label_confidence_frame(store, [by])
     table = corrected_columns(rep.table, rep.selection.keep, rep.labels, lc[f"{by}__conf"].to_numpy(dtype=float),
@@ -249,22 +251,23 @@ def corrected_report(store: Store, specs: tuple[str, ...], by: str, method: str,
 def accuracy_note(store: Store, attribute: str) -> str:
     """' Measured …' against the stored gold labels gold_<attribute> ('' when there are none): every page that shows
     an imputed attribute says how accurate it measured."""
-    gold = f"gold_{attribute}"
+    from audit.measure.gold import accuracy, gold_labels, gold_name, imputed_labels
+
+    gold = gold_name(attribute)
     if gold not in store.attributes() or attribute not in store.attributes():
         return ""
-    from audit.measure.gold import accuracy
-    from audit.store.labels import label_frame
-
-    lab = label_frame(store, [gold, attribute]).set_index("uid").loc[store.annotated_uids(gold)]
-    acc = accuracy(lab[gold], lab[attribute], attribute=attribute, method="")
+    g = gold_labels(store, gold)
+    acc = accuracy(g, imputed_labels(store, attribute, g.index), attribute=attribute, method="")
     kappa = f"Cohen's κ {acc.kappa:.2f}, " if np.isfinite(acc.kappa) else ""
-    return (f" Measured against {len(lab):,} gold labels ({gold}): {kappa}coverage {acc.coverage:.0%} "
+    return (f" Measured against {len(g):,} gold labels ({gold}): {kappa}coverage {acc.coverage:.0%} "
             f"(`python -m audit imputation --attribute {attribute} --gold {gold}`).")
 
 
 @st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
 def has_gold(store: Store, attribute: str) -> bool:
-    return f"gold_{attribute}" in store.attributes()
+    from audit.measure.gold import gold_name
+
+    return gold_name(attribute) in store.attributes()
 
 
 @st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)

@@ -22,26 +22,17 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from audit.measure.gold import GoldError, accuracy, format_accuracy, read_gold_file
+    from audit.measure.gold import GoldError, accuracy, format_accuracy, gold_labels, imputed_labels
     from audit.store import Store
-    from audit.store.labels import label_frame
 
     with Store.reader(args.store) as st:
-        if args.gold in st.attributes():
-            gold = label_frame(st, [args.gold]).set_index("uid")[args.gold]
-            gold = gold[st_has_gold(st, args.gold, gold.index)]
-        else:
-            frame = read_gold_file(args.gold)
-            unknown = st.unknown_uids(frame["uid"].tolist())
-            if unknown:
-                raise GoldError(f"{len(unknown)} gold uids are not samples of this store ({unknown[0]!r}, …)")
-            gold = frame.set_index("uid")["label"]
+        gold = gold_labels(st, args.gold)
         cat = st.attribute_catalog().set_index("attribute")
         results = []
         for a in args.attribute:
             if a not in cat.index:
                 raise GoldError(f"unknown attribute {a!r}; this store has: {', '.join(cat.index)}")
-            imputed = label_frame(st, [a]).set_index("uid")[a].reindex(gold.index)
+            imputed = imputed_labels(st, a, gold.index)
             acc = accuracy(gold, imputed, attribute=a, method=str(cat.loc[a, "method"]))
             if acc.gold_n == 0:
                 raise GoldError(f"no gold label overlaps {a}: every gold label is unknown")
@@ -55,10 +46,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     return 0
 
-
-def st_has_gold(st, name: str, uids):
-    """Which uids carry a gold annotation (label_frame fills the others with 'unknown')."""
-    import numpy as np
-
-    have = set(st.annotated_uids(name))
-    return np.fromiter((u in have for u in uids), dtype=bool, count=len(uids))

@@ -121,9 +121,8 @@ def gold_step(store: str, *, seed: int = 0, echo: Callable[[str], None] = print)
 
     import pandas as pd
 
-    from audit.measure.gold import accuracy, format_accuracy, import_gold
+    from audit.measure.gold import accuracy, format_accuracy, gold_labels, gold_name, imputed_labels, import_gold
     from audit.store import Store
-    from audit.store.labels import label_frame
 
     root = Path(store).with_suffix("")
     sim = root.parent / (root.name + "_inputs") / "sim"
@@ -135,16 +134,13 @@ def gold_step(store: str, *, seed: int = 0, echo: Callable[[str], None] = print)
         if "caption_gender" not in st.attributes():
             echo("no caption_gender attribute: gold sample skipped")
             return
-    echo(import_gold(store, "gold_caption_gender", str(gold_file), mapping={"none": "unknown"}, sample=1000,
+    echo(import_gold(store, gold_name("caption_gender"), str(gold_file), mapping={"none": "unknown"}, sample=1000,
                      seed=seed))
     with Store.reader(store) as st:
-        lab = label_frame(st, ["gold_caption_gender", "caption_gender"]).set_index("uid")
-        have = set(st.annotated_uids("gold_caption_gender"))
-    lab = lab[lab.index.isin(have)]
-    for line in format_accuracy(accuracy(lab["gold_caption_gender"], lab["caption_gender"],
-                                         attribute="caption_gender", method="caption lexicon")):
+        gold = gold_labels(st, gold_name("caption_gender"))
+        imputed = imputed_labels(st, "caption_gender", gold.index)
+    for line in format_accuracy(accuracy(gold, imputed, attribute="caption_gender", method="caption lexicon")):
         echo(line)
-
 
 STEPS: list[Callable] = [map_step, origin_step, balance_step, gold_step]
 # Steps that need only what is ingested and embedded, not the scores or labels: the builder starts them in a

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from audit.measure.fairness import UNLABELLED
+from audit.measure.gold import gold_labels, gold_name, imputed_labels, pair_counts
 from audit.measure.metrics import Z95, wilson
 
 METHODS = ("none", "soft", "confusion", "bounds")
@@ -89,10 +90,7 @@ def confusion_from_gold(gold: pd.Series, imputed: pd.Series) -> Confusion:
     g = gold.astype(str).to_numpy()
     m = imputed.fillna("unknown").astype(str).to_numpy()
     tc, oc = sorted(set(g)), sorted(set(m))
-    ti, oi = {c: i for i, c in enumerate(tc)}, {c: i for i, c in enumerate(oc)}
-    counts = np.zeros((len(tc), len(oc)), dtype=np.int64)
-    np.add.at(counts, (np.array([ti[v] for v in g], dtype=np.int64), np.array([oi[v] for v in m], dtype=np.int64)), 1)
-    return Confusion(tc, oc, counts)
+    return Confusion(tc, oc, pair_counts(g, m, tc, oc))
 
 
 def solve_true(p: np.ndarray, n_obs: np.ndarray, k_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,24 +231,12 @@ def verdict_changes(table: pd.DataFrame) -> list[str]:
 def load_confusion(store, attribute: str, gold: str | None) -> Confusion | None:
     """The confusion of ``attribute`` against gold labels: a gold attribute in the store (default ``gold_<A>``
     when it exists) or a uid,label file. None when there is no gold."""
-    from audit.measure.gold import read_gold_file
-    from audit.store.labels import label_frame
-
     attrs = store.attributes()
-    name = gold or (f"gold_{attribute}" if f"gold_{attribute}" in attrs else None)
+    name = gold or (gold_name(attribute) if gold_name(attribute) in attrs else None)
     if name is None:
         return None
-    if name in attrs:
-        have = store.annotated_uids(name)
-        lab = label_frame(store, [name, attribute]).set_index("uid").loc[have]
-        g, m = lab[name], lab[attribute]
-    else:
-        frame = read_gold_file(name)
-        unknown = store.unknown_uids(frame["uid"].tolist())
-        if unknown:
-            raise CorrectionError(f"{len(unknown)} gold uids are not samples of this store ({unknown[0]!r}, …)")
-        g = frame.set_index("uid")["label"]
-        m = label_frame(store, [attribute]).set_index("uid")[attribute].reindex(g.index)
+    g = gold_labels(store, name)
+    m = imputed_labels(store, attribute, g.index)
     if not len(g):
         raise CorrectionError(f"the gold labels {name!r} do not overlap this store's samples")
     known = [c for c in set(g) if c not in UNLABELLED]

@@ -13,14 +13,14 @@ P(imputed = j | gold = i) with counts, precision and recall per class with Wilso
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from audit.files import sha256_of
 from audit.measure.fairness import UNLABELLED
 from audit.measure.metrics import wilson
 
@@ -76,12 +76,30 @@ def read_gold_file(path: str, *, uid_column: str = "uid", label_column: str = "l
     return frame.reset_index(drop=True)
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def gold_name(attribute: str) -> str:
+    """The default name of the gold attribute that audits ``attribute``."""
+    return f"gold_{attribute}"
+
+
+def gold_labels(store, gold: str) -> pd.Series:
+    """uid -> gold label: a gold attribute of the store (only the uids it annotates), or a uid,label file whose
+    uids must all be samples of the store."""
+    from audit.store.labels import label_frame
+
+    if gold in store.attributes():
+        return label_frame(store, [gold]).set_index("uid")[gold].loc[store.annotated_uids(gold)]
+    frame = read_gold_file(gold)
+    unknown = store.unknown_uids(frame["uid"].tolist())
+    if unknown:
+        raise GoldError(f"{len(unknown)} gold uids are not samples of this store ({unknown[0]!r}, …)")
+    return frame.set_index("uid")["label"]
+
+
+def imputed_labels(store, attribute: str, uids: pd.Index) -> pd.Series:
+    """uid -> the imputed label of ``attribute`` ('unknown' where none) for the given uids."""
+    from audit.store.labels import label_frame
+
+    return label_frame(store, [attribute]).set_index("uid")[attribute].reindex(uids)
 
 
 def check_against_store(store, frame: pd.DataFrame, attribute: str, name: str) -> list[str]:
@@ -109,12 +127,12 @@ def import_gold(store_path: str, name: str, path: str, *, attribute: str | None 
     """Check and store a gold file as attribute ``name`` (one transaction: all rows or none). Returns a summary."""
     from audit.store import Store
 
-    attribute = attribute or (name[5:] if name.startswith("gold_") else None)
+    attribute = attribute or (name[len(gold_name("")):] if name.startswith(gold_name("")) else None)
     if not attribute:
         raise GoldError("say which imputed attribute the gold labels audit: --attribute A (or name them gold_A)")
     frame = read_gold_file(path, uid_column=uid_column, label_column=label_column, mapping=mapping, sample=sample,
                            seed=seed)
-    sha = file_sha256(path)
+    sha = sha256_of(path)
     with Store.writer(store_path) as st:
         allowed = check_against_store(st, frame, attribute, name)
         method = f"{GOLD_METHOD}: hand labels for {attribute} from {Path(path).name} (sha256 {sha[:12]}…)"
@@ -141,7 +159,6 @@ class Accuracy:
     classes: list[str]
     counts: np.ndarray               # (gold class i, imputed class j) on covered rows
     kappa: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def coverage(self) -> float:
@@ -176,6 +193,14 @@ class Accuracy:
                 "per_class": json.loads(self.per_class().to_json(orient="records"))}
 
 
+def pair_counts(a: np.ndarray, b: np.ndarray, rows: list[str], cols: list[str]) -> np.ndarray:
+    """(len(rows), len(cols)) counts of the label pairs (a[i], b[i])."""
+    ri, ci = {c: i for i, c in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+    counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    np.add.at(counts, (np.array([ri[v] for v in a], dtype=np.int64), np.array([ci[v] for v in b], dtype=np.int64)), 1)
+    return counts
+
+
 def accuracy(gold: pd.Series, imputed: pd.Series, *, attribute: str, method: str) -> Accuracy:
     """gold, imputed: labels aligned by uid. Rows whose gold label is unknown/multiple are left out; coverage
     counts the rest whose imputed label is known; the matrix and kappa use the covered rows."""
@@ -185,10 +210,7 @@ def accuracy(gold: pd.Series, imputed: pd.Series, *, attribute: str, method: str
     g, m = g[has_gold], m[has_gold]
     cov = ~np.isin(m, list(UNLABELLED))
     classes = sorted(set(g) | set(m[cov]))
-    idx = {c: i for i, c in enumerate(classes)}
-    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(counts, (np.array([idx[v] for v in g[cov]], dtype=np.int64),
-                       np.array([idx[v] for v in m[cov]], dtype=np.int64)), 1)
+    counts = pair_counts(g[cov], m[cov], classes, classes)
     n = counts.sum()
     if n:
         po = np.trace(counts) / n

@@ -13,12 +13,13 @@ once into the torch hub cache and checked against the expected sha256).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from audit.files import sha256_of
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "data" / "models"
 NSFW_FILES = {768: "laion_nsfw_l14", 512: "laion_nsfw_b32"}
@@ -31,14 +32,6 @@ NSFW_THRESHOLD = 0.5   # clip-retrieval flags p > 0.5 as unsafe
 
 class WeightsError(ValueError):
     pass
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_weights(spec: str | None, default: Path, *, sha256: str | None = None) -> Path:
