@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.scores.base import SCORES, Score, ScoreContext
+from audit.store import slug
 from audit.scores.laion_models import (AESTHETIC_FILE, AESTHETIC_SHA256, MODELS_DIR, NSFW_FILES, NSFW_THRESHOLD,
                                        load_aesthetic, load_nsfw, resolve_weights, sha256_of)
 
@@ -38,6 +39,15 @@ def space_note(ctx: ScoreContext, dims: tuple[int, ...], what: str) -> str:
         return ""
     return (f" [model {ctx.model} is not OpenAI CLIP {arch}, the space {what} was trained on: "
             "the output carries no meaning]")
+
+
+def predict_images(ctx: ScoreContext, predict) -> np.ndarray:
+    """predict(L2-normalised image vectors) for every sample with a finite vector; NaN for the others."""
+    out = np.full(len(ctx.uids), np.nan)
+    for rows, x in ctx.unit_images():
+        ok = np.isfinite(x).all(axis=1)
+        out[rows[ok]] = predict(x[ok])
+    return out
 
 
 def _weights_params(path) -> dict:
@@ -72,7 +82,7 @@ class LaionNsfw(Score):
 
     @classmethod
     def output_names(cls, model, params) -> list[str]:
-        return [f"laion_nsfw_{_slug(model)}"]
+        return [f"laion_nsfw_{slug(model)}"]
 
     @classmethod
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
@@ -83,11 +93,9 @@ class LaionNsfw(Score):
         dim = int(ctx.store.model_info(ctx.model)["dim"])
         path = Path(ctx.params.get("weights") or MODELS_DIR / f"{NSFW_FILES[dim]}.npz")
         model = load_nsfw(dim, path)
-        out = np.full(len(ctx.uids), np.nan)
-        for rows, x in ctx.unit_images():
-            ok = np.isfinite(x).all(axis=1)
-            out[rows[ok]] = model.predict(x[ok])
-        self.run_description = f"{self.description}: {model.name} ({path.name}, sha256 {sha256_of(path)[:12]}…){note}"
+        out = predict_images(ctx, model.predict)
+        sha = ctx.params["sha256"] if ctx.params.get("weights") else ctx.params["sha256"][str(dim)]
+        self.run_description = f"{self.description}: {model.name} ({path.name}, sha256 {sha[:12]}…){note}"
         n_flag = int((out > NSFW_THRESHOLD).sum())
         ctx.echo(f"{model.name}: {n_flag:,} of {int(np.isfinite(out).sum()):,} scored samples above {NSFW_THRESHOLD}"
                  + note)
@@ -116,7 +124,7 @@ class Aesthetic(Score):
 
     @classmethod
     def output_names(cls, model, params) -> list[str]:
-        return [f"aesthetic_{_slug(model)}"]
+        return [f"aesthetic_{slug(model)}"]
 
     @classmethod
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
@@ -125,18 +133,9 @@ class Aesthetic(Score):
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         note = space_note(ctx, (768,), "the aesthetic predictor")
         path = Path(ctx.params["weights"])
-        model = load_aesthetic(path)
-        out = np.full(len(ctx.uids), np.nan)
-        for rows, x in ctx.unit_images():
-            ok = np.isfinite(x).all(axis=1)
-            out[rows[ok]] = model.predict(x[ok])
+        out = predict_images(ctx, load_aesthetic(path).predict)
         self.run_description = f"{self.description} ({path.name}, sha256 {ctx.params['sha256'][:12]}…){note}"
         if note:
             ctx.echo(note.strip())
         return {self.output_names(ctx.model, ctx.params)[0]: out}
 
-
-def _slug(model: str | None) -> str:
-    from audit.store import slug
-
-    return slug(model or "none")

@@ -68,14 +68,14 @@ def fit_centroids(x: np.ndarray, k: int, seed: int, *, iters: int = 20) -> np.nd
     """Spherical k-means centroids (k', d), unit norm, from L2-normalised rows x: faiss's default scheme (k distinct
     random rows as the start, then Lloyd steps with cosine assignment and re-normalised means). An empty cluster
     restarts at the row worst served by its centroid."""
+    from scipy.sparse import csr_matrix
+
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
     c = x[rng.choice(len(x), size=k, replace=False)].copy()
     for _ in range(iters):
         sim = x @ c.T
         a = np.argmax(sim, axis=1)
-        from scipy.sparse import csr_matrix
-
         onehot = csr_matrix((np.ones(len(x), dtype=np.float32), (a, np.arange(len(x)))), shape=(k, len(x)))
         sums = np.asarray(onehot @ x)                        # per-cluster sums (np.add.at is 20x slower)
         counts = np.bincount(a, minlength=k)
