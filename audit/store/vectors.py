@@ -77,10 +77,12 @@ def half_to_float32(h: np.ndarray) -> np.ndarray:
         import torch
     except ImportError:  # pragma: no cover - torch is a project dependency
         return h.astype(np.float32)
+    import warnings
+
     h = np.ascontiguousarray(h)
-    if not h.flags.writeable:
-        h = h.copy()
-    return torch.from_numpy(h).float().numpy()
+    with warnings.catch_warnings():   # a part's read-only buffer: torch only reads it (.float() makes a new tensor)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(h).float().numpy()
 
 
 
