@@ -9,6 +9,7 @@ from audit import charts, ui
 from audit.decide.selection import Rule
 from audit.export.csvsafe import to_csv
 from audit.measure.report import table_from_frame
+from audit.scores.semdedup import column_names
 
 store, info = ui.page("Duplicates")
 cat = info["scores"]
@@ -26,15 +27,15 @@ if not found:
 models = sorted({m for m, _, _ in found})
 model = st.selectbox("Embedding model", models, key="dd_model") if len(models) > 1 else models[0]
 runs = sorted((e, n) for m, e, n in found if m == model)
+names = column_names(model, [e for e, _ in runs])          # the score's own column names, keep/group per ε
+group_of = {k: g for k, g in zip(names["keep"], names["group"]) if g in set(cat["name"])}
 
 # ---- per ε: how many are removed --------------------------------------------------------------------------
-frame = ui.fairness_frame(store, tuple(n for _, n in runs) + tuple(n.replace("_keep_", "_group_") for _, n in runs
-                                                                   if n.replace("_keep_", "_group_") in set(cat["name"])),
-                          tuple())
+frame = ui.fairness_frame(store, tuple(names["keep"]) + tuple(group_of.values()), tuple())
 rows = []
 for eps, name in runs:
     k = frame[name]
-    g = frame.get(name.replace("_keep_", "_group_"))
+    g = frame[group_of[name]] if name in group_of else None
     scored = int(k.notna().sum())
     removed = int((k == 0).sum())
     n_groups = int(g[g > 0].nunique()) if g is not None else None
@@ -52,8 +53,7 @@ c1.dataframe(summary, hide_index=True, width="stretch",
                             "groups": st.column_config.NumberColumn(help="duplicate groups (connected components)"),
                             "in groups": st.column_config.NumberColumn(help="samples in a duplicate group")})
 c2.plotly_chart(charts.dedup_curve(summary), width="stretch")
-cluster_col = f"semdedup_cluster_{runs[0][1].split('_keep_', 1)[1].rsplit('_eps', 1)[0]}"
-desc = cat.set_index("name")["description"].get(cluster_col, "SemDeDup")
+desc = cat.set_index("name")["description"].get(names["cluster"][0], "SemDeDup")
 st.caption(f"`{model}`: {ui.md(str(desc))}. A sample without a usable vector is not scored.")
 
 # ---- who loses most ---------------------------------------------------------------------------------------
@@ -100,9 +100,8 @@ st.code(f"python -m audit report --store {ui.store_path()} --keep '{rule}' --by 
 
 # ---- examples ---------------------------------------------------------------------------------------------
 st.subheader("Largest duplicate groups")
-group_name = keep_name.replace("_keep_", "_group_")
-if group_name in set(cat["name"]):
-    ex = ui.duplicate_examples(store, group_name, keep_name, limit_groups=5)
+if keep_name in group_of:
+    ex = ui.duplicate_examples(store, group_of[keep_name], keep_name, limit_groups=5)
     if ex.empty:
         st.info(f"No duplicate groups at ε={eps_pick:g}.")
     for gid, part in ex.groupby("group", sort=False):
