@@ -295,6 +295,30 @@ def test_fixing_a_missing_npz_moves_its_rows_from_rejects_to_samples(tmp_path):
     assert both == set(r.loc[r["reason"] == "duplicate_uid", "uid"])
 
 
+def test_datacomp_metadata_without_npz_with_no_vectors(tmp_path):
+    """--no-vectors: the parquet alone gives the same samples and similarity scores as with its npz, no vectors."""
+    from audit.demo.simulate import SimConfig, write_pool
+
+    info = write_pool(tmp_path / "meta", SimConfig(rows=300, seed=4, vectors=False))
+    assert not list((tmp_path / "meta").glob("*.npz"))
+    full_info = write_pool(tmp_path / "full", SimConfig(rows=300, seed=4))
+    meta, full = str(tmp_path / "m.duckdb"), str(tmp_path / "f.duckdb")
+    ingest("datacomp", info["files"], store_path=meta, vectors=False, **quiet)
+    ingest("datacomp", full_info["files"], store_path=full, **quiet)
+    rows = sum(len(pd.read_parquet(f)) for f in info["files"])
+    with Store.reader(meta) as a, Store.reader(full) as b:
+        assert accounted(meta) == rows == accounted(full) and a.models().empty and not b.models().empty
+        # rows rejected for their vectors in the full pool are samples here: every other row is the same
+        nan_rows = set(b.df("SELECT uid FROM rejects WHERE reason = 'nan_embedding'")["uid"])
+        assert nan_rows and nan_rows <= set(a.df("SELECT uid FROM samples")["uid"])
+        for q in ("SELECT uid, name, value FROM scores ORDER BY uid, name",
+                  "SELECT uid, caption, url, width, height FROM samples ORDER BY uid"):
+            got = a.df(q)
+            pd.testing.assert_frame_equal(got[~got["uid"].isin(nan_rows)].reset_index(drop=True), b.df(q))
+    with pytest.raises(ValueError, match="datacomp"):
+        ingest("parquet", info["files"], store_path=str(tmp_path / "x.duckdb"), vectors=False, **quiet)
+
+
 def test_same_bytes_give_the_same_vector_parts_and_seeded_results(tmp_path):
     """Vector parts are named by content, not file times: a copy with other mtimes gives the same store."""
     import shutil

@@ -19,6 +19,8 @@ def configure(p) -> None:
                    help="allow ingesting into the demo store when no --store is given")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="images with more pixels are rejected as too_large before decoding (default: %(default)s)")
+    p.add_argument("--no-vectors", action="store_true",
+                   help="datacomp: read the parquet alone (rows and similarity scores), without the npz embeddings")
     p.set_defaults(func=run)
 
 
@@ -36,5 +38,6 @@ def run(a) -> int:
     if "AUDIT_STORE" not in os.environ and a.store == DEMO_STORE and not store_given and not a.force:
         raise ValueError(f"no --store given: this would add your data to the demo store {DEMO_STORE}. Give "
                          f"--store PATH for your pool (or --force to add it to the demo store)")
-    ingest(a.format, a.paths, store_path=a.store, source=a.source, simulated=a.simulated, max_pixels=a.max_pixels)
+    ingest(a.format, a.paths, store_path=a.store, source=a.source, simulated=a.simulated, max_pixels=a.max_pixels,
+           vectors=not a.no_vectors)
     return 0

@@ -105,6 +105,7 @@ class SimConfig:
     bad_rows: bool = True
     dims: tuple[int, int] = (512, 768)   # b32, l14
     float16: bool = True
+    vectors: bool = True            # False: the parquet alone, no npz (a pool's metadata before its embeddings)
     # imputation noise of the caption lexicon: P(a caption that names a gender names the other one | age), as
     # captioners and alt texts mistake the gender of children and older people more often (CAPTION_GENDER_ERROR)
     caption_gender_error: tuple[tuple[str, float], ...] | None = None
@@ -351,7 +352,8 @@ def write_pool(out_dir: str | Path, cfg: SimConfig, progress=None) -> dict:
         shards = [(f"{i:08d}", part) for i, part in enumerate(np.array_split(np.arange(len(truth)), cfg.shards))]
     vecs = {}
     for key, dim, col in (("b32", cfg.dims[0], "score_b32"), ("l14", cfg.dims[1], "score_l14")):
-        vecs[key] = embed_truth(truth, dim, truth[col].to_numpy(), cfg.seed)
+        if cfg.vectors:
+            vecs[key] = embed_truth(truth, dim, truth[col].to_numpy(), cfg.seed)
     dtype = np.float16 if cfg.float16 else np.float32
     files = []
     for name, rows in shards:
@@ -368,12 +370,13 @@ def write_pool(out_dir: str | Path, cfg: SimConfig, progress=None) -> dict:
         pq_path = out / f"{name}.parquet"
         meta.to_parquet(pq_path, index=False)
         arrays = {}
-        for key in ("b32", "l14"):
+        for key in vecs:
             img, txt = vecs[key][0][rows].astype(dtype), vecs[key][1][rows].astype(dtype)
             if len(nan_rows):
                 img[nan_rows, 0] = np.nan
             arrays[f"{key}_img"], arrays[f"{key}_txt"] = img, txt
-        np.savez(out / f"{name}.npz", **arrays)
+        if arrays:
+            np.savez(out / f"{name}.npz", **arrays)
         files.append(str(pq_path))
         if progress:
             progress(name, len(rows))

@@ -75,8 +75,9 @@ class IngestReport:
 class Batch:
     """Accepted rows and rejects of one input file, checked for duplicate uids before writing."""
 
-    def __init__(self, source: str, fmt: str, *, max_pixels: int = images.DEFAULT_MAX_PIXELS):
+    def __init__(self, source: str, fmt: str, *, max_pixels: int = images.DEFAULT_MAX_PIXELS, vectors: bool = True):
         self.source, self.fmt, self.max_pixels = source, fmt, max_pixels
+        self.vectors = vectors   # datacomp: False reads the parquet alone (no npz needed, no vectors stored)
         self.rows: list[dict] = []
         self.frames: list[pd.DataFrame] = []   # accepted rows built column-wise (datacomp)
         self.rejects: list[dict] = []

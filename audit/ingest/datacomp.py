@@ -59,17 +59,20 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
     if missing:
         return reject_all("missing_column", f"parquet lacks column(s) {', '.join(missing)}")
     npz_path = path.with_suffix(".npz")
-    if not npz_path.exists():
-        return reject_all("missing_npz", f"no {npz_path.name} beside the parquet")
     arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(npz_path) as npz:
-            for key in ("b32_img", "b32_txt", "l14_img", "l14_txt"):
-                if key not in npz.files:
-                    return reject_all("missing_npz_key", f"{npz_path.name} has no array {key}")
-                arrays[key] = npz[key]
-    except Exception as exc:
-        return reject_all("corrupt_npz", f"cannot read {npz_path.name}: {exc}")
+    if not batch.vectors:
+        pass
+    elif not npz_path.exists():
+        return reject_all("missing_npz", f"no {npz_path.name} beside the parquet (or ingest with --no-vectors)")
+    else:
+        try:
+            with np.load(npz_path) as npz:
+                for key in ("b32_img", "b32_txt", "l14_img", "l14_txt"):
+                    if key not in npz.files:
+                        return reject_all("missing_npz_key", f"{npz_path.name} has no array {key}")
+                    arrays[key] = npz[key]
+        except Exception as exc:
+            return reject_all("corrupt_npz", f"cannot read {npz_path.name}: {exc}")
     for key, arr in arrays.items():
         dim = DATACOMP_DIMS[key[:3]]
         if arr.ndim != 2 or arr.shape[0] != n:
@@ -121,4 +124,6 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
     batch.frames.append(accepted)   # captions exactly as given: DataComp's rules measure the raw text
     idx = keep_idx
     batch.scores = scores
+    if not arrays:
+        return {}
     return {f"datacomp_{m}": (idx, arrays[f"{m}_img"], arrays[f"{m}_txt"]) for m in ("b32", "l14")}

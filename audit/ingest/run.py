@@ -83,8 +83,9 @@ def expand_inputs(fmt: str, paths: Iterable[str]) -> list[Path]:
 
 def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | None = None,
            simulated: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
-           max_pixels: int = images.DEFAULT_MAX_PIXELS) -> IngestReport:
-    """Ingest every input file; one short write transaction per file."""
+           max_pixels: int = images.DEFAULT_MAX_PIXELS, vectors: bool = True) -> IngestReport:
+    """Ingest every input file; one short write transaction per file. ``vectors=False`` (datacomp): the parquet's
+    rows and similarity scores without the npz (no embeddings stored)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     inputs = expand_inputs(fmt, paths)
@@ -95,6 +96,10 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
             raise FileNotFoundError(f"input not found: {p}")
     total = IngestReport()
     params = {"format": fmt, "inputs": [str(p.resolve()) for p in inputs], "source": source, "max_pixels": max_pixels}
+    if not vectors:
+        if fmt != "datacomp":
+            raise ValueError("--no-vectors applies to the datacomp format (its npz files)")
+        params["vectors"] = False
     from tqdm import tqdm
 
     bar = tqdm(inputs, desc=f"ingest {fmt}", unit="file", disable=not progress)
@@ -108,7 +113,7 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
         if done:
             total.skipped_inputs.append(str(p))
             continue
-        total.add(_ingest_one(fmt, p, fp, src, store_path, run_id, simulated, max_pixels))
+        total.add(_ingest_one(fmt, p, fp, src, store_path, run_id, simulated, max_pixels, vectors))
     with Store.writer(store_path) as st:
         st.end_run(run_id, rows_in=total.rows_in, rows_out=total.accepted,
                    rows_rejected=sum(total.rejected.values()))
@@ -136,7 +141,7 @@ SAMPLE_FIELDS = ["uid", "caption", "url", "width", "height", "stored_width", "st
 
 
 def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run_id: int,
-                simulated: bool, max_pixels: int) -> IngestReport:
+                simulated: bool, max_pixels: int, vectors: bool = True) -> IngestReport:
     """Read one input file and write all of it in one transaction: a kill leaves the store as it was.
 
     Vector parts are written first, named by the input's content (``fp``), so a rerun rewrites the same files
@@ -144,7 +149,7 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
     of a model already registered are read as soon as they are renamed into place (until the rerun, a kill can
     leave vectors whose samples were rolled back).
     """
-    batch = Batch(source, fmt, max_pixels=max_pixels)
+    batch = Batch(source, fmt, max_pixels=max_pixels, vectors=vectors)
     vectors = FILLERS[fmt](batch, path) or {}
     rep = IngestReport()
     checkpoint("ingest.read")
@@ -192,7 +197,7 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
                 st.append_scores(name, frame["uid"].tolist(), values[rows_idx.astype(np.int64)], run_id=run_id,
                                  kind="datacomp", model=f"datacomp_{name.split('_')[1]}", simulated=simulated,
                                  description="CLIP similarity from the DataComp parquet (OpenAI CLIP)")
-            st.add_samples(frame.drop(columns=["_row"]))
+            st.add_samples(frame.drop(columns=["_row"]), run_id=run_id)
             checkpoint("ingest.samples_written")
             # a uid accepted now (the input was fixed) leaves the rejects: never in both tables
             st.clear_ingest_rejects(frame["uid"])
