@@ -22,8 +22,9 @@ import streamlit as st
 from audit.decide.preview import PreviewData
 from audit.config import default_store
 from audit.measure.metrics import MIN_N  # noqa: F401 (pages read ui.MIN_N)
-from audit.store import Store, StoreError, snapshot, store_version, vectors_dir
+from audit.store import Store, StoreError, parts_dir, snapshot, store_version, vectors_dir
 
+DUCKDB_MEMORY = "1GB"   # the dashboard's DuckDB spills larger sorts and joins to disk instead of growing
 HASH = {Store: lambda s: s.path}  # a snapshot path names one version of the store
 
 
@@ -40,10 +41,11 @@ def _snapshot_dir(path: str) -> Path:
 def _open_snapshot(path: str, version: int) -> Store:
     snap = snapshot(path, _snapshot_dir(path), wait_s=20)
     try:   # our copy: add the columns newer versions write (another dashboard process may hold it: it did this)
-        Store.open(snap, read_only=False, wait_s=1, vectors_root=vectors_dir(path)).close()
+        Store.open(snap, read_only=False, wait_s=1, vectors_root=vectors_dir(path), parts_root=parts_dir(path)).close()
     except Exception:
         pass
-    return Store.open(snap, read_only=True, vectors_root=vectors_dir(path))
+    return Store.open(snap, read_only=True, vectors_root=vectors_dir(path), parts_root=parts_dir(path),
+                      memory_limit=DUCKDB_MEMORY)
 
 
 def get_store() -> Store | None:
@@ -119,15 +121,51 @@ def overview(store: Store) -> dict:
             "attributes": store.attribute_catalog()}
 
 
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
+def uids_at(store: Store, rows: tuple[int, ...]) -> list[str]:
+    return store.uids_at(list(rows))
+
+
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
+def uid_row(store: Store, uid: str) -> int | None:
+    return store.uid_row(uid)
+
+
+@st.cache_data(max_entries=32, show_spinner=False, hash_funcs=HASH)
+def score_histogram(store: Store, score: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    return store.score_histogram(score, bins)
+
+
 @st.cache_data(max_entries=16, show_spinner="Loading score values…", hash_funcs=HASH)
 def score_values(store: Store, score: str) -> np.ndarray:
     return store.score_values(score)
 
 
-@st.cache_resource(max_entries=16, show_spinner="Loading the score and groups…", hash_funcs=HASH)
+@st.cache_resource(max_entries=3, show_spinner="Sorting the score by group…", hash_funcs=HASH)
 def preview_data(store: Store, score: str, group: str) -> PreviewData:
-    """Held as a resource (not copied per call: at 1M rows a copy costs more than the preview). Read-only."""
-    return PreviewData.from_frame(store.score_and_groups(score, group))
+    """The slider's sketch (~13 bytes per sample). Held as a resource, not copied per call. Read-only."""
+    values, codes, labels = store.score_group_arrays(score, group)
+    return PreviewData.from_arrays(values, codes, labels)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def group_codes(store: Store, group: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes in uid order, sorted labels) of a group column, for recipes evaluated over the whole pool."""
+    _, codes, labels = store.score_group_arrays(None, group)
+    return codes, labels
+
+
+@st.cache_resource(max_entries=4, show_spinner="Drawing examples of each group…", hash_funcs=HASH)
+def group_examples(store: Store, score: str, group: str, per_group: int = 2000) -> pd.DataFrame:
+    """A uniform random draw of up to ``per_group`` scored samples of each group (uid, value, grp, in random order),
+    drawn once: the examples of a slider position are its kept / excluded members, not a query per move."""
+    return store.group_examples(score, group, per_group)
+
+
+@st.cache_data(max_entries=32, show_spinner=False, hash_funcs=HASH)
+def more_examples(store: Store, score: str, group: str, label: str, tau: float, kept: bool, k: int = 8) -> pd.DataFrame:
+    """Examples of one side of τ in one group when the draw of group_examples has too few (a rare side)."""
+    return store.group_examples(score, group, k, label=label, tau=tau, kept=kept)
 
 
 @st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
@@ -166,11 +204,22 @@ def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- labels ------------------------------------------------------------------------------------
+_LABELS: dict[int, tuple[pd.DataFrame, dict[str, str]]] = {}
+
+
 def score_label(cat: pd.DataFrame, name: str) -> str:
-    row = cat[cat["name"] == name]
-    if row.empty:
-        return name
-    r = row.iloc[0]
+    """A score's name with where it came from and its provenance tags. Select boxes call this once per option on
+    every rerun: the labels of one catalogue frame are built once (a frame filter per call cost ~3 ms)."""
+    got = _LABELS.get(id(cat))
+    if got is None or got[0] is not cat:
+        got = (cat, {str(r["name"]): _score_label_row(r) for r in cat.to_dict("records")})
+        _LABELS.clear()
+        _LABELS[id(cat)] = got
+    return got[1].get(name, name)
+
+
+def _score_label_row(r: dict) -> str:
+    name = str(r["name"])
     tags = []
     if bool(r["random_weights"]):
         tags.append("random weights")
@@ -184,9 +233,14 @@ def score_label(cat: pd.DataFrame, name: str) -> str:
 
 
 def group_label(store: Store, col: str) -> str:
-    if col in store.attributes():
+    if col in attributes(store):
         return f"{col} (imputed)"
     return col
+
+
+@st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
+def attributes(store: Store) -> tuple[str, ...]:
+    return tuple(store.attributes())
 
 
 def store_caption(store: Store, info: dict) -> None:
@@ -341,7 +395,7 @@ def balance_clip(store: Store, score: str, budget: float):
 
 
 # ---- score columns of the Filter preview's recipes and comparison -----------------------------------------
-@st.cache_resource(max_entries=64, show_spinner=False, hash_funcs=HASH)
+@st.cache_resource(max_entries=6, show_spinner=False, hash_funcs=HASH)
 def score_column(store: Store, name: str) -> np.ndarray:
     """One score for every sample, ORDER BY uid (aligned with preview_data). Held, not copied: read-only."""
     return store.score_frame([name])[name].to_numpy(dtype=float)
@@ -349,6 +403,43 @@ def score_column(store: Store, name: str) -> np.ndarray:
 
 def score_columns(store: Store, names) -> dict[str, np.ndarray]:
     return {n: score_column(store, n) for n in names}
+
+
+@st.cache_resource(max_entries=8, show_spinner="Applying filter B to the pool…", hash_funcs=HASH)
+def recipe_keep(store: Store, spec: str) -> np.ndarray:
+    """Keep mask (uid order) of a recipe; cached, so a move of another slider does not evaluate it again."""
+    from audit.decide.recipes import Recipe
+
+    recipe = Recipe.parse(spec, names=store.score_names())
+    return recipe.evaluate(score_columns(store, recipe.scores()), n=int(store.count("samples"))).keep
+
+
+@st.cache_resource(max_entries=8, show_spinner=False, hash_funcs=HASH)
+def recipe_rates(store: Store, spec: str, group: str, min_n: int) -> pd.DataFrame:
+    from audit.measure.metrics import rates_from_codes
+
+    codes, labels = group_codes(store, group)
+    return rates_from_codes(recipe_keep(store, spec), codes, labels, min_n=min_n)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def overlap_index(store: Store, score: str, group: str, spec_b: str) -> np.ndarray:
+    """Cumulative count of filter B's kept samples along the sketch's sorted order of ``score`` (int32/64, F + 1):
+    both(τ) = index[n_kept(τ)], O(1) per move of A's slider."""
+    data = preview_data(store, score, group)
+    keep_b = recipe_keep(store, spec_b)
+    out = np.zeros(len(data.order) + 1, dtype=np.int64)
+    np.cumsum(keep_b[data.order], out=out[1:])
+    return out
+
+
+@st.cache_resource(max_entries=8, show_spinner="Binning both scores…", hash_funcs=HASH)
+def density_figure(store: Store, a: str, b: str):
+    """The 60 × 60 density of two scores over every sample (independent of the sliders: drawn once)."""
+    from audit import charts
+
+    return charts.density_chart(score_column(store, a), score_column(store, b), xlabel=a, ylabel=b,
+                                title="Both scores, every sample")
 
 
 @st.cache_data(max_entries=64, show_spinner="Ranking both scores…", hash_funcs=HASH)
@@ -452,7 +543,7 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
                 values: np.ndarray | None = None, top_default: float | None = 0.30):
     """The slider of a one-score keep rule: 'top fraction' (DataComp) or 'threshold' (keep score ≥ t).
 
-    ``values``: the score's values sorted descending (the Filter preview has them already), else read here.
+    ``values``: the score's finite values sorted descending (the Filter preview's sketch has them), else read here.
     Returns the Rule, or None when the score has no values (a warning is shown).
     """
     from audit.decide.selection import Rule
@@ -461,13 +552,16 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
         kw = {} if top_default is None else {"value": top_default}
         value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, step=0.01, key=top_key, **kw)
         return Rule(score, "top", float(value))
-    vals = values if values is not None else score_values(store, score)
-    vals = vals[~np.isnan(vals)]
+    if values is None:
+        vals = score_values(store, score)
+        vals = -np.sort(-vals[~np.isnan(vals)])
+    else:
+        vals = values   # finite, descending: the bounds and the start are lookups, not passes over the pool
     if len(vals) == 0:
         st.warning(f"No sample has a value for {score}.")
         return None
-    lo, hi = float(vals.min()), float(vals.max())
-    start = float(np.quantile(vals, 0.7, method="lower"))
+    lo, hi = float(vals[-1]), float(vals[0])
+    start = float(vals[len(vals) - 1 - int(0.7 * (len(vals) - 1))])   # np.quantile(vals, 0.7, method="lower")
     value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
                       key=threshold_key)
     return Rule(score, ">=", float(value))

@@ -99,6 +99,7 @@ def main() -> None:
     import torch
 
     from audit.embed.runner import embed, make_embedder
+    from audit.store import copy_store
 
     work = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     try:
@@ -131,7 +132,7 @@ def main() -> None:
                                                                     for i in range(0, len(x), b)]))
                 add("text fwd", name, len(images) / timed(lambda: [e.encode_texts(c) for c in caps]))
                 fresh = str(work / f"e2e-{name}-{r}.duckdb")
-                shutil.copy(store, fresh)
+                copy_store(store, fresh)
                 rep = embed(fresh, embedder=e, batch_size=b, progress=False, echo=lambda s: None)
                 assert rep.embedded == len(images), rep
                 add("embed e2e", name, rep.embedded / rep.seconds)

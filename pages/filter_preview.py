@@ -5,8 +5,8 @@ import streamlit as st
 
 from audit import charts, ui
 from audit.measure.metrics import rates_from_codes
-from audit.decide.recipes import (FILTER_TITLES, Recipe, default_score, exact_spec, named_filters, overlap, paper_presets,
-                                  paper_scores)
+from audit.decide.recipes import (FILTER_TITLES, Recipe, default_score, exact_spec, named_filters, overlap,
+                                  overlap_counts, paper_presets, paper_scores)
 from audit.decide.selection import RuleError
 
 store, info = ui.page("Filter preview")
@@ -110,7 +110,8 @@ simple = spec == (exact_spec(rule) if rule is not None else None)
 min_n = st.sidebar.number_input("Minimum n per group (smaller groups are greyed)", 1, 10_000, ui.MIN_N)
 ev = None
 if simple:  # one rule on one score: the fast path (no other columns are read)
-    table, tau, keep = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
+    table, tau = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
+    keep = None   # the sketch counts; no per-sample mask is made on a slider move
     st.session_state["keep_specs"] = [str(rule)] if rule.op == "top" else [exact_spec(rule)]
     st.session_state["keep_recipe"] = None
     shown = rule.reason
@@ -127,14 +128,15 @@ else:
         st.error(str(exc))
         st.stop()
     keep = ev.keep
-    table = rates_from_codes(keep, data.codes, data.labels, min_n=int(min_n))
+    codes, labels = ui.group_codes(store, group)
+    table = rates_from_codes(keep, codes, labels, min_n=int(min_n))
     tau = ev.thresholds.get(str(rule), float("nan")) if rule is not None else float("nan")
     st.session_state["keep_specs"] = ev.as_rules()
     st.session_state["keep_recipe"] = str(recipe)
     shown = str(recipe)
     keeps_a = str(recipe)
 
-kept = int(keep.sum())
+kept = int(table.attrs["kept"])
 if simple and rule.op == "top":
     target = min(int(data.n * rule.value) + 1, len(data.sorted_desc))
     if kept > target:
@@ -176,7 +178,8 @@ with left:
                    "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden)."
                    + ui.accuracy_note(store, group))
 with right:
-    st.plotly_chart(charts.histogram(data.values, title=f"{score}", tau=tau if np.isfinite(tau) else None),
+    counts, edges = data.histogram()
+    st.plotly_chart(charts.histogram_bins(counts, edges, title=f"{score}", tau=tau if np.isfinite(tau) else None),
                     width="stretch")
     if ev is None:
         st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
@@ -203,13 +206,13 @@ if ev is not None and ev.failed:
     excluded_idx = np.flatnonzero(~keep)
     if len(excluded_idx):
         pick = np.random.default_rng(0).choice(excluded_idx, size=min(200, len(excluded_idx)), replace=False)
-        pick_uids = [str(u) for u in data.uids[np.sort(pick)]]
+        pick_uids = ui.uids_at(store, tuple(int(x) for x in np.sort(pick)))
         w1, w2 = st.columns([1, 2])
         chosen = w1.selectbox("An excluded sample", pick_uids, key="why_pick")
         typed = w1.text_input("…or any uid", key="why_uid").strip()
         uid = typed or chosen
-        pos = np.searchsorted(data.uids.astype(str), uid)
-        if pos >= data.n or str(data.uids[pos]) != uid:
+        pos = ui.uid_row(store, uid)
+        if pos is None:
             w2.error(f"No sample with uid {uid!r} in this store.")
         else:
             frame = ui.samples(store, (uid,))
@@ -242,11 +245,14 @@ cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder=
 spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
 try:
     rb = Recipe.parse(spec_b, names=names)
-    keep_b = rb.evaluate(ui.score_columns(store, rb.scores()), n=data.n).keep
+    keep_b = ui.recipe_keep(store, spec_b)
 except RuleError as exc:
     st.error(f"Filter B: {exc}")
     st.stop()
-ov = overlap(keep, keep_b)
+if keep is not None:
+    ov = overlap(keep, keep_b)
+else:   # A is one rule: its kept set is a prefix of the sketch's order, and B's count along it is indexed
+    ov = overlap_counts(kept, int(keep_b.sum()), int(ui.overlap_index(store, score, group, spec_b)[data.n_kept(tau)]))
 rho, n_rho = ui.spearman(store, score, cmp_score)
 mc = st.columns(5)
 mc[0].metric("A keeps", f"{ov['kept_a']:,}")
@@ -255,26 +261,38 @@ mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only
 mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
 mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
              help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
-table_b = rates_from_codes(keep_b, data.codes, data.labels, min_n=int(min_n))
+table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
 g1, g2 = st.columns([3, 2])
 g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
                                  label_a="A keeps " + _short(keeps_a),
                                  label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
                                                             else str(rb))), width="stretch")
-g2.plotly_chart(charts.density_chart(ui.score_column(store, score), ui.score_column(store, cmp_score),
-                                 xlabel=score, ylabel=cmp_score, title="Both scores, every sample"),
-                width="stretch")
+g2.plotly_chart(ui.density_figure(store, score, cmp_score), width="stretch")
 
 st.subheader("Samples of a group")
 gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")
 reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagged NSFW are blurred until revealed.")
-code = int(np.flatnonzero(data.labels == gsel)[0])
-in_group = data.codes == code
-rng = np.random.default_rng(0)
 blur = ui.blur_uids(store)
-for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
-    idx = np.flatnonzero(mask)
-    pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
-    st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
-    frame = ui.samples(store, tuple(data.uids[pick]))
-    ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)
+if keep is None:   # examples from a draw made once per (score, group): a move picks among them
+    ex = ui.group_examples(store, score, group)
+    ex = ex[ex["grp"] == gsel]
+    side = {"Kept": ex[ex["value"] >= tau], "Excluded": ex[ex["value"] < tau]}
+    n_side = dict(zip(("Kept", "Excluded"), (int(x) for x in (
+        table.loc[table["group"] == gsel, "kept"].iloc[0],
+        table.loc[table["group"] == gsel, "n"].iloc[0] - table.loc[table["group"] == gsel, "kept"].iloc[0]))))
+    for title, part in side.items():
+        if len(part) < 8:
+            part = ui.more_examples(store, score, group, gsel, float(tau), title == "Kept")
+        uids = part["uid"].head(8).tolist()
+        st.markdown(f"**{title}** ({n_side[title]:,} in {ui.md(gsel)}; showing {len(uids)})")
+        ui.show_samples(store, ui.samples(store, tuple(uids)), reveal=reveal, blur_uids=blur)
+else:
+    codes, labels = ui.group_codes(store, group)
+    in_group = codes == int(np.flatnonzero(labels == gsel)[0])
+    rng = np.random.default_rng(0)
+    for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
+        idx = np.flatnonzero(mask)
+        pick = np.sort(rng.choice(idx, size=min(8, len(idx)), replace=False)) if len(idx) else idx
+        st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
+        frame = ui.samples(store, tuple(ui.uids_at(store, tuple(int(x) for x in pick))))
+        ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)

@@ -35,10 +35,10 @@ else:
                             format_func=lambda n: ui.score_label(cat, n))
     hcols = st.columns(max(1, min(3, len(chosen))))
     for i, name in enumerate(chosen):
-        v = ui.score_values(store, name)
+        counts, edges = ui.score_histogram(store, name)
         with hcols[i % len(hcols)]:
-            st.plotly_chart(charts.histogram(v, title=ui.score_label(cat, name)), width="stretch")
-            st.caption(f"{len(v):,} values")
+            st.plotly_chart(charts.histogram_bins(counts, edges, title=ui.score_label(cat, name)), width="stretch")
+            st.caption(f"{int(counts.sum()):,} values")
 
 with st.expander("Embedding models"):
     models = info["models"]

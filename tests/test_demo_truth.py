@@ -40,7 +40,7 @@ def table_for(store, group, truth=None, truth_col=None):
         else:
             frame = st.score_and_groups(SCORE, group)
     data = PreviewData.from_frame(frame)
-    table, tau, keep = data.table("threshold", T, min_n=30)
+    table, tau = data.table("threshold", T, min_n=30)
     return table.set_index("group"), frame
 
 

@@ -47,9 +47,9 @@ def photos(tmp_path_factory) -> str:
 
 
 def copy_store(src: str, dest_dir: Path) -> str:
-    dest = dest_dir / "s.duckdb"
-    shutil.copy(src, dest)
-    return str(dest)
+    from audit.store import copy_store as copy
+
+    return str(copy(src, dest_dir / "s.duckdb"))
 
 
 def with_image(store: str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,12 +84,9 @@ def _cli(store: str, args: list[str], kill: str | None = None) -> subprocess.Com
 
 
 def _copy_store(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst)
-    if Path(src + ".wal").exists():
-        shutil.copyfile(src + ".wal", dst + ".wal")
-    v_src = Path(src).with_name(Path(src).stem + ".vectors")
-    if v_src.exists():
-        shutil.copytree(v_src, Path(dst).with_name(Path(dst).stem + ".vectors"))
+    from audit.store import copy_store
+
+    copy_store(src, dst)
 
 
 def state(store: str, export: Path | None = None) -> dict:

@@ -1,5 +1,4 @@
 """DuckDB allows one writer process and then no reader at all: the dashboard must survive CLI writes."""
-import shutil
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ import pytest
 
 from streamlit.testing.v1 import AppTest
 
-from audit.store import Store, snapshot
+from audit.store import Store, copy_store, snapshot
 from conftest import APP, ROOT
 
 HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from audit.store import Store\n"
@@ -19,7 +18,7 @@ HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from audit.store import
 
 def test_snapshot_waits_for_a_short_writer(demo_store, tmp_path):
     live = tmp_path / "live.duckdb"
-    shutil.copyfile(demo_store, live)
+    copy_store(demo_store, live)
     proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT), path=str(live), secs=2)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
@@ -34,7 +33,7 @@ def test_snapshot_waits_for_a_short_writer(demo_store, tmp_path):
 
 def test_cli_writes_while_the_dashboard_is_open(demo_store, tmp_path, monkeypatch):
     live = tmp_path / "live.duckdb"
-    shutil.copyfile(demo_store, live)
+    copy_store(demo_store, live)
     monkeypatch.setenv("AUDIT_STORE", str(live))
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
@@ -53,15 +52,17 @@ def test_cli_writes_while_the_dashboard_is_open(demo_store, tmp_path, monkeypatc
 
 def test_snapshot_reads_the_live_stores_vectors(demo_store, tmp_path):
     """The dashboard's snapshot copy has no vectors folder of its own: it must read the live one."""
-    from audit.store import vectors_dir
+    from audit.store import parts_dir, vectors_dir
     from audit.store.vectors import iter_vectors
 
     snap = snapshot(demo_store, tmp_path / "snaps", wait_s=30)
     with Store.reader(demo_store) as live:
         n_live = sum(len(u) for u, _ in iter_vectors(live, "datacomp_l14"))
-    st = Store.open(snap, read_only=True, vectors_root=vectors_dir(demo_store))
+        live_samples = live.count("samples")
+    st = Store.open(snap, read_only=True, vectors_root=vectors_dir(demo_store), parts_root=parts_dir(demo_store))
     try:
         assert sum(len(u) for u, _ in iter_vectors(st, "datacomp_l14")) == n_live > 0
+        assert st.count("samples") == live_samples > 0   # and its parts
     finally:
         st.close()
 

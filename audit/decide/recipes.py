@@ -286,10 +286,15 @@ def evaluate_specs(specs: str | Sequence[str], columns: dict[str, np.ndarray], n
 def overlap(a: np.ndarray, b: np.ndarray) -> dict:
     """Kept-set overlap of two filters (bool masks over the same pool)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
-    both, union = int((a & b).sum()), int((a | b).sum())
-    return {"kept_a": int(a.sum()), "kept_b": int(b.sum()), "both": both, "only_a": int((a & ~b).sum()),
-            "only_b": int((b & ~a).sum()), "jaccard": both / union if union else float("nan"),
-            "share_of_a_in_b": both / int(a.sum()) if a.any() else float("nan")}
+    return overlap_counts(int(a.sum()), int(b.sum()), int((a & b).sum()))
+
+
+def overlap_counts(kept_a: int, kept_b: int, both: int) -> dict:
+    """The overlap of two kept sets from their sizes and the size of their intersection."""
+    union = kept_a + kept_b - both
+    return {"kept_a": kept_a, "kept_b": kept_b, "both": both, "only_a": kept_a - both, "only_b": kept_b - both,
+            "jaccard": both / union if union else float("nan"),
+            "share_of_a_in_b": both / kept_a if kept_a else float("nan")}
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

@@ -45,7 +45,15 @@ def rates_from_codes(keep: np.ndarray, codes: np.ndarray, labels: np.ndarray, *,
     """
     keep = np.asarray(keep, dtype=bool)
     n = np.bincount(codes, minlength=len(labels)).astype(np.int64)
-    kept = np.bincount(codes, weights=keep, minlength=len(labels)).round().astype(np.int64)
+    kept = np.bincount(codes[keep], minlength=len(labels)).astype(np.int64)
+    return rates_from_counts(n, kept, labels, min_n=min_n)
+
+
+def rates_from_counts(n: np.ndarray, kept: np.ndarray, labels: np.ndarray, *, min_n: int = 30) -> pd.DataFrame:
+    """The per-group table of rates_from_codes from the counts themselves (n and kept per group, in label order):
+    what a slider move needs when the counts come from a sketch (audit/decide/preview.py), O(groups)."""
+    n = np.asarray(n, dtype=np.int64)
+    kept = np.asarray(kept, dtype=np.int64)
     total_n, total_kept = int(n.sum()), int(kept.sum())
     overall = total_kept / total_n if total_n else float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,9 +1,10 @@
 """The audit store: the only SQL and the only vector file I/O of the project.
 
-One DuckDB file (samples, rejects, runs, scores, annotations, catalogues) plus a folder of float16 Parquet
-vectors beside it::
+One small DuckDB file (runs, rejects, catalogues), a folder of Parquet parts for the per-row tables and a folder
+of float16 Parquet vectors beside it::
 
-    data/demo.duckdb               tables (schema.py)
+    data/demo.duckdb               tables (schema.py) and views over the parts
+    data/demo.parts/<table>/<key>/<run>-<id>.parquet   samples, scores, annotations, embedding_map (parts.py)
     data/demo.vectors/<model>/part-000000.parquet   uid, img, txt (vectors.py)
 
 store.py   opening (writer/reader with lock retry), the dashboard's snapshot, runs, samples, scores, annotations
@@ -11,9 +12,11 @@ schema.py  every CREATE statement, allow-listed columns, identifier checks
 labels.py  per-sample label/caption/score columns for group tables and balancing (whole pool or streamed)
 results.py analysis results (origin probe, embedding map) and the meta key/value table
 vectors.py writing and reading the vector parts
+parts.py   the per-row tables' Parquet parts, their catalogue, migration of older stores, clean-up
 
 Style: ``Store`` methods cover the core tables; the topic modules are functions taking a ``Store`` first.
 """
+from audit.store.parts import parts_dir  # noqa: F401
 from audit.store.schema import SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, StoreError, ident, slug  # noqa: F401
-from audit.store.store import (Store, connect, failed_run_guard, param_key, pid_alive, snapshot,  # noqa: F401
+from audit.store.store import (Store, connect, copy_store, failed_run_guard, param_key, pid_alive, snapshot,  # noqa: F401
                                store_version, vectors_dir)

@@ -47,12 +47,12 @@ def origin_result(store: Store, *, run_id: int | None = None, by: str | None = N
 def write_map(store: Store, model: str, frame: pd.DataFrame, *, run_id: int, column: str, fit_rows: int,
               skipped: int, knn: str, params_json: str, random_weights: bool) -> None:
     """Replace the map coordinates of ``model`` (frame: uid, x, y, fit) in one transaction."""
+    from audit.store import parts
+
     with store.transaction():
         cur = store.cursor()
-        cur.execute("DELETE FROM embedding_map WHERE model = ?", [model])
-        cur.register("_map", frame[["uid", "x", "y", "fit"]])
-        cur.execute("INSERT INTO embedding_map SELECT ?, uid, x, y, fit FROM _map", [model])
-        cur.unregister("_map")
+        parts.write_part(store, "embedding_map", model, frame[["uid", "x", "y", "fit"]].assign(model=model),
+                         run_id=run_id, replace=True)
         cur.execute("INSERT OR REPLACE INTO map_catalog VALUES (?,?,?,?,?,?,?,?,?, now())",
                     [model, run_id, column, len(frame), fit_rows, skipped, knn, params_json, random_weights])
 

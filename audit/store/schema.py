@@ -1,7 +1,8 @@
 """Every table of the store (DDL), the allow-lists of columns, and the checks for identifiers.
 
 Contract tables (other tools read them): ``samples`` (uid unique), ``rejects`` (reason), ``runs`` and
-``embeddings`` (uid, model, img, txt; a view over the Parquet vectors, read as FLOAT arrays).
+``embeddings`` (uid, model, img, txt; a view over the Parquet vectors, read as FLOAT arrays). ``samples``,
+``scores``, ``annotations`` and ``embedding_map`` are views over Parquet parts (parts.py holds their columns).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: samples, scores, annotations, embedding_map as Parquet parts (parts.py)
 
 # Columns of `samples` a user may group by in the dashboard (allow-list for GROUP BY identifiers).
 SAMPLE_GROUP_COLUMNS = ("source", "domain", "tld", "simulated")
@@ -26,10 +27,6 @@ DDL = [
         model VARCHAR, pretrained VARCHAR, random_weights BOOLEAN, params VARCHAR, param_key VARCHAR,
         status VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
         rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, note VARCHAR, pid INTEGER, host VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS samples (
-        uid VARCHAR PRIMARY KEY, source VARCHAR, caption VARCHAR, url VARCHAR, domain VARCHAR,
-        tld VARCHAR, width INTEGER, height INTEGER, image_ref VARCHAR, sha256 VARCHAR,
-        simulated BOOLEAN, ingest_run INTEGER, stored_width INTEGER, stored_height INTEGER, uid_given BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS rejects (
         source_ref VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR, source VARCHAR,
         uid VARCHAR, run_id INTEGER, url VARCHAR, caption VARCHAR)""",
@@ -39,32 +36,31 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS embedding_models (
         model VARCHAR PRIMARY KEY, dim INTEGER, backend VARCHAR, arch VARCHAR, pretrained VARCHAR,
         random_weights BOOLEAN, run_id INTEGER, folder VARCHAR, simulated BOOLEAN)""",
-    """CREATE TABLE IF NOT EXISTS scores (uid VARCHAR, name VARCHAR, value DOUBLE)""",
     """CREATE TABLE IF NOT EXISTS score_catalog (
         name VARCHAR PRIMARY KEY, run_id INTEGER, kind VARCHAR, model VARCHAR,
         random_weights BOOLEAN, simulated BOOLEAN, description VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS annotations (
-        uid VARCHAR, attribute VARCHAR, label VARCHAR, confidence DOUBLE, method VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS attribute_catalog (
         attribute VARCHAR PRIMARY KEY, run_id INTEGER, method VARCHAR, imputed BOOLEAN,
         random_weights BOOLEAN, description VARCHAR)""",
     # analysis results (audit/store/results.py)
     """CREATE TABLE IF NOT EXISTS origin_results (
         run_id INTEGER, by_column VARCHAR, created TIMESTAMP, result VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS embedding_map (
-        model VARCHAR, uid VARCHAR, x FLOAT, y FLOAT, fit BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS map_catalog (
         model VARCHAR PRIMARY KEY, run_id INTEGER, column_name VARCHAR, n_rows BIGINT, fit_rows BIGINT,
         skipped BIGINT, knn VARCHAR, params VARCHAR, random_weights BOOLEAN, created TIMESTAMP)""",
+]
+
+# Columns `samples` gained while it was a table (stores of layout 1, before their rows move to parts)
+LEGACY_SAMPLE_MIGRATIONS = [
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_width INTEGER",
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_height INTEGER",
+    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS uid_given BOOLEAN",
 ]
 
 # Columns added after a table first shipped: a store written by an older version gains them on open.
 MIGRATIONS = [
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
-    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_width INTEGER",
-    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS stored_height INTEGER",
-    "ALTER TABLE samples ADD COLUMN IF NOT EXISTS uid_given BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS url VARCHAR",
     "ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS simulated BOOLEAN",
     "ALTER TABLE rejects ADD COLUMN IF NOT EXISTS caption VARCHAR",

@@ -1,12 +1,13 @@
-"""The audit store: one DuckDB file plus a folder of float16 Parquet vectors beside it.
+"""The audit store: one small DuckDB file, Parquet parts of its per-row tables and float16 Parquet vectors beside it.
 
 This is the only module that imports duckdb. All SQL is parameterised; identifiers that cannot be
 parameters (score names in an export pivot, sample columns in a GROUP BY) come from allow-lists.
 
 Layout on disk for a store ``data/demo.duckdb``::
 
-    data/demo.duckdb               samples, rejects, runs, scores, annotations, catalogues
-    data/demo.vectors/<model>/part-000000.parquet   uid, img (float16 list), txt (float16 list)
+    data/demo.duckdb               rejects, runs, catalogues; views samples, scores, annotations, embedding_map
+    data/demo.parts/<table>/<key>/<run>-<id>.parquet   the rows of those views (parts.py)
+    data/demo.vectors/<model>/part-000000.parquet   uid, img, txt (float16, vectors.py)
 
 Contract tables (other tools read them): ``samples`` (uid unique), ``rejects`` (reason), ``runs`` and
 ``embeddings`` (uid, model, img, txt; a view over the Parquet vectors, read as FLOAT arrays).
@@ -14,7 +15,8 @@ Contract tables (other tools read them): ``samples`` (uid unique), ``rejects`` (
 Locking: DuckDB lets one process hold a file for writing and no other process may open it then, not
 even read-only. Writers therefore hold the file only for short transactions (``Store.writer``, with
 retry), long stages write Parquet first and register it at the end, and the dashboard reads a
-*snapshot* copy (``snapshot``) so that a running CLI stage never takes it down.
+*snapshot* copy (``snapshot``) so that a running CLI stage never takes it down. The per-row tables are
+Parquet parts (parts.py), so the file, and its copy, stay small whatever the pool's size.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import numpy as np
 import pandas as pd
-from audit.store.schema import DDL, MIGRATIONS, REJECT_COLUMNS, SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug
+from audit.store import parts
+from audit.store.schema import (DDL, LEGACY_SAMPLE_MIGRATIONS, MIGRATIONS, REJECT_COLUMNS, SAMPLE_COLUMNS,
+                                SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug)
 
 
 _LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
@@ -88,21 +92,46 @@ class Store:
     con: duckdb.DuckDBPyConnection
     read_only: bool
     vectors_root: Path | None = None   # set for snapshots: their vectors stay beside the live store
+    parts_root: Path | None = None     # set for snapshots: so do their Parquet parts (parts.py)
     _tx: Any = field(default=None, repr=False)   # the cursor of the open transaction (Store.transaction)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, *, read_only: bool = False, wait_s: float = 60.0,
-             vectors_root: str | os.PathLike | None = None) -> "Store":
+             vectors_root: str | os.PathLike | None = None, parts_root: str | os.PathLike | None = None,
+             memory_limit: str | None = None) -> "Store":
+        """``memory_limit`` (DuckDB's, e.g. "1GB"): larger sorts and joins spill to disk instead of growing."""
         path = str(path)
         if not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        home = _snapshot_home(path)
+        if home is not None:   # a snapshot's parts and vectors stay beside the store it copies
+            vectors_root = vectors_root if vectors_root is not None else vectors_dir(home)
+            parts_root = parts_root if parts_root is not None else parts.parts_dir(home)
         con = connect(path, read_only=read_only, wait_s=wait_s)
         st = cls(path=path, con=con, read_only=read_only,
-                 vectors_root=Path(vectors_root) if vectors_root is not None else None)
+                 vectors_root=Path(vectors_root) if vectors_root is not None else None,
+                 parts_root=Path(parts_root) if parts_root is not None else None)
+        st._configure(con, memory_limit)
         if not read_only:
             st._init_schema()
         return st
+
+    def _configure(self, con: duckdb.DuckDBPyConnection, memory_limit: str | None = None) -> None:
+        """Relative part paths of the views resolve in this store's parts folder; Parquet footers are cached."""
+        root = str(self.parts_dir().resolve()).replace("'", "''")
+        con.execute(f"SET GLOBAL file_search_path = '{root}'")
+        con.execute("SET GLOBAL parquet_metadata_cache = true")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+
+    @property
+    def live(self) -> bool:
+        """The store itself, not the dashboard's copy of it (whose parts and vectors stay beside the store)."""
+        return self.vectors_root is None and self.parts_root is None
+
+    def parts_dir(self) -> Path:
+        return self.parts_root or parts.parts_dir(self.path)
 
     @classmethod
     def writer(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> contextlib.AbstractContextManager["Store"]:
@@ -163,9 +192,25 @@ class Store:
 
     def _init_schema(self) -> None:
         cur = self.cursor()
-        for stmt in DDL + MIGRATIONS:
+        for stmt in DDL + parts.CATALOGUE_DDL:
+            cur.execute(stmt)
+        if not parts.is_parts_table(self, "samples"):   # a store of layout 1: its rows move into parts once
+            for stmt in LEGACY_SAMPLE_MIGRATIONS:
+                cur.execute(stmt)
+            if self.live:
+                parts.migrate_tables(self)
+        else:
+            for table in ("scores", "annotations", "embedding_map"):
+                if not parts.is_parts_table(self, table) and self.live:
+                    parts.migrate_tables(self)
+                    break
+        parts.ensure_views(self)
+        for stmt in MIGRATIONS:
             cur.execute(stmt)
         cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        if self.live and parts.is_parts_table(self, "samples"):
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+            parts.collect_garbage(self)
         has_view = cur.execute(
             "SELECT count(*) FROM duckdb_views() WHERE view_name = 'embeddings' AND NOT internal"
         ).fetchone()[0]
@@ -241,19 +286,19 @@ class Store:
             cur.unregister("_probe")
         return {r[0] for r in got}
 
-    def add_samples(self, frame: pd.DataFrame) -> int:
-        """Insert accepted samples (columns: any subset of SAMPLE_COLUMNS; uid required)."""
+    def add_samples(self, frame: pd.DataFrame, *, run_id: int | None = None) -> int:
+        """Add accepted samples as one part (columns: any subset of SAMPLE_COLUMNS; uid required). The caller
+        keeps uids unique (ingest checks existing_uids first)."""
         if frame.empty:
             return 0
         cols = [c for c in SAMPLE_COLUMNS if c in frame.columns]
-        cur = self.cursor()
-        cur.register("_new", frame[cols])
-        try:
-            col_sql = ", ".join(ident(c) for c in cols)
-            cur.execute(f"INSERT INTO samples ({col_sql}) SELECT {col_sql} FROM _new")
-        finally:
-            cur.unregister("_new")
-        return len(frame)
+        if "uid" not in cols:
+            raise StoreError("samples need a uid column")
+        if self.live and not parts.is_parts_table(self, "samples"):
+            raise StoreError("this store has the older layout; open it for writing once to move its rows")
+        if frame["uid"].duplicated().any():
+            raise StoreError("duplicate uids in one batch of samples")
+        return parts.write_part(self, "samples", "", frame[cols], run_id=run_id, replace=False)
 
     def add_rejects(self, frame: pd.DataFrame) -> int:
         if frame.empty:
@@ -419,16 +464,16 @@ class Store:
                      description: str = "", replace: bool = True) -> None:
         """Replace the score ``name`` (one value per uid) in one transaction; with ``replace=False`` add values for
         new uids to it instead (ingest writes a file at a time, inside its own write)."""
+        import pyarrow as pa
+
         ident(name)
-        frame = pd.DataFrame({"uid": pd.Series(uids, dtype="string"), "name": name,
-                              "value": np.asarray(values, dtype=np.float64)})
+        uid_arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), type=pa.string())
+        frame = pa.table({"uid": uid_arr, "name": pa.array([name] * len(uid_arr), type=pa.string()).dictionary_encode(),
+                          "value": pa.array(np.asarray(values, dtype=np.float64))})
         with self.transaction():
             cur = self.cursor()
-            if replace:
-                cur.execute("DELETE FROM scores WHERE name = ?", [name])
-            cur.register("_sc", frame)
-            cur.execute("INSERT INTO scores SELECT uid, name, value FROM _sc")
-            cur.unregister("_sc")
+            if len(uid_arr) or replace:
+                parts.write_part(self, "scores", name, frame, run_id=run_id, replace=replace)
             cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO score_catalog VALUES (?,?,?,?,?,?,?)",
                         [name, run_id, kind, model, random_weights, simulated, description])
 
@@ -442,6 +487,26 @@ class Store:
     def score_values(self, name: str) -> np.ndarray:
         """The stored values of one score (samples that have it; no order promised)."""
         return self.df("SELECT value FROM scores WHERE name = ?", [name])["value"].to_numpy()
+
+    def score_histogram(self, name: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max, as
+        np.histogram bins them (the last bin closed), aggregated in SQL: nothing per sample comes back."""
+        self.check_score(name)
+        lo, hi, n = self.cursor().execute(
+            "SELECT min(value), max(value), count(*) FROM scores WHERE name = ? AND isfinite(value)", [name]).fetchone()
+        if not n:
+            return np.zeros(0, dtype=np.int64), np.zeros(1)
+        lo, hi = float(lo), float(hi)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5    # np.histogram's range for a constant
+        edges = np.linspace(lo, hi, bins + 1)
+        got = self.cursor().execute(
+            "SELECT least(CAST(floor((value - ?) / (? - ?) * ?) AS BIGINT), ? - 1) AS b, count(*) FROM scores "
+            "WHERE name = ? AND isfinite(value) GROUP BY b", [lo, hi, lo, bins, bins, name]).fetchall()
+        counts = np.zeros(bins, dtype=np.int64)
+        for b, c in got:
+            counts[int(b)] += int(c)
+        return counts, edges
 
     def score_catalog(self) -> pd.DataFrame:
         return self.df("SELECT * FROM score_catalog ORDER BY name")
@@ -474,12 +539,10 @@ class Store:
         with self.transaction():
             cur = self.cursor()
             for a in attrs:
-                cur.execute("DELETE FROM annotations WHERE attribute = ?", [a])
+                part = frame.loc[frame["attribute"] == a, ["uid", "attribute", "label", "confidence", "method"]]
+                parts.write_part(self, "annotations", a, part, run_id=run_id, replace=True)
                 cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
                             [a, run_id, method, imputed, random_weights, (descriptions or {}).get(a, "")])
-            cur.register("_ann", frame[["uid", "attribute", "label", "confidence", "method"]])
-            cur.execute("INSERT INTO annotations SELECT * FROM _ann")
-            cur.unregister("_ann")
 
     def unknown_uids(self, uids: Sequence[str]) -> list[str]:
         """The given uids that are not samples of this store, in the given order."""
@@ -524,6 +587,83 @@ class Store:
             f"SELECT s.uid, sc.value AS score, {gexpr} AS grp FROM samples s {join} "
             f"LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ? ORDER BY s.uid", params)
 
+    def score_group_arrays(self, score: str | None, group: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(values, codes, labels) of every sample in uid order: the score's value (float64, NaN if missing; None
+        when ``score`` is None), the group code and the sorted labels ('unknown' where there is none). Labels come
+        back dictionary-encoded by Arrow: no Python string per sample."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if group in SAMPLE_GROUP_COLUMNS:
+            gexpr, join, params = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')", "", []
+        elif group in self.attributes():
+            gexpr = "coalesce(a.label, 'unknown')"
+            join = ("LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
+                    "GROUP BY uid) a ON a.uid = s.uid")
+            params = [group]
+        else:
+            raise StoreError(f"unknown group column {group!r}")
+        if score is not None:
+            self.check_score(score)
+            sel, sjoin = ", sc.value AS v", "LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ?"
+            params = params + [score]
+        else:
+            sel, sjoin = "", ""
+        tab = self.cursor().sql(f"SELECT {gexpr} AS g{sel} FROM samples s {join} {sjoin} ORDER BY s.uid",
+                                params=params).to_arrow_table()
+        enc = pc.dictionary_encode(tab.column("g")).combine_chunks()
+        dictionary = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(dictionary.astype(str), kind="stable")          # labels sorted, codes remapped
+        remap = np.empty(len(order), dtype=np.int64)
+        remap[order] = np.arange(len(order))
+        codes = remap[enc.indices.to_numpy(zero_copy_only=False)] if len(order) else np.zeros(0, dtype=np.int64)
+        values = None
+        if score is not None:
+            values = tab.column("v").to_numpy().astype(np.float64) if tab.num_rows else np.zeros(0)
+        return values, codes, dictionary[order]
+
+    def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
+                       tau: float | None = None, kept: bool = True) -> pd.DataFrame:
+        """uid, value, grp: up to ``per_group`` scored samples of each group in a random (hash) order; with
+        ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). LIMIT-ed in SQL."""
+        self.check_score(score)
+        if group in SAMPLE_GROUP_COLUMNS:
+            gexpr, join, params = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')", "", []
+        elif group in self.attributes():
+            gexpr = "coalesce(a.label, 'unknown')"
+            join = ("LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
+                    "GROUP BY uid) a ON a.uid = s.uid")
+            params = [group]
+        else:
+            raise StoreError(f"unknown group column {group!r}")
+        where, wparams = "", []
+        if label is not None:
+            where = "WHERE grp = ? AND " + ("value >= ?" if kept else "value < ?")
+            wparams = [label, float(tau)]
+        return self.df(
+            f"SELECT uid, value, grp FROM (SELECT s.uid, sc.value, {gexpr} AS grp FROM samples s {join} "
+            f"JOIN scores sc ON sc.uid = s.uid AND sc.name = ? WHERE NOT isnan(sc.value)) {where} "
+            f"QUALIFY row_number() OVER (PARTITION BY grp ORDER BY hash(uid), uid) <= ? ORDER BY grp, hash(uid), uid",
+            params + [score] + wparams + [int(per_group)])
+
+    def uids_at(self, rows: Sequence[int]) -> list[str]:
+        """The uids at these row positions of ``samples ORDER BY uid`` (the order of every per-sample array)."""
+        frame = pd.DataFrame({"pos": np.asarray(rows, dtype=np.int64), "i": np.arange(len(rows))})
+        cur = self.cursor()
+        cur.register("_pos", frame)
+        try:
+            got = cur.execute("SELECT p.i, s.uid FROM _pos p JOIN (SELECT uid, row_number() OVER (ORDER BY uid) - 1 "
+                              "AS pos FROM samples) s USING (pos) ORDER BY p.i").fetchall()
+        finally:
+            cur.unregister("_pos")
+        return [u for _, u in got]
+
+    def uid_row(self, uid: str) -> int | None:
+        """The row position of ``uid`` in ``samples ORDER BY uid``; None if there is no such sample."""
+        if not self.scalar("SELECT count(*) FROM samples WHERE uid = ?", [uid]):
+            return None
+        return int(self.scalar("SELECT count(*) FROM samples WHERE uid < ?", [uid]))
+
     def overview(self) -> dict:
         return {
             "samples": self.count("samples"),
@@ -541,7 +681,9 @@ class _DetachedStore(Store):
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         # a connection of its own per query: the file is released as soon as the result is dropped
-        return connect(self.path, read_only=True, wait_s=self.wait_s)
+        con = connect(self.path, read_only=True, wait_s=self.wait_s)
+        self._configure(con)
+        return con
 
     def close(self) -> None:
         pass
@@ -569,8 +711,10 @@ def param_key(params: dict) -> str:
 def snapshot(path: str | os.PathLike, dest_dir: str | os.PathLike, *, wait_s: float = 30.0) -> Path:
     """Copy the store to ``dest_dir`` while holding a read lock, so the copy is consistent.
 
-    The dashboard reads the copy, never the live file, so a CLI stage can write meanwhile. The
-    copy's name carries the source's mtime; an existing copy of the same version is reused.
+    The dashboard reads the copy, never the live file, so a CLI stage can write meanwhile. The file holds the
+    catalogue, not the rows (those are immutable Parquet parts): the copy costs the same at 10k and 12.8M rows, and
+    ``<copy>.home`` names the live store whose parts and vectors it reads. The copy's name carries the source's
+    mtime; an existing copy of the same version is reused.
     """
     src = Path(path)
     if not src.exists():
@@ -588,15 +732,46 @@ def snapshot(path: str | os.PathLike, dest_dir: str | os.PathLike, *, wait_s: fl
             if wal.exists():
                 shutil.copyfile(wal, Path(str(tmp) + ".wal"))
                 os.replace(Path(str(tmp) + ".wal"), Path(str(dest) + ".wal"))
+            Path(str(dest) + ".home").write_text(str(src.resolve()))   # before the copy appears: readers need it
             os.replace(tmp, dest)
             for old in dest_dir.glob(f"{src.stem}-*.duckdb"):
                 if old != dest:
                     with contextlib.suppress(OSError):
                         old.unlink()
                         Path(str(old) + ".wal").unlink(missing_ok=True)
+                        Path(str(old) + ".home").unlink(missing_ok=True)
     finally:
         con.close()
     return dest
+
+
+def copy_store(src: str | os.PathLike, dst: str | os.PathLike, *, wait_s: float = 30.0) -> Path:
+    """A whole store (the DuckDB file, its parts and its vectors) copied to ``dst`` under a read lock, so the copy
+    is consistent; the copy is a store of its own (its views name parts relative to its own folder)."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise StoreError(f"store not found: {src}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(src, read_only=True, wait_s=wait_s)
+    try:
+        shutil.copyfile(src, dst)
+        if Path(str(src) + ".wal").exists():
+            shutil.copyfile(Path(str(src) + ".wal"), Path(str(dst) + ".wal"))
+        for folder in (vectors_dir, parts.parts_dir):
+            if folder(src).is_dir():
+                shutil.copytree(folder(src), folder(dst), dirs_exist_ok=True)
+    finally:
+        con.close()
+    return dst
+
+
+def _snapshot_home(path: str) -> Path | None:
+    """The live store a snapshot copies (snapshot() writes ``<copy>.home``), else None."""
+    side = Path(path + ".home")
+    try:
+        return Path(side.read_text().strip())
+    except OSError:
+        return None
 
 
 def store_version(path: str | os.PathLike) -> int:

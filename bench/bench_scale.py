@@ -1,0 +1,316 @@
+"""The scale ladder: build a simulated DataComp pool of N rows, run every stage on it, open the dashboard in headless
+Chromium, visit every page, move the Filter preview slider, and print one table.
+
+    .venv/bin/python bench/bench_scale.py --rows 1000000,12800000 [--work DIR] [--stages ...] [--no-browser]
+
+Per rung: pool build time; per stage rows/s and peak RSS (each stage is its own `python -m audit` process, timed by
+/usr/bin/time); store size on disk and the size of the file the dashboard copies; per page first render (goto →
+no Streamlit status widget) and the server's RSS after each page; 20 slider key presses → "Kept" changed and →
+rerun finished (median, p95) with Streamlit's own floor (a one-slider app, same browser, same run) side by side.
+
+The pool is written in shards of --shard-rows, each simulated on its own (audit/demo/simulate.py with its own seed;
+the shards differ in their latent directions, which no measurement here depends on). Pools above --vectors-max rows
+are written without the npz embeddings and ingested with --no-vectors: a 12.8M-row pool's npz are 64 GB (and the
+store's vectors as much again), more than this machine's disk; the stages that need vectors (map, origin) are then
+skipped and say so. Nothing here is a pass/fail test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGES = [("overview", "Overview"), ("preview", "Filter preview"), ("who", "Who's in, who's out"),
+         ("duplicates", "Duplicates"), ("dataset-origin", "Dataset origin"), ("map", "Embedding map"),
+         ("balance", "Balancing"), ("download", "Export")]
+SCORE = "clip_l14_similarity_score"
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(rung: str, what: str, value: str, note: str = "") -> None:
+    ROWS.append((rung, what, value, note))
+    print(f"  [{rung}] {what}: {value} {note}", flush=True)
+
+
+# ---- the pool -------------------------------------------------------------------------------------------------
+def _shard(args) -> int:
+    out, i, rows, vectors = args
+    from audit.demo.simulate import SimConfig, write_pool
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        info = write_pool(tmp, SimConfig(rows=rows, seed=10_000 + i, shards=1, vectors=vectors))
+        src = Path(info["files"][0])
+        os.replace(src, Path(out) / f"{i:05d}.parquet")
+        if vectors:
+            os.replace(src.with_suffix(".npz"), Path(out) / f"{i:05d}.npz")
+    return rows
+
+
+def build_pool(out: Path, n: int, shard_rows: int, vectors: bool, workers: int) -> float:
+    """Shards 00000.parquet (+ .npz) … of n rows in all; reused when complete. Returns seconds (0 when reused)."""
+    sizes = [shard_rows] * (n // shard_rows) + ([n % shard_rows] if n % shard_rows else [])
+    done = out / "COMPLETE.json"
+    if done.exists() and json.loads(done.read_text()) == {"rows": n, "shards": len(sizes), "vectors": vectors}:
+        return 0.0
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        with ProcessPoolExecutor(workers) as ex:
+            for k, _ in enumerate(ex.map(_shard, [(str(out), i, r, vectors) for i, r in enumerate(sizes)]), 1):
+                print(f"    shard {k}/{len(sizes)}", flush=True)
+    finally:
+        if env_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+    done.write_text(json.dumps({"rows": n, "shards": len(sizes), "vectors": vectors}))
+    return time.perf_counter() - t
+
+
+def io_floor(pool: Path, vectors: bool) -> float:
+    """rows/s of reading every parquet (+ np.load of its npz + writing the float16 vectors as .npy), side by side
+    with ingest in the same run: what ingest cannot beat."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows, t = 0, time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=pool) as tmp:
+        for p in sorted(pool.glob("*.parquet")):
+            rows += pq.read_table(p).num_rows
+            if vectors:
+                with np.load(p.with_suffix(".npz")) as z:
+                    for k in z.files:
+                        np.save(Path(tmp) / f"{k}.npy", z[k].astype(np.float16))
+    return rows / (time.perf_counter() - t)
+
+
+# ---- stages ---------------------------------------------------------------------------------------------------
+def stage(rung: str, name: str, args: list[str], rows: int) -> None:
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", PY, "-m", "audit", *args], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    secs = time.perf_counter() - t
+    peak_kb = int(res.stderr.strip().splitlines()[-1]) if res.stderr.strip().splitlines()[-1].isdigit() else 0
+    if res.returncode:
+        row(rung, f"stage {name}", "FAILED", (res.stderr or res.stdout)[-300:].replace("\n", " "))
+        return
+    row(rung, f"stage {name}", f"{rows / secs:,.0f} rows/s", f"{secs:.1f} s, peak RSS {peak_kb / 1e6:.2f} GB")
+
+
+def stages(rung: str, store: Path, pool: Path, n: int, vectors: bool, only: set[str] | None) -> None:
+    s = ["--store", str(store)]
+    out = store.parent / "out"
+    out.mkdir(exist_ok=True)
+    plan = [
+        ("ingest", ["ingest", "datacomp", str(pool), *s, "--simulated"] + ([] if vectors else ["--no-vectors"])),
+        ("annotate caption", ["annotate", "caption", *s]),
+        ("annotate domain", ["annotate", "domain", *s]),
+        ("score basic", ["score", "basic", *s]),
+        ("report", ["report", *s, "--keep", f"{SCORE}:top=0.3", "--by", "caption_gender", "--out",
+                    str(out / "report.csv")]),
+        ("export", ["export", *s, "--keep", f"{SCORE}:top=0.3", "--out", str(out / "kept.parquet")]),
+        ("balance m4", ["balance", "m4", *s, "--attribute", "caption_gender", "--budget", "0.5", "--stream", "--save",
+                        "--out", str(out / "m4.json")]),
+    ]
+    if vectors:
+        plan += [("map", ["map", *s, "--model", "datacomp_l14"]), ("origin", ["origin", *s])]
+    else:
+        row(rung, "stages map, origin", "skipped", "the pool has no vectors (see --vectors-max)")
+    for name, args in plan:
+        if only is None or name.split()[0] in only:
+            stage(rung, name, args, n)
+
+
+def store_size(rung: str, store: Path) -> None:
+    from audit.store import parts_dir, vectors_dir
+
+    def du(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+    db = store.stat().st_size + (Path(str(store) + ".wal").stat().st_size if Path(str(store) + ".wal").exists() else 0)
+    row(rung, "store on disk", f"{(db + du(parts_dir(store)) + du(vectors_dir(store))) / 1e9:.2f} GB",
+        f"parts {du(parts_dir(store)) / 1e9:.2f} GB, vectors {du(vectors_dir(store)) / 1e9:.2f} GB")
+    row(rung, "file the dashboard copies", f"{db / 1e6:.1f} MB", "the DuckDB catalogue (rows live in parts)")
+
+
+# ---- the dashboard --------------------------------------------------------------------------------------------
+def _rss(pid: int) -> tuple[float, float]:
+    """(RSS, peak RSS) in GB of a process and its children."""
+    def one(p: str) -> tuple[int, int]:
+        try:
+            st = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            return 0, 0
+        get = {ln.split(":")[0]: ln.split()[1] for ln in st.splitlines() if ln.startswith(("VmRSS", "VmHWM"))}
+        return int(get.get("VmRSS", 0)), int(get.get("VmHWM", 0))
+    pids = [str(pid)] + subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    vals = [one(p) for p in pids]
+    return sum(v[0] for v in vals) / 1e6, sum(v[1] for v in vals) / 1e6
+
+
+def _server(app: Path, store: Path | None, port: int) -> subprocess.Popen:
+    import socket
+
+    env = {**os.environ, **({"AUDIT_STORE": str(store)} if store else {})}
+    proc = subprocess.Popen([PY, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.headless",
+                             "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("streamlit did not start")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+IDLE = "() => !document.querySelector('[data-testid=stStatusWidget]')"
+KEPT = ("() => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(e => e.innerText.includes("
+        "'Kept')); return m ? m.querySelector('[data-testid=stMetricValue]').innerText : null; }")
+
+
+def _moves(page, label: str, read, presses: int) -> tuple[list[float], list[float]]:
+    """Key presses on the slider ``label``: (ms to the value read() changing, ms to the rerun finishing)."""
+    thumb = page.locator(f"input[type='range'][aria-label='{label}']")
+    changed, finished = [], []
+    for i in range(presses):
+        before = read()
+        thumb.focus()
+        t0 = time.perf_counter()
+        thumb.press("ArrowRight")
+        while read() == before and time.perf_counter() - t0 < 120:
+            time.sleep(0.005)
+        changed.append((time.perf_counter() - t0) * 1e3)
+        page.wait_for_timeout(30)   # the status widget appears a moment after the rerun starts
+        page.wait_for_function(IDLE, timeout=300_000, polling=10)
+        finished.append((time.perf_counter() - t0) * 1e3)
+    return changed, finished
+
+
+def _stats(ms: list[float]) -> str:
+    s = sorted(ms)
+    return f"median {statistics.median(s):,.0f} ms, p95 {s[min(len(s) - 1, int(0.95 * len(s)))]:,.0f} ms"
+
+
+FLOOR_APP = '''import streamlit as st
+v = st.slider("floor", 0, 1000, 300)
+st.metric("Kept", f"{v:,}")
+'''
+
+
+def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
+    from playwright.sync_api import sync_playwright
+
+    floor_app = store.parent / "floor_app.py"
+    floor_app.write_text(FLOOR_APP)
+    port, fport = _free_port(), _free_port()
+    srv = _server(ROOT / "app.py", store, port)
+    fsrv = _server(floor_app, None, fport)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for url, title in PAGES:
+                t0 = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/{url}", timeout=600_000)
+                page.wait_for_selector("[data-testid='stMain'] h1", timeout=600_000)
+                page.wait_for_timeout(200)
+                page.wait_for_function(IDLE, timeout=600_000, polling=50)
+                secs = time.perf_counter() - t0
+                errors = page.locator("[data-testid='stException']").count()
+                rss, peak = _rss(srv.pid)
+                row(rung, f"page {title}", f"{secs:.1f} s", f"server RSS {rss:.2f} GB (peak {peak:.2f})"
+                    + (f", {errors} EXCEPTION(S)" if errors else ""))
+                if shots:
+                    page.screenshot(path=str(shots / f"{rung}-{url}.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
+            page.wait_for_function(IDLE, timeout=600_000, polling=50)
+            page.wait_for_function(f"() => ({KEPT})() !== null", timeout=600_000)
+            ch, fin = _moves(page, "Keep the top fraction of the pool", lambda: page.evaluate(KEPT), presses)
+            fpage = browser.new_page()
+            fpage.goto(f"http://127.0.0.1:{fport}/", timeout=60_000)
+            fpage.wait_for_function(f"() => ({KEPT})() !== null", timeout=60_000)
+            fch, ffin = _moves(fpage, "floor", lambda: fpage.evaluate(KEPT), presses)
+            row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}")
+            row(rung, "slider → rerun finished", _stats(fin), f"Streamlit floor {_stats(ffin)}")
+            rss, peak = _rss(srv.pid)
+            row(rung, "server RSS after every page and 20 moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
+            browser.close()
+    finally:
+        for s in (srv, fsrv):
+            s.terminate()
+            s.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="1000000", help="comma-separated pool sizes (default: %(default)s)")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "scale"), help="pools and stores go here")
+    ap.add_argument("--shard-rows", type=int, default=250_000)
+    ap.add_argument("--vectors-max", type=int, default=2_000_000,
+                    help="larger pools are written without npz (disk: 5 KB of vectors per row, twice)")
+    ap.add_argument("--workers", type=int, default=2, help="processes simulating shards")
+    ap.add_argument("--stages", default=None, help="comma-separated subset (ingest,annotate,score,report,export,"
+                                                   "balance,map,origin); default all")
+    ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--keep-store", action="store_true", help="reuse the store of an earlier run (skip the stages)")
+    ap.add_argument("--presses", type=int, default=20)
+    ap.add_argument("--screenshots", action="store_true", help="save a screenshot of every page")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    only = set(a.stages.split(",")) if a.stages else None
+    for n in (int(x) for x in a.rows.split(",")):
+        rung = f"{n / 1e6:g}M"
+        vectors = n <= a.vectors_max
+        pool = work / (f"pool-{n}" + ("" if vectors else "-meta"))
+        secs = build_pool(pool, n, a.shard_rows, vectors, a.workers)
+        row(rung, "pool", f"{n:,} rows" + ("" if vectors else ", no vectors"),
+            f"built in {secs:.0f} s" if secs else "reused")
+        store = work / f"store-{n}" / "pool.duckdb"
+        if not a.keep_store:
+            shutil.rmtree(store.parent, ignore_errors=True)
+            store.parent.mkdir(parents=True)
+            if only is None or "ingest" in only:
+                row(rung, "I/O floor (read parquet + npz, write float16 .npy)", f"{io_floor(pool, vectors):,.0f} rows/s")
+            stages(rung, store, pool, n, vectors, only)
+        store_size(rung, store)
+        if not a.no_browser:
+            shots = work / "screenshots" if a.screenshots else None
+            if shots:
+                shots.mkdir(exist_ok=True)
+            dashboard(rung, store, a.presses, shots)
+    print()
+    print("| rung | measure | value | note |")
+    print("|---|---|---|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
