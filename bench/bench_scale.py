@@ -127,10 +127,10 @@ def stages(rung: str, store: Path, pool: Path, n: int, vectors: bool, only: set[
                     str(out / "report.csv")]),
         ("export", ["export", *s, "--keep", f"{SCORE}:top=0.3", "--out", str(out / "kept.parquet")]),
         ("balance m4", ["balance", "m4", *s, "--attribute", "caption_gender", "--budget", "0.5", "--stream", "--save",
-                        "--out", str(out / "m4.json")]),
+                        "--out", str(out / "m4.parquet")]),
     ]
     if vectors:
-        plan += [("map", ["map", *s, "--model", "datacomp_l14"]), ("origin", ["origin", *s])]
+        plan += [("map", ["map", *s, "--model", "datacomp_l14"]), ("origin", ["origin", *s, "--by", "tld"])]
     else:
         row(rung, "stages map, origin", "skipped", "the pool has no vectors (see --vectors-max)")
     for name, args in plan:
@@ -235,6 +235,12 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # the entry page first: a fresh server answers a first deep link with "page not found"
+            t0 = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/", timeout=600_000)
+            page.wait_for_selector("[data-testid='stMain'] h1", timeout=600_000)
+            page.wait_for_function(IDLE, timeout=600_000, polling=50)
+            row(rung, "dashboard opens (snapshot + Overview)", f"{time.perf_counter() - t0:.1f} s")
             for url, title in PAGES:
                 t0 = time.perf_counter()
                 page.goto(f"http://127.0.0.1:{port}/{url}", timeout=600_000)
@@ -247,6 +253,7 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
                 row(rung, f"page {title}", f"{secs:.1f} s", f"server RSS {rss:.2f} GB (peak {peak:.2f})"
                     + (f", {errors} EXCEPTION(S)" if errors else ""))
                 if shots:
+                    page.wait_for_timeout(1500)   # Plotly draws after the script has finished
                     page.screenshot(path=str(shots / f"{rung}-{url}.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
             page.wait_for_function(IDLE, timeout=600_000, polling=50)

@@ -82,6 +82,7 @@ class Batch:
         self.frames: list[pd.DataFrame] = []   # accepted rows built column-wise (datacomp)
         self.rejects: list[dict] = []
         self.scores: dict[str, np.ndarray] = {}
+        self.norms: dict[str, np.ndarray] = {}   # datacomp: row norms of each npz array ("b32_img" ...)
 
     def reject(self, ref: str, reason: str, detail: str = "", uid: str | None = None, *, url: str | None = None,
                caption: str | None = None) -> None:

@@ -80,10 +80,12 @@ def fill_datacomp(batch: Batch, path: Path) -> dict[str, tuple[np.ndarray, np.nd
                               f"{key} has shape {arr.shape}, parquet has {n} rows")
         if arr.shape[1] != dim:
             return reject_all("wrong_dimension", f"{key} has dimension {arr.shape[1]}, expected {dim}")
+    from audit.store.vectors import row_norms
+
     bad = np.zeros(n, dtype=bool)
-    for arr in arrays.values():
-        a = arr.astype(np.float32, copy=False)
-        norms = np.linalg.norm(a, axis=1)
+    for key, arr in arrays.items():
+        norms = row_norms(arr)
+        batch.norms[key] = norms   # ingest normalises with these (computed once)
         bad |= ~np.isfinite(norms) | (norms == 0)
     text = frame["text"]
     uid_s = pd.Series(uids, dtype=object)

@@ -14,11 +14,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from audit import images
 from audit.killpoints import checkpoint
 from audit.store import Store
-from audit.store.vectors import l2_normalise, write_vectors
+from audit.store.vectors import l2_normalise, normalised_half, write_vectors
 from audit.ingest.accounting import Batch, FORMATS, IngestReport, domains_of, fingerprint
 from audit.ingest.datacomp import fill_datacomp
 from audit.ingest.folder import fill_folder
@@ -174,14 +175,20 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
         rows_idx = frame["_row"].to_numpy()
         for col in ("width", "height", "stored_width", "stored_height"):
             frame[col] = pd.array(frame[col], dtype="Int64")
+        uid_arr = pa.Array.from_pandas(frame["uid"].astype(object), type=pa.string())
         for model, (_, img, txt) in vectors.items():
             # align: vectors rows are parquet rows; keep the accepted ones in frame order
             pos = rows_idx.astype(np.int64)
             for start in range(0, len(pos), VECTOR_CHUNK):
                 sel = pos[start:start + VECTOR_CHUNK]
-                write_vectors(st, model, f"{fp[:20]}-{start // VECTOR_CHUNK:04d}",
-                              frame["uid"].iloc[start:start + VECTOR_CHUNK].tolist(),
-                              l2_normalise(img[sel]), l2_normalise(txt[sel]))
+                key = model.removeprefix("datacomp_")
+                if f"{key}_img" in batch.norms:   # norms computed once, at the check
+                    vi = normalised_half(img, sel, batch.norms[f"{key}_img"])
+                    vt = normalised_half(txt, sel, batch.norms[f"{key}_txt"])
+                else:
+                    vi, vt = l2_normalise(img[sel]), l2_normalise(txt[sel])
+                write_vectors(st, model, f"{fp[:20]}-{start // VECTOR_CHUNK:04d}", uid_arr[start:start + VECTOR_CHUNK],
+                              vi, vt)
                 checkpoint("ingest.vector_part")
         rej = pd.DataFrame(batch.rejects)
         if not rej.empty:
@@ -194,7 +201,7 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
                                   if model.endswith(("b32", "l14")) else None,
                                   random_weights=False, run_id=run_id, simulated=simulated)
             for name, values in batch.scores.items():
-                st.append_scores(name, frame["uid"].tolist(), values[rows_idx.astype(np.int64)], run_id=run_id,
+                st.append_scores(name, uid_arr, values[rows_idx.astype(np.int64)], run_id=run_id,
                                  kind="datacomp", model=f"datacomp_{name.split('_')[1]}", simulated=simulated,
                                  description="CLIP similarity from the DataComp parquet (OpenAI CLIP)")
             st.add_samples(frame.drop(columns=["_row"]), run_id=run_id)

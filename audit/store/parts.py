@@ -163,7 +163,7 @@ def migrate_tables(store: "Store") -> list[str]:
                 f'SELECT DISTINCT "{kc}" FROM {table} ORDER BY 1').fetchall()]
             for key in keys:
                 where, params = ("", []) if kc is None else (f' WHERE "{kc}" = ?', [key])
-                n = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchone()[0]
+                n = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchall()[0][0]
                 if not n:
                     continue
                 rel = f"{table}/{slug(key) if key else '_'}/000000-{uuid.uuid4().hex[:12]}.parquet"
@@ -184,7 +184,7 @@ def migrate_tables(store: "Store") -> list[str]:
 
 def _has_column(cur, table: str, column: str) -> bool:
     return bool(cur.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
-                            [table, column]).fetchone()[0])
+                            [table, column]).fetchall()[0][0])
 
 
 def ensure_views(store: "Store") -> None:
@@ -193,7 +193,7 @@ def ensure_views(store: "Store") -> None:
     for table in TABLES:
         exists = cur.execute(
             "SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal) WHERE n = ?", [table]).fetchone()[0]
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal) WHERE n = ?", [table]).fetchall()[0][0]
         if not exists:
             refresh_view(store, table)
 

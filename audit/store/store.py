@@ -213,7 +213,7 @@ class Store:
             parts.collect_garbage(self)
         has_view = cur.execute(
             "SELECT count(*) FROM duckdb_views() WHERE view_name = 'embeddings' AND NOT internal"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not has_view:
             cur.execute(_EMPTY_EMBEDDINGS_VIEW)
         elif cur.execute("SELECT count(*) FROM embedding_models").fetchall()[0][0]:
@@ -224,8 +224,8 @@ class Store:
         return self.cursor().execute(sql, params or []).df()
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        row = self.cursor().execute(sql, params or []).fetchone()
-        return None if row is None else row[0]
+        rows = self.cursor().execute(sql, params or []).fetchmany(2)   # read to the end: the cursor may be a transaction's
+        return rows[0][0] if rows else None
 
     def table_exists(self, name: str) -> bool:
         return bool(self.scalar(
@@ -242,7 +242,7 @@ class Store:
                   pretrained: str | None = None, random_weights: bool = False) -> int:
         self.mark_interrupted()
         cur = self.cursor()
-        run_id = cur.execute("SELECT nextval('run_ids')").fetchone()[0]
+        run_id = cur.execute("SELECT nextval('run_ids')").fetchall()[0][0]
         cur.execute(
             "INSERT INTO runs (run_id, stage, name, version, model, pretrained, random_weights, params, param_key, "
             "status, started_at, pid, host) VALUES (?,?,?,?,?,?,?,?,?, 'running', now(), ?, ?)",
@@ -315,6 +315,8 @@ class Store:
 
     def clear_ingest_rejects(self, uids: Iterable[str]) -> None:
         """Drop the ingest rejects of uids that are accepted now (their input was fixed and ingested again)."""
+        if not self.scalar("SELECT count(*) FROM rejects WHERE stage = 'ingest' AND uid IS NOT NULL"):
+            return   # nothing to clear (a first ingest): no probe of every new uid
         frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
         if frame.empty:
             return
@@ -493,7 +495,7 @@ class Store:
         np.histogram bins them (the last bin closed), aggregated in SQL: nothing per sample comes back."""
         self.check_score(name)
         lo, hi, n = self.cursor().execute(
-            "SELECT min(value), max(value), count(*) FROM scores WHERE name = ? AND isfinite(value)", [name]).fetchone()
+            "SELECT min(value), max(value), count(*) FROM scores WHERE name = ? AND isfinite(value)", [name]).fetchall()[0]
         if not n:
             return np.zeros(0, dtype=np.int64), np.zeros(1)
         lo, hi = float(lo), float(hi)

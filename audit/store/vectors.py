@@ -28,14 +28,37 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def write_vectors(store: Store, model: str, name: str, uids: list[str], img: np.ndarray, txt: np.ndarray) -> Path:
-    """Write one float16 Parquet part atomically (tmp file, then rename)."""
+def row_norms(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """(n,) float32 L2 norm of each row of a float16/float32 matrix, in chunks (no full-size float32 copy), through
+    torch (F16C conversion, both cores): the ingest check (NaN/inf/zero) and the normalisation share it."""
+    import torch
+
+    out = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), chunk):
+        t = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk])).float()
+        out[s:s + chunk] = torch.linalg.vector_norm(t, dim=1).numpy()
+    return out
+
+
+def normalised_half(x: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """x[rows] / norms[rows] as float16: what l2_normalise then the float16 write do, in one pass (the norms are
+    the ones ingest checked)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x[rows])).float()
+    t /= torch.from_numpy(norms[rows]).unsqueeze(1)
+    return t.half().numpy()
+
+
+def write_vectors(store: Store, model: str, name: str, uids, img: np.ndarray, txt: np.ndarray) -> Path:
+    """Write one float16 Parquet part atomically (tmp file, then rename). ``uids``: a list or an Arrow string array."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = store.model_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"uid": pa.array(uids, type=pa.string()), "img": half_binary(img), "txt": half_binary(txt)})
+    uid_arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(uids, type=pa.string())
+    table = pa.table({"uid": uid_arr, "img": half_binary(img), "txt": half_binary(txt)})
     table = table.cast(_schema(img.shape[1]))
     dest = folder / f"part-{name}.parquet"
     _write_atomic(table, dest)
