@@ -567,14 +567,48 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
     return Rule(score, ">=", float(value))
 
 
-@st.cache_data(max_entries=8, show_spinner="Applying the rules to the whole pool…", hash_funcs=HASH)
-def export_selection(store: Store, specs: tuple[str, ...], by: tuple[str, ...] = ()):
-    """(frame, selection) of the Export page: every sample with its scores, group columns and keep flag."""
-    from audit.decide.selection import Rule
-    from audit.export.writer import selection_frame
+@st.cache_resource(max_entries=4, show_spinner="Applying the rules to the whole pool…", hash_funcs=HASH)
+def export_selection(store: Store, specs: tuple[str, ...]):
+    """The Selection of the Export page's rules over the whole pool, from the cached score columns only (a keep
+    mask and one failure mask per rule: N bools each, no per-sample frame). Read-only."""
+    from audit.decide.selection import Rule, select
 
-    frame, sel, _ = selection_frame(store, [Rule.parse(s) for s in specs], by=by)
-    return frame, sel
+    rules = [Rule.parse(s) for s in specs]
+    names = store.score_names()
+    missing = [r.score for r in rules if r.score not in names]
+    if missing:
+        from audit.decide.selection import RuleError
+
+        raise RuleError(f"unknown score {missing[0]!r}; this store has: {', '.join(names) or 'none'}")
+    return select(rules, score_columns(store, sorted({r.score for r in rules})), n=int(store.count("samples")))
+
+
+@st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
+def export_preview(store: Store, specs: tuple[str, ...], limit: int = 20) -> pd.DataFrame:
+    """The first ``limit`` kept samples (uid order) with every score: a LIMIT-sized read, not the pool."""
+    keep = export_selection(store, specs).keep
+    rows = np.flatnonzero(keep)[:limit]
+    uids = store.uids_at([int(r) for r in rows])
+    frame = store.samples_page(uids).set_index("uid").reindex(uids).reset_index()
+    for name in store.score_names():
+        frame[name] = score_column(store, name)[rows]
+    return frame
+
+
+@st.cache_data(max_entries=4, show_spinner=False, hash_funcs=HASH)
+def non_hex_uid_rows(store: Store) -> np.ndarray:
+    """Rows (uid order) whose uid is not 32 hex digits, which a DataComp .npy cannot list (usually none)."""
+    return store.non_hex_uid_rows()
+
+
+def render_export(store: Store, specs: tuple[str, ...], by: tuple[str, ...], fmt: str, all_rows: bool) -> bytes:
+    """The export file's bytes, built when the user clicks (the same frame as `python -m audit export`); not
+    cached, so the whole-pool frame lives only while it is written."""
+    from audit.decide.selection import Rule
+    from audit.export.writer import render, selection_frame
+
+    frame, _, _ = selection_frame(store, [Rule.parse(s) for s in specs], by=by)
+    return render(frame, fmt, all_rows=all_rows)
 
 
 @st.cache_resource

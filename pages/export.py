@@ -4,7 +4,7 @@ import streamlit as st
 
 from audit import ui
 from audit.export.csvsafe import json_safe, strict_json
-from audit.export.writer import manifest, render
+from audit.export.writer import manifest
 from audit.decide.selection import Rule, RuleError
 
 store, info = ui.page("Export")
@@ -28,25 +28,29 @@ all_rows = g2.checkbox("Every sample, with its decision", key="export_all_rows",
                        help="Adds the excluded samples with keep = 0 and the rules they failed, so inclusion rates "
                             "by group can be computed from the file (CSV and Parquet).")
 try:
-    frame, sel = ui.export_selection(store, tuple(specs), tuple(by))
+    sel = ui.export_selection(store, tuple(specs))
 except RuleError as exc:
     st.error(str(exc))
     st.stop()
-kept = int(sel.keep.sum())
+kept, n = int(sel.keep.sum()), len(sel.keep)
 c = st.columns(3)
 c[0].metric("Kept", f"{kept:,}")
-c[1].metric("Excluded", f"{len(frame) - kept:,}")
+c[1].metric("Excluded", f"{n - kept:,}")
 c[2].metric("Rules", len(rules))
 if sel.failed:
-    st.dataframe([{"excluded because": r, "samples": n} for r, n in sel.counts_by_reason().items()], hide_index=True)
+    st.dataframe([{"excluded because": r, "samples": k} for r, k in sel.counts_by_reason().items()], hide_index=True)
 st.caption("Every score column is included. CSV cells starting with = + - @ are prefixed with ' so spreadsheets "
-           "do not run them as formulas.")
-st.dataframe(frame[frame["keep"]].head(20).drop(columns=["keep", "excluded_by"]), hide_index=True, width="stretch")
+           "do not run them as formulas. The first kept samples:")
+st.dataframe(ui.blank_missing(ui.export_preview(store, tuple(specs))), hide_index=True, width="stretch")
 
 if not rules:
     st.info("No keep rules: the whole pool would be exported. Pick a filter on **Filter preview** or type rules above.")
+if n > 2_000_000:
+    st.caption(f"The file is built when you click, from all {n:,} samples: for a pool this size "
+               f"`python -m audit export --store … --keep {' '.join(specs) or '…'} --out subset.parquet` writes "
+               "the same file without holding it in the dashboard.")
 cols = st.columns(4)
-hex_uids = frame.loc[frame["keep"], "uid"].str.fullmatch(r"[0-9a-fA-F]{32}").all()
+hex_uids = not sel.keep[ui.non_hex_uid_rows(store)].any()
 for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
                               (cols[1], "parquet", "application/octet-stream", "Parquet"),
                               (cols[2], "npy", "application/octet-stream", "DataComp uid .npy")):
@@ -57,7 +61,8 @@ for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
     if fmt == "npy" and all_rows:
         col.caption("A DataComp .npy lists kept uids only.")
         continue
-    col.download_button(f"Download {label}", lambda fmt=fmt: render(frame, fmt, all_rows=all_rows),
+    col.download_button(f"Download {label}",
+                        lambda fmt=fmt: ui.render_export(store, tuple(specs), tuple(by), fmt, bool(all_rows)),
                         file_name=f"audited_subset.{fmt}",
                         mime=mime, key=f"dl_{fmt}", on_click="ignore")
 man = manifest(store, rules, sel, "dashboard", store_path=ui.store_path(),

@@ -64,6 +64,10 @@ def test_cli_export_equals_dashboard_bytes(demo_store, tmp_path):
     with Store.reader(demo_store) as st:
         frame, sel, names = selection_frame(st, [Rule.parse("clip_l14_similarity_score:top=0.3")])
     assert out.read_bytes() == render(frame, "csv")
+    from audit import ui   # the Export page's download builds the same bytes, on click
+
+    with Store.reader(demo_store) as st:
+        assert ui.render_export(st, ("clip_l14_similarity_score:top=0.3",), (), "csv", False) == out.read_bytes()
     kept = pd.read_csv(io.BytesIO(out.read_bytes()))
     assert len(kept) == int(sel.keep.sum()) and set(names) <= set(kept.columns)
     bad = subprocess.run([sys.executable, "-m", "audit", "export", "--store", demo_store, "--out", str(out),

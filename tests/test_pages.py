@@ -1,4 +1,5 @@
 """Streamlit AppTest for the foundation's pages: no exception, and moving the slider gives the expected counts."""
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -69,6 +70,14 @@ def test_export_page(app, demo_store):
     assert not app.exception
     kept, _ = expected_kept(demo_store, "clip_l14_similarity_score", Rule("clip_l14_similarity_score", "top", 0.2))
     assert metric(app, "Kept") == f"{kept:,}"
+    # the preview shows the first kept samples in uid order, with their scores
+    with Store.reader(demo_store) as st:
+        frame = st.score_frame(["clip_l14_similarity_score"])
+    keep = apply_rule(Rule("clip_l14_similarity_score", "top", 0.2), frame["clip_l14_similarity_score"].to_numpy(float))
+    shown = app.dataframe[-1].value
+    assert shown["uid"].tolist() == frame.loc[keep, "uid"].head(20).tolist()
+    np.testing.assert_allclose(shown["clip_l14_similarity_score"].to_numpy(float),
+                               frame.loc[keep, "clip_l14_similarity_score"].head(20).to_numpy(float))
     app.text_area(key="export_rules").set_value("clip_l14_similarity_score:top=0.2\nnot a rule").run()
     assert not app.exception and any("cannot read keep rule" in e.value for e in app.error)
 

@@ -660,6 +660,12 @@ class Store:
             cur.unregister("_pos")
         return [u for _, u in got]
 
+    def non_hex_uid_rows(self) -> np.ndarray:
+        """Row positions (``samples ORDER BY uid``) of uids that are not 32 hex digits."""
+        got = self.df("SELECT pos FROM (SELECT uid, row_number() OVER (ORDER BY uid) - 1 AS pos FROM samples) "
+                      "WHERE NOT regexp_full_match(uid, '[0-9a-fA-F]{32}') ORDER BY pos")
+        return got["pos"].to_numpy(dtype=np.int64)
+
     def uid_row(self, uid: str) -> int | None:
         """The row position of ``uid`` in ``samples ORDER BY uid``; None if there is no such sample."""
         if not self.scalar("SELECT count(*) FROM samples WHERE uid = ?", [uid]):
