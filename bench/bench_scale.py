@@ -189,26 +189,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-IDLE = "() => !document.querySelector('[data-testid=stStatusWidget]')"
+# Streamlit marks its root element with the script's state (data-test-script-state: running / notRunning); an
+# observer records every change with the browser's clock, so a rerun shorter than a poll is still seen
+WATCH = """() => { const app = document.querySelector('[data-testid=stApp]');
+  window.__st = [[app.getAttribute('data-test-script-state'), performance.now()]];
+  new MutationObserver(() => window.__st.push([app.getAttribute('data-test-script-state'), performance.now()]))
+    .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
+# the time of the first notRunning that follows a running state after t0 (null until then)
+DONE_AFTER = """(t0) => { let ran = false; for (const [s, t] of (window.__st || [])) { if (t < t0) continue;
+  if (s === 'running') ran = true; else if (ran && s === 'notRunning') return t; } return null; }"""
 KEPT = ("() => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(e => e.innerText.includes("
         "'Kept')); return m ? m.querySelector('[data-testid=stMetricValue]').innerText : null; }")
 
 
-def _moves(page, label: str, read, presses: int) -> tuple[list[float], list[float]]:
-    """Key presses on the slider ``label``: (ms to the value read() changing, ms to the rerun finishing)."""
+def _loaded(page, timeout_ms: int = 600_000) -> None:
+    """Wait for the first full run of a freshly opened page (running, then notRunning)."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
+                           ".getAttribute('data-test-script-state') === 'notRunning' && "
+                           "document.querySelector('[data-testid=stMain] h1, [data-testid=stMetric]')",
+                           timeout=timeout_ms, polling=50)
+
+
+def _moves(page, label: str, presses: int) -> tuple[list[float], list[float]]:
+    """Key presses on the slider ``label``: (ms to the Kept value changing, ms to the rerun finishing), both on
+    the browser's clock."""
+    page.evaluate(WATCH)
     thumb = page.locator(f"input[type='range'][aria-label='{label}']")
     changed, finished = [], []
-    for i in range(presses):
-        before = read()
+    for _ in range(presses):
+        before = page.evaluate(KEPT)
         thumb.focus()
-        t0 = time.perf_counter()
+        t0 = page.evaluate("performance.now()")
         thumb.press("ArrowRight")
-        while read() == before and time.perf_counter() - t0 < 120:
-            time.sleep(0.005)
-        changed.append((time.perf_counter() - t0) * 1e3)
-        page.wait_for_timeout(30)   # the status widget appears a moment after the rerun starts
-        page.wait_for_function(IDLE, timeout=300_000, polling=10)
-        finished.append((time.perf_counter() - t0) * 1e3)
+        t_kept = page.wait_for_function(
+            f"(b) => {{ const v = ({KEPT})(); return v !== null && v !== b ? performance.now() : null; }}", arg=before,
+            polling="raf", timeout=300_000).json_value()
+        t_done = page.wait_for_function(DONE_AFTER, arg=t0, polling=20, timeout=300_000).json_value()
+        changed.append(t_kept - t0)
+        finished.append(max(t_done, t_kept) - t0)
+        page.wait_for_timeout(100)
     return changed, finished
 
 
@@ -218,6 +238,7 @@ def _stats(ms: list[float]) -> str:
 
 
 FLOOR_APP = '''import streamlit as st
+st.title("floor")
 v = st.slider("floor", 0, 1000, 300)
 st.metric("Kept", f"{v:,}")
 '''
@@ -238,15 +259,12 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
             # the entry page first: a fresh server answers a first deep link with "page not found"
             t0 = time.perf_counter()
             page.goto(f"http://127.0.0.1:{port}/", timeout=600_000)
-            page.wait_for_selector("[data-testid='stMain'] h1", timeout=600_000)
-            page.wait_for_function(IDLE, timeout=600_000, polling=50)
+            _loaded(page)
             row(rung, "dashboard opens (snapshot + Overview)", f"{time.perf_counter() - t0:.1f} s")
             for url, title in PAGES:
                 t0 = time.perf_counter()
                 page.goto(f"http://127.0.0.1:{port}/{url}", timeout=600_000)
-                page.wait_for_selector("[data-testid='stMain'] h1", timeout=600_000)
-                page.wait_for_timeout(200)
-                page.wait_for_function(IDLE, timeout=600_000, polling=50)
+                _loaded(page)
                 secs = time.perf_counter() - t0
                 errors = page.locator("[data-testid='stException']").count()
                 rss, peak = _rss(srv.pid)
@@ -256,13 +274,12 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
                     page.wait_for_timeout(1500)   # Plotly draws after the script has finished
                     page.screenshot(path=str(shots / f"{rung}-{url}.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
-            page.wait_for_function(IDLE, timeout=600_000, polling=50)
-            page.wait_for_function(f"() => ({KEPT})() !== null", timeout=600_000)
-            ch, fin = _moves(page, "Keep the top fraction of the pool", lambda: page.evaluate(KEPT), presses)
+            _loaded(page)
+            ch, fin = _moves(page, "Keep the top fraction of the pool", presses)
             fpage = browser.new_page()
             fpage.goto(f"http://127.0.0.1:{fport}/", timeout=60_000)
-            fpage.wait_for_function(f"() => ({KEPT})() !== null", timeout=60_000)
-            fch, ffin = _moves(fpage, "floor", lambda: fpage.evaluate(KEPT), presses)
+            _loaded(fpage, 60_000)
+            fch, ffin = _moves(fpage, "floor", presses)
             row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}")
             row(rung, "slider → rerun finished", _stats(fin), f"Streamlit floor {_stats(ffin)}")
             rss, peak = _rss(srv.pid)
