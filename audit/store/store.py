@@ -575,19 +575,22 @@ class Store:
     def score_and_groups(self, score: str, group: str) -> pd.DataFrame:
         """One row per sample: uid, score value (NaN if missing) and group label ('unknown' if none)."""
         self.check_score(score)
-        if group in SAMPLE_GROUP_COLUMNS:
-            gexpr = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')"
-            join = ""
-            params: list[Any] = [score]
-        elif group in self.attributes():
-            gexpr = "coalesce(a.label, 'unknown')"
-            join = "LEFT JOIN annotations a ON a.uid = s.uid AND a.attribute = ?"
-            params = [group, score]
-        else:
-            raise StoreError(f"unknown group column {group!r}")
+        gexpr, join, params = self._group_sql(group)
+        params = params + [score]
         return self.df(
             f"SELECT s.uid, sc.value AS score, {gexpr} AS grp FROM samples s {join} "
             f"LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ? ORDER BY s.uid", params)
+
+    def _group_sql(self, group: str) -> tuple[str, str, list]:
+        """(label expression, join, params) of one group column over ``samples s``: 'unknown' where there is no
+        label; an attribute's most confident label when an annotator wrote several."""
+        if group in SAMPLE_GROUP_COLUMNS:
+            return f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')", "", []
+        if group in self.attributes():
+            return ("coalesce(a.label, 'unknown')",
+                    "LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
+                    "GROUP BY uid) a ON a.uid = s.uid", [group])
+        raise StoreError(f"unknown group column {group!r}")
 
     def score_group_arrays(self, score: str | None, group: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(values, codes, labels) of every sample in uid order: the score's value (float64, NaN if missing; None
@@ -596,15 +599,7 @@ class Store:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if group in SAMPLE_GROUP_COLUMNS:
-            gexpr, join, params = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')", "", []
-        elif group in self.attributes():
-            gexpr = "coalesce(a.label, 'unknown')"
-            join = ("LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
-                    "GROUP BY uid) a ON a.uid = s.uid")
-            params = [group]
-        else:
-            raise StoreError(f"unknown group column {group!r}")
+        gexpr, join, params = self._group_sql(group)
         if score is not None:
             self.check_score(score)
             sel, sjoin = ", sc.value AS v", "LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ?"
@@ -629,15 +624,7 @@ class Store:
         """uid, value, grp: up to ``per_group`` scored samples of each group in a random (hash) order; with
         ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). LIMIT-ed in SQL."""
         self.check_score(score)
-        if group in SAMPLE_GROUP_COLUMNS:
-            gexpr, join, params = f"coalesce(CAST(s.{ident(group)} AS VARCHAR), 'unknown')", "", []
-        elif group in self.attributes():
-            gexpr = "coalesce(a.label, 'unknown')"
-            join = ("LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
-                    "GROUP BY uid) a ON a.uid = s.uid")
-            params = [group]
-        else:
-            raise StoreError(f"unknown group column {group!r}")
+        gexpr, join, params = self._group_sql(group)
         where, wparams = "", []
         if label is not None:
             where = "WHERE grp = ? AND " + ("value >= ?" if kept else "value < ?")
