@@ -76,3 +76,24 @@ def test_old_list_parts_are_read_and_migrated_by_a_writer(tmp_path):
         (u, cols), = list(iter_vectors(st, "m"))
     assert u == ["a", "b", "c", "d"]
     np.testing.assert_array_equal(cols["txt"], txt.astype(np.float32))
+
+
+def test_row_norms_and_normalised_half_agree_on_both_paths(monkeypatch):
+    """numpy below TORCH_MIN_ROWS, torch above: the same norms (float32 rounding) and the same float16 vectors as
+    l2_normalise + a float16 cast."""
+    import numpy as np
+
+    from audit.store import vectors as v
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 64)).astype(np.float16)
+    rows = np.sort(rng.choice(3000, 1000, replace=False))
+    want = np.linalg.norm(x.astype(np.float32), axis=1)
+    ref = v.l2_normalise(x[rows]).astype(np.float16)
+    for threshold in (10**9, 0):   # numpy, then torch
+        monkeypatch.setattr(v, "TORCH_MIN_ROWS", threshold)
+        norms = v.row_norms(x, chunk=700)
+        np.testing.assert_allclose(norms, want, rtol=1e-6)
+        got = v.normalised_half(x, rows, norms)
+        assert got.dtype == np.float16
+        assert np.mean(got != ref) < 1e-3 and np.abs(got.astype(np.float32) - ref.astype(np.float32)).max() <= 1e-3

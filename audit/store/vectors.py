@@ -28,12 +28,20 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+TORCH_MIN_ROWS = 100_000   # row_norms / normalised_half: numpy below this many rows, torch above
+
+
 def row_norms(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     """(n,) float32 L2 norm of each row of a float16/float32 matrix, in chunks (no full-size float32 copy), through
     torch (F16C conversion, both cores): the ingest check (NaN/inf/zero) and the normalisation share it."""
+    out = np.empty(len(x), dtype=np.float32)
+    if len(x) < TORCH_MIN_ROWS:   # importing torch (~3 s) costs more than it saves on a small input
+        for s in range(0, len(x), chunk):
+            c = np.asarray(x[s:s + chunk], dtype=np.float32)
+            out[s:s + chunk] = np.sqrt(np.einsum("ij,ij->i", c, c))
+        return out
     import torch
 
-    out = np.empty(len(x), dtype=np.float32)
     for s in range(0, len(x), chunk):
         t = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk])).float()
         out[s:s + chunk] = torch.linalg.vector_norm(t, dim=1).numpy()
@@ -43,6 +51,9 @@ def row_norms(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
 def normalised_half(x: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """x[rows] / norms[rows] as float16: what l2_normalise then the float16 write do, in one pass (the norms are
     the ones ingest checked)."""
+    if len(x) < TORCH_MIN_ROWS:
+        c = np.asarray(x[rows], dtype=np.float32)
+        return (c / norms[rows][:, None]).astype(np.float16)
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(x[rows])).float()
