@@ -140,7 +140,9 @@ kept = int(table.attrs["kept"])
 if simple and rule.op == "top":
     target = min(int(data.n * rule.value) + 1, len(data.sorted_desc))
     if kept > target:
-        st.info(f"Ties at the threshold: {kept - target:,} samples share the cut-off value {tau:.6g}, so the rule "
+        extra = kept - target
+        st.info(f"Ties at the threshold: {extra:,} {'sample shares' if extra == 1 else 'samples share'} the cut-off "
+                f"value {tau:.6g} with the last one in the top fraction, so the rule "
                 f"keeps {kept:,} ({kept / data.n:.1%}) for a top {rule.value:.0%} (DataComp keeps ties; a score with "
                 f"few distinct values cannot hit every fraction).")
 m = st.columns(4)
