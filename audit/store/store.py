@@ -470,7 +470,9 @@ class Store:
 
         ident(name)
         uid_arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), type=pa.string())
-        frame = pa.table({"uid": uid_arr, "name": pa.array([name] * len(uid_arr), type=pa.string()).dictionary_encode(),
+        name_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(uid_arr), dtype=np.int32)),
+                                                  pa.array([name], type=pa.string()))   # no list of N strings
+        frame = pa.table({"uid": uid_arr, "name": name_col,
                           "value": pa.array(np.asarray(values, dtype=np.float64))})
         with self.transaction():
             cur = self.cursor()
