@@ -494,16 +494,7 @@ def map_points(store: Store, model: str, max_points: int, seed: int = 0) -> pd.D
 
 def keep_mask(store: Store, specs: tuple[str, ...]) -> np.ndarray:
     """Keep mask over every sample (ORDER BY uid) for plain keep rules (audit.decide.selection); raises RuleError."""
-    from audit.decide.selection import Rule, RuleError, select
-
-    rules = [Rule.parse(s) for s in specs]
-    names = store.score_names()
-    for r in rules:
-        if r.score not in names:
-            raise RuleError(f"unknown score {r.score!r} in rule {str(r)!r}; this store has: {', '.join(names)}")
-    cols = score_columns(store, sorted({r.score for r in rules}))
-    n = int(store.count("samples"))
-    return select(rules, cols, n=n).keep
+    return rule_selection(store, specs).keep
 
 
 @st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
@@ -568,25 +559,23 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
 
 
 @st.cache_resource(max_entries=4, show_spinner="Applying the rules to the whole pool…", hash_funcs=HASH)
-def export_selection(store: Store, specs: tuple[str, ...]):
-    """The Selection of the Export page's rules over the whole pool, from the cached score columns only (a keep
-    mask and one failure mask per rule: N bools each, no per-sample frame). Read-only."""
-    from audit.decide.selection import Rule, select
+def rule_selection(store: Store, specs: tuple[str, ...]):
+    """The Selection of plain keep rules over the whole pool (Export page, map colouring), from the cached score
+    columns only: a keep mask and one failure mask per rule, N bools each. Raises RuleError. Read-only."""
+    from audit.decide.selection import Rule, RuleError, select
 
     rules = [Rule.parse(s) for s in specs]
     names = store.score_names()
-    missing = [r.score for r in rules if r.score not in names]
-    if missing:
-        from audit.decide.selection import RuleError
-
-        raise RuleError(f"unknown score {missing[0]!r}; this store has: {', '.join(names) or 'none'}")
+    for r in rules:
+        if r.score not in names:
+            raise RuleError(f"unknown score {r.score!r} in rule {str(r)!r}; this store has: {', '.join(names)}")
     return select(rules, score_columns(store, sorted({r.score for r in rules})), n=int(store.count("samples")))
 
 
 @st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
 def export_preview(store: Store, specs: tuple[str, ...], limit: int = 20) -> pd.DataFrame:
     """The first ``limit`` kept samples (uid order) with every score: a LIMIT-sized read, not the pool."""
-    keep = export_selection(store, specs).keep
+    keep = rule_selection(store, specs).keep
     rows = np.flatnonzero(keep)[:limit]
     uids = store.uids_at([int(r) for r in rows])
     frame = store.samples_page(uids).set_index("uid").reindex(uids).reset_index()

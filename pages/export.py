@@ -28,7 +28,7 @@ all_rows = g2.checkbox("Every sample, with its decision", key="export_all_rows",
                        help="Adds the excluded samples with keep = 0 and the rules they failed, so inclusion rates "
                             "by group can be computed from the file (CSV and Parquet).")
 try:
-    sel = ui.export_selection(store, tuple(specs))
+    sel = ui.rule_selection(store, tuple(specs))
 except RuleError as exc:
     st.error(str(exc))
     st.stop()
