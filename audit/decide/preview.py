@@ -114,31 +114,6 @@ class PreviewData:
         counts[-1] += ge[-1]                                   # the last bin is closed: v == max counts there
         return counts.astype(np.int64), edges
 
-    def sample_rows(self, group: int, tau: float, k: int, *, kept: bool, seed: int = 0) -> np.ndarray:
-        """Up to ``k`` rows (uid order positions) of group code ``group``, kept (value ≥ τ) or excluded by τ (scored
-        rows only), drawn uniformly. Looks at a window of the sorted order, not at every row: O(k · N / n_group)."""
-        rng = np.random.default_rng(seed)
-        p = self.n_kept(tau)
-        lo, hi = (0, p) if kept else (p, len(self.codes_desc))
-        if hi <= lo:
-            return np.zeros(0, dtype=np.int64)
-        found: list[np.ndarray] = []
-        # random windows of the segment until k rows of the group are found (or the segment is exhausted)
-        window = max(BLOCK, 64 * k)
-        starts = np.arange(lo, hi, window)
-        for s in rng.permutation(starts):
-            seg = self.codes_desc[s:min(s + window, hi)]
-            hit = np.flatnonzero(seg == group) + s
-            if len(hit):
-                found.append(hit)
-            if sum(len(h) for h in found) >= 4 * k:
-                break
-        if not found:
-            return np.zeros(0, dtype=np.int64)
-        hits = np.concatenate(found)
-        pick = rng.choice(hits, size=min(k, len(hits)), replace=False)
-        return np.sort(self.order[pick].astype(np.int64))
-
 
 def _block_counts(codes_desc: np.ndarray, groups: int, chunk_blocks: int = 256) -> np.ndarray:
     """(F // BLOCK + 1, G) int64: row b = per-group count among the first b · BLOCK sorted values."""
