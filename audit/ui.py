@@ -145,7 +145,7 @@ def score_values(store: Store, score: str) -> np.ndarray:
 def preview_data(store: Store, score: str, group: str) -> PreviewData:
     """The slider's sketch (~13 bytes per sample). Held as a resource, not copied per call. Read-only."""
     values, codes, labels = store.score_group_arrays(score, group)
-    return PreviewData.from_arrays(values, codes, labels)
+    return PreviewData.from_arrays(values, codes, labels, store.score_order(score))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False, hash_funcs=HASH)
@@ -347,10 +347,10 @@ def duplicate_examples(store: Store, group_score: str, keep_score: str, limit_gr
 
 @st.cache_resource(max_entries=16, show_spinner=False, hash_funcs=HASH)
 def attribute_labels(store: Store, attrs: tuple[str, ...]) -> pd.DataFrame:
-    """uid plus one label column per attribute, every sample ordered by uid. Read-only."""
-    from audit.store.labels import label_frame
+    """One label column per attribute (a Categorical: a code per sample), every sample in uid order. Read-only."""
+    from audit.measure.report import load_frame
 
-    return label_frame(store, list(attrs))
+    return load_frame(store, [], list(attrs)).rename(columns=lambda c: c.removeprefix("by:"))
 
 
 # ---- cached balancing inputs and results of the Balancing page -----------------------------------------
@@ -398,7 +398,7 @@ def balance_clip(store: Store, score: str, budget: float):
 @st.cache_resource(max_entries=6, show_spinner=False, hash_funcs=HASH)
 def score_column(store: Store, name: str) -> np.ndarray:
     """One score for every sample, ORDER BY uid (aligned with preview_data). Held, not copied: read-only."""
-    return store.score_frame([name])[name].to_numpy(dtype=float)
+    return store.score_array(name)
 
 
 def score_columns(store: Store, names) -> dict[str, np.ndarray]:

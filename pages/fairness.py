@@ -284,7 +284,7 @@ else:
     labs = ui.attribute_labels(store, tuple(a for a, _, _ in flags))
     rows, bars = [], []
     for a, lab, title_ in flags:
-        fr = flag_rates(keep, labs[a].to_numpy() == lab)
+        fr = flag_rates(keep, (labs[a] == lab).to_numpy())
         rows.append({"category": title_, "in pool": fr["pool_count"],
                      "pool rate (95% CI)": f"{fr['pool_rate']:.4f} ({fr['pool_ci'][0]:.4f}–{fr['pool_ci'][1]:.4f})",
                      "kept": fr["kept_count"],
@@ -317,7 +317,7 @@ else:
     want = [a for a in pairs.get(ta, ()) if a in image_attrs] or image_attrs
     ia = a2.selectbox("Image attribute", image_attrs, index=image_attrs.index(want[0]), key="fz_agree_image")
     labs = ui.attribute_labels(store, (ta, ia))
-    ag = confusion(labs[ta].to_numpy(), labs[ia].to_numpy(), map_a=HARMONISE.get(ta), map_b=HARMONISE.get(ia),
+    ag = confusion(labs[ta].array, labs[ia].array, map_a=HARMONISE.get(ta), map_b=HARMONISE.get(ia),
                    name_a=ta, name_b=ia)
     if ag.n_both == 0:
         st.info(f"No sample has a known label in both {ta} and {ia}.")
@@ -341,9 +341,9 @@ reveal = st.toggle("Reveal NSFW thumbnails", value=False, key="fz_reveal",
 blur = ui.blur_uids(store)
 in_group = rep.labels == gsel
 rng = np.random.default_rng(0)
-uids = frame["uid"].to_numpy()
 for name, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
     idx = np.flatnonzero(mask)
     pick = rng.choice(idx, size=min(8, len(idx)), replace=False) if len(idx) else idx
     st.markdown(f"**{name}** ({len(idx):,} in {ui.md(gsel.replace(SEP, ' × '))}; showing {len(pick)})")
-    ui.show_samples(store, ui.samples(store, tuple(uids[pick])), reveal=reveal, blur_uids=blur)
+    uids = ui.uids_at(store, tuple(int(x) for x in pick))
+    ui.show_samples(store, ui.samples(store, tuple(uids)), reveal=reveal, blur_uids=blur)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
-from audit.store import Store, failed_run_guard, param_key
+from audit.store import Store, failed_run_guard, param_key, parts
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"
@@ -37,7 +37,18 @@ class Annotator(PlugIn):
     attributes: ClassVar[dict[str, str]] = {}   # attribute -> description
     imputed: ClassVar[bool] = True
 
+    # Row-local annotators (a sample's labels depend on its own columns alone) name the sample columns they read
+    # and implement compute_rows: the runner then streams the pool a part at a time, on every core, and holds one
+    # batch of rows per process instead of the whole pool.
+    row_columns: ClassVar[tuple[str, ...]] = ()
+
     def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
+        if self.row_columns:
+            return self.compute_rows(ctx.samples(list(self.row_columns)), ctx.params)
+        raise NotImplementedError
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+        """The long frame (uid, attribute, label, confidence, method) of these samples (uid + row_columns)."""
         raise NotImplementedError
 
 
@@ -58,6 +69,11 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         random_weights = bool(st.model_info(model)["random_weights"]) if model else False
         run_id = st.start_run("annotate", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
+    if cls.row_columns:
+        with Store.detached(store_path) as rd:
+            streamed = parts.is_parts_table(rd, "samples")
+        if streamed:
+            return _run_streamed(cls, store_path, run_id, full, random_weights, echo)
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
         frame = cls().compute(ctx)
@@ -75,8 +91,90 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
                                      descriptions=cls.attributes, imputed=cls.imputed, random_weights=rw)
         checkpoint("annotate.written")
         st.end_run(run_id, rows_in=n_samples, rows_out=len(frame))
+    from audit.store.columns import refresh
+
+    refresh(store_path, groups=sorted(frame["attribute"].unique()), echo=echo)   # the pages' pool-order columns
     counts = frame.groupby(["attribute", "label"]).size().rename("n").reset_index()
+    _echo_counts(counts, echo)
+    return counts
+
+
+def _echo_counts(counts: pd.DataFrame, echo) -> None:
     for attr, sub in counts.groupby("attribute"):
         top = ", ".join(f"{r.label} {r.n}" for r in sub.sort_values("n", ascending=False).head(8).itertuples())
         echo(f"{attr}: {top}")
-    return counts
+
+
+# ---- row-local annotators, streamed ----------------------------------------------------------------------------
+STREAM_BATCH_ROWS = 200_000
+PARALLEL_MIN_ROWS = 400_000    # below this, one process (starting workers costs more than it saves)
+
+
+def _annotate_file(task: tuple) -> tuple[dict[str, list[tuple[str, int]]], dict[tuple[str, str], int], int, dict]:
+    """One samples part: labels per batch of rows, each batch's attributes staged as part files (unregistered).
+    Returns (staged files per attribute, label counts, rows read, the frame attrs of the first batch)."""
+    import pyarrow.parquet as pq
+
+    name, params, path, root, run_id, batch_rows = task
+    cls = ANNOTATORS.get(name)
+    ann = cls()
+    staged: dict[str, list[tuple[str, int]]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    n, attrs = 0, {}
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["uid", *cls.row_columns]):
+        frame = batch.to_pandas()
+        out = ann.compute_rows(frame, params)
+        attrs = attrs or dict(out.attrs)
+        n += len(frame)
+        for a, sub in out.groupby("attribute", sort=True):
+            staged.setdefault(a, []).append(parts.stage_part(root, "annotations", a, sub, run_id=run_id))
+        for (a, lab), k in out.groupby(["attribute", "label"]).size().items():
+            counts[(a, lab)] = counts.get((a, lab), 0) + int(k)
+        checkpoint("annotate.batch")
+    return staged, counts, n, attrs
+
+
+def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo) -> pd.DataFrame:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    with failed_run_guard(store_path, run_id):
+        with Store.detached(store_path) as rd:
+            files = parts.part_files(rd, "samples")
+            root = rd.parts_dir()
+            n_samples = rd.count("samples")
+        tasks = [(cls.name, params, f, root, run_id, STREAM_BATCH_ROWS) for f in files]
+        workers = min(len(tasks), os.cpu_count() or 1)
+        if workers > 1 and n_samples >= PARALLEL_MIN_ROWS:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+                results = list(ex.map(_annotate_file, tasks))
+        else:
+            results = [_annotate_file(t) for t in tasks]
+        staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
+        counts: dict[tuple[str, str], int] = {}
+        rows_read, attrs = 0, {}
+        for st_files, c, n, a in results:
+            for k, v in st_files.items():
+                staged.setdefault(k, []).extend(v)
+            for k, v in c.items():
+                counts[k] = counts.get(k, 0) + v
+            rows_read += n
+            attrs = attrs or a
+        if rows_read != n_samples:
+            raise RuntimeError(f"annotate {cls.name}: read {rows_read:,} rows of {n_samples:,} samples (a part "
+                               "changed while the stage ran); run it again")
+    staged = {a: v for a, v in staged.items() if v or a in cls.attributes}
+    checkpoint("annotate.computed")
+    with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
+        st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),
+                                descriptions=cls.attributes, imputed=cls.imputed, random_weights=random_weights)
+        checkpoint("annotate.written")
+        st.end_run(run_id, rows_in=n_samples, rows_out=sum(counts.values()))
+    from audit.store.columns import refresh
+
+    refresh(store_path, groups=sorted(staged), echo=echo)   # the pages' pool-order columns
+    frame = pd.DataFrame([(a, lab, k) for (a, lab), k in sorted(counts.items())], columns=["attribute", "label", "n"])
+    _echo_counts(frame, echo)
+    return frame

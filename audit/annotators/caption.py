@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from audit.annotators.base import ANNOTATORS, MULTIPLE, UNKNOWN, Annotator, AnnotatorContext
+from audit.annotators.base import ANNOTATORS, MULTIPLE, UNKNOWN, Annotator
 
 # attribute -> group -> regex alternatives (word-bounded, case-insensitive)
 LEXICON: dict[str, dict[str, list[str]]] = {
@@ -93,8 +93,9 @@ class CaptionLexicon(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {})]
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        frame = ctx.samples(["caption"])
+    row_columns = ("caption",)
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
         parts = []
         for attr in self.attributes:
             labels = label_captions(frame["caption"], attr)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator, AnnotatorContext
+from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator
 
 METHOD = "URL parsed with tldextract (bundled Public Suffix List, no fetch)"
 # ccTLDs mostly sold as generic names (not a country signal)
@@ -112,8 +112,9 @@ class Domain(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {})]
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        frame = ctx.samples(["url"])
+    row_columns = ("url",)
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
         p = parse_urls(frame["url"])
         parts = []
         for attr, col in (("domain_registered", "registered"), ("domain_suffix", "suffix"), ("domain_cctld", "cctld")):

@@ -44,18 +44,20 @@ class PreviewData:
 
     # ---- building --------------------------------------------------------------------------------------------
     @classmethod
-    def from_arrays(cls, values: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> "PreviewData":
-        """From one value (NaN = no score) and one group code per sample, rows in uid order."""
+    def from_arrays(cls, values: np.ndarray, codes: np.ndarray, labels: np.ndarray,
+                    order: np.ndarray | None = None) -> "PreviewData":
+        """From one value (NaN = no score) and one group code per sample, rows in uid order. ``order``: the rows of
+        the finite values by value descending, equal values in row order (the store keeps it with the score,
+        audit/store/columns.py); sorted here when not given."""
+        from audit.store.columns import descending_order
+
         values = np.asarray(values, dtype=np.float64)
         codes = np.asarray(codes)
-        finite = np.flatnonzero(~np.isnan(values))
-        # stable sort on -value: equal values keep their row order, so the sketch is deterministic
-        pos = np.argsort(-values[finite], kind="stable")
-        order = finite[pos].astype(np.int32 if len(values) < 2**31 else np.int64)
+        order = descending_order(values) if order is None else np.asarray(order)
         code_type = np.uint8 if len(labels) <= 255 else (np.uint16 if len(labels) <= 65535 else np.int64)
         group_n = np.bincount(codes, minlength=len(labels)).astype(np.int64)
-        return cls(np.asarray(labels, dtype=object), values[order], codes[order].astype(code_type), order, group_n,
-                   len(values))
+        return cls(np.asarray(labels, dtype=object), values[order], codes[order].astype(code_type, copy=False), order,
+                   group_n, len(values))
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> "PreviewData":

@@ -118,6 +118,10 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
     with Store.writer(store_path) as st:
         st.end_run(run_id, rows_in=total.rows_in, rows_out=total.accepted,
                    rows_rejected=sum(total.rejected.values()))
+    if total.accepted:
+        from audit.store.columns import refresh
+
+        refresh(store_path, samples=True, echo=echo if progress else None)   # pool-order columns (uids, scores)
     for line in total.lines():
         echo(line)
     return total

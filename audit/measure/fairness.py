@@ -31,8 +31,11 @@ UNLABELLED = ("unknown", "multiple")
 SEP = " × "
 
 
-def combine_labels(*columns: np.ndarray | pd.Series) -> np.ndarray:
-    """Intersection labels ("woman × older") from one or more label columns of equal length."""
+def combine_labels(*columns: np.ndarray | pd.Series | pd.Categorical) -> np.ndarray | pd.Categorical:
+    """Intersection labels ("woman × older") from one or more label columns of equal length. Categorical columns
+    combine by their codes (no string per sample) into a Categorical whose categories are sorted."""
+    if columns and all(isinstance(c, pd.Categorical) for c in columns):
+        return _combine_categoricals(columns)
     cols = [np.asarray(pd.Series(c, copy=False).astype(object).where(pd.notna(c), "unknown"), dtype=object).astype(str)
             for c in columns]
     if len(cols) == 1:
@@ -41,6 +44,27 @@ def combine_labels(*columns: np.ndarray | pd.Series) -> np.ndarray:
     for c in cols[1:]:
         out = out + SEP + c.astype(object)
     return out
+
+
+def _combine_categoricals(columns) -> pd.Categorical:
+    cats = [[("unknown" if pd.isna(x) else str(x)) for x in c.categories] for c in columns]
+    codes = [np.where(c.codes < 0, -1, c.codes).astype(np.int64) for c in columns]
+    for i, c in enumerate(codes):       # a missing value is the level 'unknown'
+        if (c < 0).any():
+            if "unknown" not in cats[i]:
+                cats[i] = cats[i] + ["unknown"]
+            codes[i] = np.where(c < 0, cats[i].index("unknown"), c)
+    joint = codes[0]
+    names = np.asarray(cats[0], dtype=object)
+    for cat, c in zip(cats[1:], codes[1:]):
+        joint = joint * len(cat) + c
+        names = np.asarray([f"{a}{SEP}{b}" for a in names for b in cat], dtype=object)
+    used = np.flatnonzero(np.bincount(joint, minlength=len(names)))   # levels that occur, sorted by name
+    names = names[used]
+    rank = np.argsort(names.astype(str), kind="stable")
+    remap = np.full(int(used.max()) + 1 if len(used) else 1, -1, dtype=np.int64)
+    remap[used[rank]] = np.arange(len(used))
+    return pd.Categorical.from_codes(remap[joint] if len(joint) else joint, categories=list(names[rank]))
 
 
 def is_labelled(groups: pd.Series | np.ndarray, unlabelled=UNLABELLED) -> np.ndarray:
@@ -152,22 +176,30 @@ class Agreement:
 
 def confusion(a: np.ndarray | pd.Series, b: np.ndarray | pd.Series, *, map_a: dict | None = None,
               map_b: dict | None = None, unlabelled=UNLABELLED, name_a: str = "a", name_b: str = "b") -> Agreement:
-    """Agreement between two labelings of the same samples (unknown/multiple excluded from n_both)."""
-    ra = pd.Series(np.asarray(a, dtype=object)).fillna("unknown").astype(str)
-    rb = pd.Series(np.asarray(b, dtype=object)).fillna("unknown").astype(str)
-    raw = pd.crosstab(ra.rename(name_a), rb.rename(name_b))
-    ha = ra.map(lambda v: (map_a or {}).get(v, v))
-    hb = rb.map(lambda v: (map_b or {}).get(v, v))
-    both = ~ha.isin(unlabelled) & ~hb.isin(unlabelled)
-    ha, hb = ha[both], hb[both]
-    n = int(both.sum())
+    """Agreement between two labelings of the same samples (unknown/multiple excluded from n_both). Computed on
+    the joint counts of the two label codes (one bincount), so a 12.8M-row pool costs what its label pairs do."""
+    from audit.measure.metrics import encode_groups
+
+    ca, la = encode_groups(a)
+    cb, lb = encode_groups(b)
+    counts = np.bincount(ca * len(lb) + cb, minlength=len(la) * len(lb)).reshape(len(la), len(lb))
+    keep_a, keep_b = counts.sum(1) > 0, counts.sum(0) > 0
+    raw = pd.DataFrame(counts[np.ix_(keep_a, keep_b)], index=pd.Index(la[keep_a], name=name_a),
+                       columns=pd.Index(lb[keep_b], name=name_b))
+    ha = pd.Series([(map_a or {}).get(v, v) for v in raw.index], dtype=object)
+    hb = pd.Series([(map_b or {}).get(v, v) for v in raw.columns], dtype=object)
+    long = raw.set_axis(ha, axis=0).set_axis(hb, axis=1)
+    long = long.loc[~ha.isin(unlabelled).to_numpy(), ~hb.isin(unlabelled).to_numpy()]
+    tab = long.T.groupby(level=0).sum().T.groupby(level=0).sum()
+    tab = tab.loc[:, tab.sum(0) > 0].loc[tab.sum(1) > 0]
+    n = int(tab.to_numpy().sum())
     if n == 0:
         return Agreement(pd.DataFrame(), 0, float("nan"), float("nan"), raw)
-    tab = pd.crosstab(ha.rename(name_a), hb.rename(name_b))
-    agree = float((ha.to_numpy() == hb.to_numpy()).mean())
-    cats = sorted(set(ha) | set(hb))
-    pa = ha.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy()
-    pb = hb.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy()
+    tab.index.name, tab.columns.name = name_a, name_b
+    cats = sorted(set(tab.index) | set(tab.columns))
+    full = tab.reindex(index=cats, columns=cats, fill_value=0).to_numpy()
+    agree = float(np.trace(full) / n)
+    pa, pb = full.sum(1) / n, full.sum(0) / n
     pe = float((pa * pb).sum())
     kappa = (agree - pe) / (1 - pe) if pe < 1 else float("nan")
     return Agreement(tab, n, agree, kappa, raw)

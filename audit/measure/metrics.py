@@ -30,6 +30,14 @@ def wilson(k: np.ndarray | int, n: np.ndarray | int, z: float = Z95) -> tuple[np
 
 def encode_groups(groups: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes and the sorted label array; missing labels become the level ``unknown``."""
+    if isinstance(groups, pd.Series) and isinstance(groups.dtype, pd.CategoricalDtype):
+        groups = groups.array
+    if isinstance(groups, pd.Categorical):
+        cats = np.asarray([str(c) for c in groups.categories], dtype=object)
+        if (groups.codes >= 0).all() and len(set(cats)) == len(cats) and list(cats) == sorted(cats):
+            used = np.bincount(groups.codes, minlength=len(cats)) > 0      # levels that occur, as factorize
+            remap = np.cumsum(used) - 1
+            return remap[groups.codes].astype(np.int64), cats[used]
     s = pd.Series(groups, copy=False).astype("object").where(pd.notna(groups), "unknown").astype(str)
     codes, labels = pd.factorize(s, sort=True)
     return codes.astype(np.int64), np.asarray(labels, dtype=object)

@@ -52,18 +52,20 @@ def check_by(by: Sequence[str]) -> list[str]:
 
 
 def load_frame(store, scores: Sequence[str], by: Sequence[str]):
-    """uid, one column per score, one label column per attribute; every sample, ordered by uid."""
-    from audit.store.labels import label_frame
+    """One column per score and one ``by:<attribute>`` label column per attribute (a pandas Categorical: a code per
+    sample, no string per sample); every sample, row i = the i-th uid in uid order (``Store.uids_at``). Read from
+    the store's pool-order columns (audit/store/columns.py)."""
+    import numpy as np
+    import pandas as pd
 
     for s in scores:
         store.check_score(s)
-    frame = store.score_frame(list(dict.fromkeys(scores)))
-    labels = label_frame(store, list(by))
-    if not (frame["uid"].to_numpy() == labels["uid"].to_numpy()).all():  # both ORDER BY uid over samples
-        raise RuntimeError("score and label frames are not aligned")
+    data = {s: np.asarray(store.score_array(s), dtype=np.float64) for s in dict.fromkeys(scores)}
     for col in by:
-        frame[f"by:{col}"] = labels[col].to_numpy()
-    return frame
+        _, codes, labels = store.score_group_arrays(None, col)
+        data[f"by:{col}"] = pd.Categorical.from_codes(np.asarray(codes, dtype=np.int32), categories=list(labels))
+    n = len(next(iter(data.values()))) if data else int(store.count("samples"))
+    return pd.DataFrame(data, index=pd.RangeIndex(n))
 
 
 def table_from_frame(frame, rules, by: Sequence[str], *, min_n: int = 30) -> Report:
@@ -73,7 +75,7 @@ def table_from_frame(frame, rules, by: Sequence[str], *, min_n: int = 30) -> Rep
 
     columns = {r.score: frame[r.score].to_numpy(dtype=float) for r in rules}
     sel = select(rules, columns, n=len(frame))
-    labels = combine_labels(*[frame[f"by:{c}"].to_numpy() for c in by])
+    labels = combine_labels(*[frame[f"by:{c}"].array for c in by])
     table = group_table(sel.keep, labels, min_n=min_n)
     return Report(table[REPORT_COLUMNS], sel, labels, amplification_regression(table, min_n=min_n), list(rules))
 

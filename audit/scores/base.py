@@ -146,6 +146,9 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
         checkpoint("score.written")
         n_missing = int(sum(np.isnan(np.asarray(v, dtype=float)).sum() for v in values.values()))
         st.end_run(run_id, rows_in=len(uids), rows_out=len(uids), note=f"{n_missing} missing values")
+    from audit.store.columns import refresh
+
+    refresh(store_path, scores=list(values), echo=echo)   # the pages' pool-order columns of these scores
     for out_name, v in values.items():
         v = np.asarray(v, dtype=float)
         ok = v[~np.isnan(v)]

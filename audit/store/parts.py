@@ -90,6 +90,14 @@ def is_parts_table(store: "Store", table: str) -> bool:
 def write_part(store: "Store", table: str, key: str, frame, *, run_id: int | None, replace: bool) -> int:
     """Write ``frame`` (pandas or Arrow, any subset of the table's columns) as one part of ``table`` under ``key``
     and register it; with ``replace`` the key's earlier parts are retired in the same transaction. Returns rows."""
+    staged = stage_part(store.parts_dir(), table, key, frame, run_id=run_id)
+    register_parts(store, table, key, [staged], run_id=run_id, replace=replace)
+    return staged[1]
+
+
+def stage_part(root: Path, table: str, key: str, frame, *, run_id: int | None) -> tuple[str, int]:
+    """Write one part file under the parts folder ``root`` without registering it: (relative path, rows). No view
+    reads it until ``register_parts``; a stage killed before that leaves an orphan ``collect_garbage`` removes."""
     import pyarrow as pa
     import pyarrow.compute  # noqa: F401 (pa.compute)
     import pyarrow.parquet as pq
@@ -108,7 +116,7 @@ def write_part(store: "Store", table: str, key: str, frame, *, run_id: int | Non
     if n > 1:   # sorted by uid: each row group covers a narrow uid range, which a lookup by uid prunes on
         data = data.take(pa.compute.sort_indices(data.column("uid")))
     rel = f"{table}/{slug(key) if key else '_'}/{run_id if run_id is not None else 0:06d}-{uuid.uuid4().hex[:12]}.parquet"
-    dest = store.parts_dir() / rel
+    dest = Path(root) / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(".tmp-" + dest.name)
     # statistics for the text columns only: pyarrow leaves NaN out of a float column's min/max, and DuckDB then
@@ -116,13 +124,27 @@ def write_part(store: "Store", table: str, key: str, frame, *, run_id: int | Non
     stats = [f.name for f in schema if pa.types.is_string(f.type)]
     pq.write_table(data, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=stats)
     os.replace(tmp, dest)
+    return rel, n
+
+
+def register_parts(store: "Store", table: str, key: str, staged: list[tuple[str, int]], *, run_id: int | None,
+                   replace: bool) -> None:
+    """Register staged part files of ``table`` under ``key`` in one transaction (retiring the key's earlier parts
+    with ``replace``) and redefine the view."""
     with store.transaction():
         cur = store.cursor()
         if replace:
             retire(store, table, key)
-        cur.execute("INSERT INTO parts VALUES (?, ?, ?, ?, ?, now())", [table, key, rel, n, run_id])
+        for rel, n in staged:
+            cur.execute("INSERT INTO parts VALUES (?, ?, ?, ?, ?, now())", [table, key, rel, n, run_id])
         refresh_view(store, table)
-    return n
+
+
+def part_files(store: "Store", table: str) -> list[str]:
+    """Absolute paths of the registered parts of ``table``, in the view's order."""
+    root = store.parts_dir()
+    return [str(root / r[0]) for r in store.cursor().execute(
+        "SELECT file FROM parts WHERE table_name = ? ORDER BY created, file", [table]).fetchall()]
 
 
 def retire(store: "Store", table: str, key: str) -> None:

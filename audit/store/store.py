@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import numpy as np
 import pandas as pd
+from audit.store import columns as pool_columns
 from audit.store import parts
 from audit.store.schema import (DDL, LEGACY_SAMPLE_MIGRATIONS, MIGRATIONS, REJECT_COLUMNS, SAMPLE_COLUMNS,
                                 SAMPLE_GROUP_COLUMNS, SCHEMA_VERSION, StoreError, _EMPTY_EMBEDDINGS_VIEW, ident, slug)
@@ -145,13 +146,14 @@ class Store:
 
     @classmethod
     @contextlib.contextmanager
-    def detached(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> Iterator["Store"]:
+    def detached(cls, path: str | os.PathLike, *, wait_s: float = 60.0,
+                 memory_limit: str | None = None) -> Iterator["Store"]:
         """A read-only store for long computations that holds the file only while each query runs (DuckDB lets
         no writer in while any reader has the file open), so another stage can write meanwhile. Each query
         sees the store as it is then; the computing stage reads what it needs once."""
         if not os.path.exists(str(path)):
             raise StoreError(f"store not found: {path}")
-        yield _DetachedStore(path=str(path), con=None, read_only=True, wait_s=wait_s)
+        yield _DetachedStore(path=str(path), con=None, read_only=True, wait_s=wait_s, memory_limit=memory_limit)
 
     @classmethod
     @contextlib.contextmanager
@@ -548,6 +550,17 @@ class Store:
                 cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
                             [a, run_id, method, imputed, random_weights, (descriptions or {}).get(a, "")])
 
+    def register_annotations(self, staged: dict[str, list[tuple[str, int]]], *, run_id: int, method: str,
+                             descriptions: dict[str, str] | None = None, imputed: bool = True,
+                             random_weights: bool = False) -> None:
+        """Replace each attribute with its staged part files (parts.stage_part), in one transaction."""
+        with self.transaction():
+            cur = self.cursor()
+            for a in sorted(staged):
+                parts.register_parts(self, "annotations", a, staged[a], run_id=run_id, replace=True)
+                cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
+                            [a, run_id, method, imputed, random_weights, (descriptions or {}).get(a, "")])
+
     def unknown_uids(self, uids: Sequence[str]) -> list[str]:
         """The given uids that are not samples of this store, in the given order."""
         found = self.existing_uids(uids)
@@ -592,74 +605,71 @@ class Store:
             return ("coalesce(a.label, 'unknown')",
                     "LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label FROM annotations WHERE attribute = ? "
                     "GROUP BY uid) a ON a.uid = s.uid", [group])
-        raise StoreError(f"unknown group column {group!r}")
+        raise StoreError(f"unknown attribute or group column {group!r}; this store has: "
+                         f"{', '.join(self.group_columns())}")
 
     def score_group_arrays(self, score: str | None, group: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(values, codes, labels) of every sample in uid order: the score's value (float64, NaN if missing; None
-        when ``score`` is None), the group code and the sorted labels ('unknown' where there is none). Labels come
-        back dictionary-encoded by Arrow: no Python string per sample."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        when ``score`` is None), the group code and the sorted labels ('unknown' where there is none). Read from
+        the pool-order columns (audit/store/columns.py): read-only, memory-mapped, no Python object per sample."""
+        codes, labels = pool_columns.group_codes(self, group)
+        values = None if score is None else pool_columns.score_values(self, score)
+        return values, codes, labels
 
-        gexpr, join, params = self._group_sql(group)
-        if score is not None:
-            self.check_score(score)
-            sel, sjoin = ", sc.value AS v", "LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ?"
-            params = params + [score]
-        else:
-            sel, sjoin = "", ""
-        tab = self.cursor().sql(f"SELECT {gexpr} AS g{sel} FROM samples s {join} {sjoin} ORDER BY s.uid",
-                                params=params).to_arrow_table()
-        enc = pc.dictionary_encode(tab.column("g")).combine_chunks()
-        dictionary = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(dictionary.astype(str), kind="stable")          # labels sorted, codes remapped
-        remap = np.empty(len(order), dtype=np.int64)
-        remap[order] = np.arange(len(order))
-        codes = remap[enc.indices.to_numpy(zero_copy_only=False)] if len(order) else np.zeros(0, dtype=np.int64)
-        values = None
-        if score is not None:
-            values = tab.column("v").to_numpy().astype(np.float64) if tab.num_rows else np.zeros(0)
-        return values, codes, dictionary[order]
+    def score_array(self, name: str) -> np.ndarray:
+        """float64 value of one score for every sample in uid order (NaN where missing). Read-only."""
+        return pool_columns.score_values(self, name)
+
+    def score_order(self, name: str) -> np.ndarray:
+        """Rows (uid order) of the score's finite values, value descending, equal values in row order."""
+        return pool_columns.score_order(self, name)
 
     def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
-                       tau: float | None = None, kept: bool = True) -> pd.DataFrame:
-        """uid, value, grp: up to ``per_group`` scored samples of each group in a random (hash) order; with
-        ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). LIMIT-ed in SQL."""
-        self.check_score(score)
-        gexpr, join, params = self._group_sql(group)
-        where, wparams = "", []
+                       tau: float | None = None, kept: bool = True, seed: int = 0) -> pd.DataFrame:
+        """uid, value, grp: a seeded uniform draw of up to ``per_group`` scored samples of each group, in random
+        order; with ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). From the
+        pool-order columns, then the drawn uids by position: no join over the pool."""
+        values = self.score_array(score)
+        codes, labels = pool_columns.group_codes(self, group)
+        rng = np.random.default_rng(seed)
+        finite = ~np.isnan(values)
         if label is not None:
-            where = "WHERE grp = ? AND " + ("value >= ?" if kept else "value < ?")
-            wparams = [label, float(tau)]
-        return self.df(
-            f"SELECT uid, value, grp FROM (SELECT s.uid, sc.value, {gexpr} AS grp FROM samples s {join} "
-            f"JOIN scores sc ON sc.uid = s.uid AND sc.name = ? WHERE NOT isnan(sc.value)) {where} "
-            f"QUALIFY row_number() OVER (PARTITION BY grp ORDER BY hash(uid), uid) <= ? ORDER BY grp, hash(uid), uid",
-            params + [score] + wparams + [int(per_group)])
+            hit = np.flatnonzero(labels == label)
+            if not len(hit):
+                return pd.DataFrame({"uid": [], "value": [], "grp": []})
+            side = (values >= float(tau)) if kept else (values < float(tau))
+            rows = np.flatnonzero((np.asarray(codes) == hit[0]) & finite & side)
+            rows = rows[rng.permutation(len(rows))[:int(per_group)]]
+        else:
+            rows = np.flatnonzero(finite)
+            rows = rows[rng.permutation(len(rows))]                      # random order …
+            grp = np.asarray(codes)[rows]
+            by = np.argsort(grp, kind="stable")                           # … kept within each group
+            counts = np.bincount(grp, minlength=len(labels))
+            start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            take = np.concatenate([by[a:a + min(c, int(per_group))] for a, c in zip(start, counts)] or
+                                  [np.zeros(0, dtype=np.int64)])
+            rows = rows[take]
+        rows = rows.astype(np.int64)
+        return pd.DataFrame({"uid": self.uids_at(rows), "value": np.asarray(values)[rows],
+                             "grp": np.asarray(labels, dtype=object)[np.asarray(codes)[rows]]})
 
     def uids_at(self, rows: Sequence[int]) -> list[str]:
         """The uids at these row positions of ``samples ORDER BY uid`` (the order of every per-sample array)."""
-        frame = pd.DataFrame({"pos": np.asarray(rows, dtype=np.int64), "i": np.arange(len(rows))})
-        cur = self.cursor()
-        cur.register("_pos", frame)
-        try:
-            got = cur.execute("SELECT p.i, s.uid FROM _pos p JOIN (SELECT uid, row_number() OVER (ORDER BY uid) - 1 "
-                              "AS pos FROM samples) s USING (pos) ORDER BY p.i").fetchall()
-        finally:
-            cur.unregister("_pos")
-        return [u for _, u in got]
+        import pyarrow as pa
+
+        return pool_columns.uids(self).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
     def non_hex_uid_rows(self) -> np.ndarray:
         """Row positions (``samples ORDER BY uid``) of uids that are not 32 hex digits."""
-        got = self.df("SELECT pos FROM (SELECT uid, row_number() OVER (ORDER BY uid) - 1 AS pos FROM samples) "
-                      "WHERE NOT regexp_full_match(uid, '[0-9a-fA-F]{32}') ORDER BY pos")
-        return got["pos"].to_numpy(dtype=np.int64)
+        import pyarrow.compute as pc
+
+        ok = pc.match_substring_regex(pool_columns.uids(self), "^[0-9a-fA-F]{32}$")
+        return np.flatnonzero(~ok.to_numpy(zero_copy_only=False)).astype(np.int64)
 
     def uid_row(self, uid: str) -> int | None:
         """The row position of ``uid`` in ``samples ORDER BY uid``; None if there is no such sample."""
-        if not self.scalar("SELECT count(*) FROM samples WHERE uid = ?", [uid]):
-            return None
-        return int(self.scalar("SELECT count(*) FROM samples WHERE uid < ?", [uid]))
+        return pool_columns.uid_positions(self, [uid])[0]
 
     def overview(self) -> dict:
         return {
@@ -675,11 +685,12 @@ class Store:
 @dataclass
 class _DetachedStore(Store):
     wait_s: float = 60.0
+    memory_limit: str | None = None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         # a connection of its own per query: the file is released as soon as the result is dropped
         con = connect(self.path, read_only=True, wait_s=self.wait_s)
-        self._configure(con)
+        self._configure(con, self.memory_limit)
         return con
 
     def close(self) -> None:

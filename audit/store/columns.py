@@ -1,0 +1,276 @@
+"""Pool-order columns: one array per score and per group column, in the order of ``samples ORDER BY uid``, kept
+beside the parts so that no page joins the pool to draw a slider.
+
+A 12.8M-row pool's Filter preview needs one score's values and one group's code for every sample, aligned. Joined
+in SQL (samples ⋈ scores ⋈ most-confident annotation, sorted by uid) that is minutes on two cores; read from these
+files it is a fraction of a second. They are written when a stage writes the table they derive from (the writer's
+session ends with ``precompute``), and built on first use otherwise (older stores, a cache deleted)::
+
+    <store>.parts/_columns/uids/<fp>/uids.arrow           every uid in pool order (Arrow IPC, memory-mapped)
+    <store>.parts/_columns/score/<name>/<fp>/values.npy   float64, NaN where the sample has no value
+                                             order.npy    int32 rows of the finite values, value descending
+                                                          (stable: equal values keep their row order)
+    <store>.parts/_columns/group/<name>/<fp>/codes.npy    uint8/uint16 code per sample; labels.json sorted,
+                                                          'unknown' where there is no label
+
+``<fp>`` is a digest of the part files the column derives from (the samples' parts, plus the score's or the
+attribute's), so a column is never stale: a new ingest or a recomputed score names new parts and so a new folder.
+Folders are written under a temporary name and renamed (a killed build leaves nothing a reader picks up);
+``collect_garbage`` removes folders of a digest no longer current after the retired-part grace period.
+
+Stores of the older one-file layout have no part list to digest: their columns are computed each time, not kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from audit.store import parts
+from audit.store.schema import SAMPLE_GROUP_COLUMNS, slug
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.store.store import Store
+
+ROOT = "_columns"
+
+
+# ---- where a column lives -------------------------------------------------------------------------------------
+def _part_files(store: "Store", table: str, key: str | None = None) -> list[str]:
+    sql, params = "SELECT file FROM parts WHERE table_name = ?", [table]
+    if key is not None:
+        sql, params = sql + " AND key = ?", params + [key]
+    return sorted(r[0] for r in store.cursor().execute(sql, params).fetchall())
+
+
+def fingerprint(store: "Store", kind: str, name: str = "") -> str | None:
+    """Digest of the part files a column derives from; None for a store whose rows are not in parts."""
+    if not parts.is_parts_table(store, "samples"):
+        return None
+    files = _part_files(store, "samples")
+    if kind == "score":
+        if not parts.is_parts_table(store, "scores"):
+            return None
+        files += ["|scores|"] + _part_files(store, "scores", name)
+    elif kind == "group" and name not in SAMPLE_GROUP_COLUMNS:
+        if not parts.is_parts_table(store, "annotations"):
+            return None
+        files += ["|annotations|"] + _part_files(store, "annotations", name)
+    elif kind == "group":
+        files += [f"|column|{name}"]
+    return hashlib.sha256("\n".join([kind, name, *files]).encode()).hexdigest()[:20]
+
+
+def _folder(store: "Store", kind: str, name: str, fp: str) -> Path:
+    base = store.parts_dir() / ROOT / kind
+    return (base / fp) if kind == "uids" else (base / slug(name) / fp)
+
+
+def _publish(dest: Path, write) -> Path:
+    """Run ``write(tmp_folder)`` and rename the folder into place (atomic); a concurrent builder's copy wins."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:          # another process published the same digest first: same content
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _cached(store: "Store", kind: str, name: str, build, write, read):
+    """The column from its folder; built, written and read back when missing (kept in memory when the parts folder
+    cannot be written to, or the store has no part list)."""
+    fp = fingerprint(store, kind, name)
+    if fp is None:
+        return build()
+    folder = _folder(store, kind, name, fp)
+    if not folder.is_dir():
+        data = build()
+        try:
+            _publish(folder, lambda tmp: write(tmp, data))
+        except OSError:
+            return data
+    return read(folder)
+
+
+# ---- the columns ------------------------------------------------------------------------------------------------
+def uids(store: "Store"):
+    """Every uid in pool order, as an Arrow string array memory-mapped from its file (no Python str per row)."""
+    import pyarrow as pa
+
+    def build():
+        tab = store.cursor().sql("SELECT uid FROM samples ORDER BY uid").to_arrow_table()
+        return tab.column("uid").combine_chunks() if tab.num_rows else pa.array([], type=pa.string())
+
+    def write(tmp: Path, arr) -> None:
+        table = pa.table({"uid": arr})
+        with pa.OSFile(str(tmp / "uids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+
+    def read(folder: Path):
+        tab = pa.ipc.open_file(pa.memory_map(str(folder / "uids.arrow"), "r")).read_all()
+        col = tab.column("uid")
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+    return _cached(store, "uids", "", build, write, read)
+
+
+def uid_positions(store: "Store", wanted: Iterable[str]) -> list[int | None]:
+    """Row position of each uid in pool order (None when absent): a binary search in the sorted uids."""
+    arr = uids(store)
+    n = len(arr)
+    out = []
+    for u in wanted:
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if arr[mid].as_py() < u:
+                lo = mid + 1
+            else:
+                hi = mid
+        out.append(lo if lo < n and arr[lo].as_py() == u else None)
+    return out
+
+
+def score_values(store: "Store", name: str) -> np.ndarray:
+    """float64 value of the score for every sample in pool order (NaN where there is none). Read-only."""
+    return _score(store, name)[0]
+
+
+def score_order(store: "Store", name: str) -> np.ndarray:
+    """int32 rows (pool order) of the score's finite values, value descending, equal values in row order."""
+    return _score(store, name)[1]
+
+
+def _score(store: "Store", name: str) -> tuple[np.ndarray, np.ndarray]:
+    store.check_score(name)
+
+    def build():
+        tab = store.cursor().sql(
+            "SELECT sc.value AS v FROM samples s LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ? ORDER BY s.uid",
+            params=[name]).to_arrow_table()
+        values = tab.column("v").to_numpy().astype(np.float64) if tab.num_rows else np.zeros(0)
+        return values, descending_order(values)
+
+    def write(tmp: Path, data) -> None:
+        np.save(tmp / "values.npy", data[0])
+        np.save(tmp / "order.npy", data[1])
+
+    def read(folder: Path):
+        return np.load(folder / "values.npy", mmap_mode="r"), np.load(folder / "order.npy", mmap_mode="r")
+
+    return _cached(store, "score", name, build, write, read)
+
+
+def descending_order(values: np.ndarray) -> np.ndarray:
+    """Rows of the finite values, value descending; a stable sort, so equal values keep their row order."""
+    finite = np.flatnonzero(~np.isnan(values))
+    pos = np.argsort(-values[finite], kind="stable")
+    return finite[pos].astype(np.int32 if len(values) < 2**31 else np.int64)
+
+
+def group_codes(store: "Store", group: str) -> tuple[np.ndarray, np.ndarray]:
+    """(code per sample in pool order, sorted labels) of a sample group column or an attribute; 'unknown' where a
+    sample has no label, an attribute's most confident label where an annotator wrote several."""
+    def build():
+        import pyarrow.compute as pc
+
+        gexpr, join, params = store._group_sql(group)
+        tab = store.cursor().sql(f"SELECT {gexpr} AS g FROM samples s {join} ORDER BY s.uid",
+                                 params=params).to_arrow_table()
+        enc = pc.dictionary_encode(tab.column("g")).combine_chunks()
+        dictionary = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(dictionary.astype(str), kind="stable")          # labels sorted, codes remapped
+        remap = np.empty(len(order), dtype=np.int64)
+        remap[order] = np.arange(len(order))
+        code_type = np.uint8 if len(order) <= 255 else (np.uint16 if len(order) <= 65535 else np.int32)
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        codes = remap[idx].astype(code_type) if len(order) else np.zeros(len(idx), dtype=np.uint8)
+        return codes, dictionary[order]
+
+    def write(tmp: Path, data) -> None:
+        np.save(tmp / "codes.npy", data[0])
+        (tmp / "labels.json").write_text(json.dumps([str(x) for x in data[1]]))
+
+    def read(folder: Path):
+        labels = np.asarray(json.loads((folder / "labels.json").read_text()), dtype=object)
+        return np.load(folder / "codes.npy", mmap_mode="r"), labels
+
+    return _cached(store, "group", group, build, write, read)
+
+
+# ---- written with the tables --------------------------------------------------------------------------------------
+def precompute(store: "Store", touched: Iterable[tuple[str, str]], echo=None) -> list[str]:
+    """Build the columns that derive from the touched (table, key) pairs of a writer's session: every column after
+    a change to samples, else the score's or the attribute's own. Returns what was built."""
+    touched = set(touched)
+    if not touched or fingerprint(store, "uids") is None:
+        return []
+    todo: list[tuple[str, str]] = []
+    if any(t == "samples" for t, _ in touched):
+        todo = [("uids", "")] + [("score", n) for n in store.score_names()] + \
+               [("group", g) for g in store.group_columns()]
+    else:
+        names = set(store.score_names())
+        attrs = set(store.attributes())
+        todo += [("score", k) for t, k in sorted(touched) if t == "scores" and k in names]
+        todo += [("group", k) for t, k in sorted(touched) if t == "annotations" and k in attrs]
+    built = []
+    for kind, name in todo:
+        fp = fingerprint(store, kind, name)
+        if fp is None or _folder(store, kind, name, fp).is_dir():
+            continue
+        t = time.perf_counter()
+        {"uids": lambda _: uids(store), "score": lambda n: _score(store, n),
+         "group": lambda n: group_codes(store, n)}[kind](name)
+        built.append(f"{kind} {name}".strip())
+        if echo:
+            echo(f"  pool-order column {kind} {name} in {time.perf_counter() - t:.1f} s".rstrip())
+    return built
+
+
+def refresh(store_path: str, *, scores: Iterable[str] = (), groups: Iterable[str] = (), samples: bool = False,
+            echo=None) -> list[str]:
+    """After a stage's commit: build the columns its writes changed (``samples``: all of them), reading through a
+    detached store (no lock held between queries, so other stages write meanwhile; DuckDB spills past 1 GB)."""
+    from audit.store.store import Store
+
+    touched = {("samples", "")} if samples else set()
+    touched |= {("scores", s) for s in scores} | {("annotations", g) for g in groups}
+    with Store.detached(store_path, memory_limit="1GB") as st:
+        return precompute(st, touched, echo=echo)
+
+
+def collect_garbage(store: "Store", grace_s: float) -> int:
+    """Remove column folders whose digest is no longer current, once older than ``grace_s`` (a dashboard may still
+    read them), and temporary folders of a killed build. Returns the folders removed."""
+    root = store.parts_dir() / ROOT
+    if not root.is_dir() or fingerprint(store, "uids") is None:
+        return 0
+    names = {"score": set(store.score_names()), "group": set(store.group_columns())}
+    current = {_folder(store, "uids", "", fingerprint(store, "uids"))}
+    for kind, keys in names.items():
+        current |= {_folder(store, kind, k, fingerprint(store, kind, k)) for k in keys}
+    now, removed = time.time(), 0
+    for folder in [*root.glob("uids/*"), *root.glob("score/*/*"), *root.glob("group/*/*")]:
+        if folder in current or not folder.is_dir():
+            continue
+        if now - folder.stat().st_mtime > grace_s:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)
+                removed += 1
+    return removed

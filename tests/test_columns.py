@@ -1,0 +1,102 @@
+"""Pool-order columns (audit/store/columns.py): equal to the SQL join they replace, written with the stage that
+changes their table, never stale, and a failed build leaves nothing behind."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.store import Store, columns
+
+
+def _store(make_store, n=2_000, seed=0):
+    rng = np.random.default_rng(seed)
+    uids = [f"{rng.integers(1 << 62):032x}" for _ in range(n)]
+    src = rng.choice(["a", "b", "c"], n)
+    v = np.round(rng.normal(0.3, 0.05, n), 2)        # ties
+    v[rng.random(n) < 0.05] = np.nan
+    path = make_store([{"uid": u, "caption": "c", "source": s} for u, s in zip(uids, src)], scores={"s": v})
+    order = np.argsort(uids)
+    return path, np.asarray(uids)[order], src[order], v   # scores align with the sorted uids
+
+
+def _sql_score(st, name):
+    return st.df("SELECT sc.value FROM samples s LEFT JOIN scores sc ON sc.uid = s.uid AND sc.name = ? "
+                 "ORDER BY s.uid", [name])["value"].to_numpy(dtype=float)
+
+
+def test_columns_equal_the_join_they_replace(make_store):
+    path, us, srcs, v = _store(make_store)
+    with Store.writer(path) as st:
+        run = st.start_run("test", "ann", params={})
+        ann_uids = list(us[:1500]) + list(us[:200])       # 200 uids labelled twice: the more confident label wins
+        labels = ["woman"] * 1500 + ["man"] * 200
+        conf = [0.6] * 1500 + [0.9] * 100 + [0.1] * 100
+        st.write_annotations(pd.DataFrame({"uid": ann_uids, "attribute": "g", "label": labels,
+                                           "confidence": conf, "method": "m"}), run_id=run, method="m")
+        st.end_run(run)
+    with Store.reader(path) as st:
+        values = columns.score_values(st, "s")
+        np.testing.assert_array_equal(values, _sql_score(st, "s"))
+        np.testing.assert_array_equal(values, v)
+        order = columns.score_order(st, "s")
+        finite = np.flatnonzero(~np.isnan(v))
+        # descending, equal values in row order: a second, independent sort (lexsort on (row, -value))
+        want = finite[np.lexsort((finite, -v[finite]))]
+        np.testing.assert_array_equal(order, want)
+        codes, labs = columns.group_codes(st, "g")
+        got = np.asarray(labs, dtype=object)[np.asarray(codes)]
+        want_g = np.full(len(us), "unknown", dtype=object)
+        want_g[:100] = "man"                     # confidence 0.9 beats 0.6
+        want_g[100:1500] = "woman"               # 0.6 beats 0.1 for rows 100..199
+        assert list(labs) == sorted(set(want_g)) and (got == want_g).all()
+        codes, labs = columns.group_codes(st, "source")
+        assert (np.asarray(labs, dtype=object)[np.asarray(codes)] == srcs).all()
+        assert columns.uids(st).to_pylist() == list(us)
+        assert columns.uid_positions(st, [us[0], us[777], us[-1], "nope", ""]) == [0, 777, len(us) - 1, None, None]
+
+
+def test_written_with_the_stage_and_never_stale(make_store, tmp_path):
+    from audit.scores.base import run_score
+
+    path, us, _, v = _store(make_store, n=500)
+    with Store.reader(path) as st:
+        assert columns.fingerprint(st, "score", "s") is not None
+    run_score("basic", path, echo=lambda *_: None)           # a stage: its columns exist before any page reads
+    with Store.reader(path) as st:
+        names = [n for n in st.score_names() if n != "s"]
+        assert names
+        for n in names:
+            fp = columns.fingerprint(st, "score", n)
+            assert (st.parts_dir() / "_columns" / "score" / n / fp / "values.npy").is_file(), n
+        before = columns.fingerprint(st, "score", "s")
+        np.testing.assert_array_equal(columns.score_values(st, "s"), v)   # built on first use (the fixture wrote it)
+        folder = st.parts_dir() / "_columns" / "score" / "s" / before
+    # the score written again with other values: a new digest, the new values, the old folder left for old readers
+    with Store.writer(path) as st:
+        run = st.start_run("test", "again", params={})
+        st.write_scores("s", list(us), np.arange(len(us), dtype=float), run_id=run, kind="test")
+        st.end_run(run)
+    with Store.reader(path) as st:
+        assert columns.fingerprint(st, "score", "s") != before
+        np.testing.assert_array_equal(columns.score_values(st, "s"), np.arange(len(us), dtype=float))
+        assert folder.is_dir()
+        assert columns.collect_garbage(st, grace_s=3600) == 0 and folder.is_dir()   # within the grace period
+        assert columns.collect_garbage(st, grace_s=-1) >= 1 and not folder.is_dir()
+        np.testing.assert_array_equal(columns.score_values(st, "s"), np.arange(len(us), dtype=float))
+
+
+def test_a_failed_build_leaves_nothing_and_a_read_only_folder_still_answers(make_store, monkeypatch):
+    path, _, _, v = _store(make_store, n=300)
+    with Store.reader(path) as st:
+        fp = columns.fingerprint(st, "score", "s")
+        dest = st.parts_dir() / "_columns" / "score" / "s" / fp
+
+        def boom(*_a, **_k):
+            raise KeyboardInterrupt   # killed half-way through writing
+        monkeypatch.setattr(np, "save", boom)
+        with pytest.raises(KeyboardInterrupt):
+            columns.score_values(st, "s")
+        monkeypatch.undo()
+        assert not dest.exists() and not list(dest.parent.glob(".tmp-*"))
+        monkeypatch.setattr(columns, "_publish", lambda *_a: (_ for _ in ()).throw(PermissionError("read-only")))
+        np.testing.assert_array_equal(columns.score_values(st, "s"), v)   # computed, kept in memory
+        assert not dest.exists()
