@@ -165,7 +165,6 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weight
         if rows_read != n_samples:
             raise RuntimeError(f"annotate {cls.name}: read {rows_read:,} rows of {n_samples:,} samples (a part "
                                "changed while the stage ran); run it again")
-    staged = {a: v for a, v in staged.items() if v or a in cls.attributes}
     checkpoint("annotate.computed")
     with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
         st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),

@@ -48,7 +48,7 @@ def combine_labels(*columns: np.ndarray | pd.Series | pd.Categorical) -> np.ndar
 
 def _combine_categoricals(columns) -> pd.Categorical:
     cats = [[("unknown" if pd.isna(x) else str(x)) for x in c.categories] for c in columns]
-    codes = [np.where(c.codes < 0, -1, c.codes).astype(np.int64) for c in columns]
+    codes = [c.codes.astype(np.int64) for c in columns]
     for i, c in enumerate(codes):       # a missing value is the level 'unknown'
         if (c < 0).any():
             if "unknown" not in cats[i]:

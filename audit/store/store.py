@@ -541,14 +541,11 @@ class Store:
                           descriptions: dict[str, str] | None = None, imputed: bool = True,
                           random_weights: bool = False) -> None:
         """Replace the attributes present in ``frame`` (uid, attribute, label, confidence, method)."""
-        attrs = sorted(frame["attribute"].unique())
-        with self.transaction():
-            cur = self.cursor()
-            for a in attrs:
-                part = frame.loc[frame["attribute"] == a, ["uid", "attribute", "label", "confidence", "method"]]
-                parts.write_part(self, "annotations", a, part, run_id=run_id, replace=True)
-                cur.execute("INSERT OR REPLACE INTO attribute_catalog VALUES (?,?,?,?,?,?)",
-                            [a, run_id, method, imputed, random_weights, (descriptions or {}).get(a, "")])
+        cols = ["uid", "attribute", "label", "confidence", "method"]
+        staged = {a: [parts.stage_part(self.parts_dir(), "annotations", a, frame.loc[frame["attribute"] == a, cols],
+                                       run_id=run_id)] for a in sorted(frame["attribute"].unique())}
+        self.register_annotations(staged, run_id=run_id, method=method, descriptions=descriptions, imputed=imputed,
+                                  random_weights=random_weights)
 
     def register_annotations(self, staged: dict[str, list[tuple[str, int]]], *, run_id: int, method: str,
                              descriptions: dict[str, str] | None = None, imputed: bool = True,
