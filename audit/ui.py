@@ -100,12 +100,16 @@ def provenance_banner(info: dict) -> None:
         st.info("Provenance: " + "; ".join(parts) + ".", icon=":material/science:")
 
 
+def store_is_newer() -> bool:
+    """The live store has changed since the snapshot on screen was taken."""
+    live, pinned = store_version(store_path()), st.session_state.get("store_version")
+    return bool(pinned and live and live != pinned)
+
+
 def freshness_notice() -> None:
     """Sidebar note when the live store is newer than the snapshot on screen."""
-    path = store_path()
-    live = store_version(path)
-    pinned = st.session_state.get("store_version")
-    if pinned and live and live != pinned:
+    if store_is_newer():
+        live = store_version(store_path())
         st.sidebar.info("The store has newer data than this view (a CLI stage wrote to it).")
         if st.sidebar.button("Reload data"):
             st.session_state["store_version"] = live
@@ -591,13 +595,11 @@ def non_hex_uid_rows(store: Store) -> np.ndarray:
 
 
 def render_export(store: Store, specs: tuple[str, ...], by: tuple[str, ...], fmt: str, all_rows: bool) -> bytes:
-    """The export file's bytes, built when the user clicks (the same frame as `python -m audit export`); not
-    cached, so the whole-pool frame lives only while it is written."""
-    from audit.decide.selection import Rule
-    from audit.export.writer import render, selection_frame
+    """The export file's bytes, built when the user clicks (the same streamed writer as `python -m audit
+    export`, on the cached decision); not cached."""
+    from audit.export.writer import render_selection
 
-    frame, _, _ = selection_frame(store, [Rule.parse(s) for s in specs], by=by)
-    return render(frame, fmt, all_rows=all_rows)
+    return render_selection(store, rule_selection(store, specs), fmt, by=by, all_rows=all_rows)
 
 
 @st.cache_resource

@@ -2,12 +2,15 @@
 
 import streamlit as st
 
+from pathlib import Path
+
 from audit import ui
 from audit.export.csvsafe import json_safe, strict_json
 from audit.export.writer import manifest
 from audit.decide.selection import Rule, RuleError
 
 store, info = ui.page("Export")
+LARGE_FILE_ROWS = 1_000_000   # above this a CSV/Parquet file is written on the server, not held for a download
 
 current = st.session_state.get("keep_specs", [])
 st.markdown("The selection from **Filter preview** is carried here; add more rules (they intersect), one per line, "
@@ -45,26 +48,50 @@ st.dataframe(ui.blank_missing(ui.export_preview(store, tuple(specs))), hide_inde
 
 if not rules:
     st.info("No keep rules: the whole pool would be exported. Pick a filter on **Filter preview** or type rules above.")
-if n > 2_000_000:
-    st.caption(f"The file is built when you click, from all {n:,} samples: for a pool this size "
-               f"`python -m audit export --store … --keep {' '.join(specs) or '…'} --out subset.parquet` writes "
-               "the same file without holding it in the dashboard.")
 cols = st.columns(4)
 hex_uids = not sel.keep[ui.non_hex_uid_rows(store)].any()
+big = (n if all_rows else kept) > LARGE_FILE_ROWS
 for col, fmt, mime, label in ((cols[0], "csv", "text/csv", "CSV"),
                               (cols[1], "parquet", "application/octet-stream", "Parquet"),
                               (cols[2], "npy", "application/octet-stream", "DataComp uid .npy")):
     if fmt == "npy" and not hex_uids:
         col.warning("DataComp .npy needs 32-hex DataComp uids; some kept uids are not.")
         continue
-    # rendered only when clicked (a callable), so a rerun does not serialise three formats
     if fmt == "npy" and all_rows:
         col.caption("A DataComp .npy lists kept uids only.")
         continue
+    if big and fmt != "npy":
+        col.caption(f"{label}: {n if all_rows else kept:,} rows are too many to hold in the browser; write the file "
+                    "on the server below.")
+        continue
+    # rendered only when clicked (a callable), so a rerun does not serialise three formats
     col.download_button(f"Download {label}",
                         lambda fmt=fmt: ui.render_export(store, tuple(specs), tuple(by), fmt, bool(all_rows)),
                         file_name=f"audited_subset.{fmt}",
                         mime=mime, key=f"dl_{fmt}", on_click="ignore")
+
+with st.form("write_on_server"):
+    st.markdown("**Write the file on the server** (streamed: any pool size; the same file as "
+                f"`python -m audit export --store … --keep {' '.join(specs) or '…'} --out FILE`)")
+    w1, w2 = st.columns([4, 1])
+    target = w1.text_input("File (.csv, .parquet or .npy)", str(Path(ui.store_path()).parent / "exports" /
+                                                                 "audited_subset.parquet"), key="export_target")
+    go = w2.form_submit_button("Write", type="primary")
+if go:
+    from audit.export.writer import export
+
+    lines = []
+    try:
+        with st.spinner(f"Writing {n if all_rows else kept:,} rows to {target} …"):
+            written = export(ui.store_path(), target, specs, by=list(by), all_rows=bool(all_rows), echo=lines.append)
+    except (ValueError, RuleError, OSError) as exc:
+        st.error(f"Not written: {exc}")
+    else:
+        st.success(f"Wrote {written['file']['rows']:,} rows ({written['file']['bytes'] / 1e6:,.1f} MB) to {target}, "
+                   f"manifest {target}.manifest.json. It reads the store as it is now"
+                   + (" (newer than this page: reload to see the same data)" if ui.store_is_newer() else "") + ".")
+        for line in lines[1:]:
+            st.caption(line)
 man = manifest(store, rules, sel, "dashboard", store_path=ui.store_path(),
                extra={"all_rows": bool(all_rows), "group_columns": list(by)})
 cols[3].download_button("Download manifest (JSON)", strict_json(man, indent=2),

@@ -104,3 +104,35 @@ def test_all_rows_export_with_group_columns_re_tabulates_the_report(demo_store, 
     assert man["all_rows"] and man["file"]["rows"] == len(frame) == man["pool"]
     assert man["group_columns"]["caption_gender"]["imputed"] is True
     assert man["group_columns"]["source"] == {"method": "sample column", "imputed": False}
+
+
+def test_streamed_export_does_not_depend_on_batches(make_store, tmp_path):
+    """The export is written a batch at a time: the bytes must not depend on where the batches break (an integer
+    column with a null in one batch stays an integer), and every sample's reasons are the rules it failed."""
+    from audit.export.writer import decide, selection_reader, write_rows
+
+    uids = [f"{i:032x}" for i in range(7)]
+    widths = [640, None, 320, 800, None, 1024, 96]
+    store = make_store([{"uid": u, "caption": f"c{i}", "width": w} for i, (u, w) in enumerate(zip(uids, widths))],
+                       scores={"s": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, float("nan")], "t": [0, 1, 1, 0, 1, 1, 1]})
+    rules = [Rule.parse("s:top=0.5"), Rule.parse("t>=1")]
+    with Store.reader(store) as st:
+        sel = decide(st, rules)
+        files = {}
+        for fmt in ("csv", "parquet"):
+            for batch_rows in (1, 2, 100):
+                with selection_reader(st, sel, all_rows=True, batch_rows=batch_rows) as reader:
+                    buf = io.BytesIO()
+                    assert write_rows(reader, fmt, buf) == 7
+                    files[fmt, batch_rows] = buf.getvalue()
+    assert files["csv", 1] == files["csv", 2] == files["csv", 100]
+    frames = [pd.read_parquet(io.BytesIO(files["parquet", b])) for b in (1, 2, 100)]
+    pd.testing.assert_frame_equal(frames[0], frames[2])
+    pd.testing.assert_frame_equal(frames[1], frames[2])
+    csv = pd.read_csv(io.BytesIO(files["csv", 2]), dtype={"uid": str}, keep_default_na=False)
+    assert csv["width"].astype(str).tolist() == ["640", "", "320", "800", "", "1024", "96"]
+    # 7 rows, top 0.5 -> int(3.5) = 3 -> tau = the 4th largest finite value = 0.3; NaN fails the top rule
+    assert csv["keep"].tolist() == [0, 0, 1, 0, 1, 1, 0]
+    assert csv["excluded_by"].tolist() == ["s not in top 0.5; t < 1", "s not in top 0.5", "", "t < 1", "", "",
+                                           "s not in top 0.5"]
+    assert frames[2]["s"].isna().tolist() == [False] * 6 + [True]

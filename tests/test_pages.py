@@ -82,6 +82,27 @@ def test_export_page(app, demo_store):
     assert not app.exception and any("cannot read keep rule" in e.value for e in app.error)
 
 
+def test_export_page_writes_the_cli_file_on_the_server(app, demo_store, tmp_path, monkeypatch):
+    """Past LARGE_FILE_ROWS the page writes CSV/Parquet on the server (streamed) instead of a download; the file is
+    the one `python -m audit export` writes for the same rules."""
+    import json
+
+    from audit.export.writer import export
+
+    spec = "clip_l14_similarity_score:top=0.2"
+    app.switch_page("pages/export.py").run()
+    app.text_area(key="export_rules").set_value(spec).run()
+    target = tmp_path / "page.parquet"
+    app.text_input(key="export_target").set_value(str(target))
+    app.button[-1].click().run()   # the form's Write button
+    assert not app.exception and any("Wrote" in s.value for s in app.success), [e.value for e in app.error]
+    export(demo_store, str(tmp_path / "cli.parquet"), [spec], echo=lambda s: None)
+    assert target.read_bytes() == (tmp_path / "cli.parquet").read_bytes()
+    man = json.loads((tmp_path / "page.parquet.manifest.json").read_text())
+    kept, _ = expected_kept(demo_store, "clip_l14_similarity_score", Rule("clip_l14_similarity_score", "top", 0.2))
+    assert man["kept"] == man["file"]["rows"] == kept
+
+
 def test_missing_store_is_a_message_not_a_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv("AUDIT_STORE", str(tmp_path / "nothing.duckdb"))
     at = AppTest.from_file(APP, default_timeout=60)

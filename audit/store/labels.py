@@ -2,12 +2,16 @@
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from audit.store.schema import SAMPLE_GROUP_COLUMNS, StoreError, ident
 from audit.store.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
 
 
 # ---- label columns for group tables ------------------------------------------------------------------
@@ -21,22 +25,55 @@ def label_frame(store: Store, columns: Sequence[str]) -> pd.DataFrame:
 
 
 # ---- labels with confidences (whole pool or streamed), score columns, label counts ---------------------
-def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
+def group_label_sql(store: Store, columns: Sequence[str], *, alias: str = "s",
+                    named: bool = True) -> tuple[list[str], list[str], list]:
+    """SELECT expressions, LEFT JOINs and parameters that add to a query over ``samples <alias>`` each group
+    column's label (``unknown`` where there is none) and confidence (1.0 for sample columns, the annotator's for
+    attributes: the most confident label when it wrote several). ``named``: the output columns are called
+    ``<column>`` and ``<column>__conf``; else ``l<i>`` and ``c<i>``."""
     attrs = set(store.attributes())
-    exprs, joins, params = ["s.uid"], [], []
+    exprs, joins, params = [], [], []
     for i, col in enumerate(columns):
+        lab, conf = (ident(col), ident(f"{col}__conf")) if named else (f"l{i}", f"c{i}")
         if col in SAMPLE_GROUP_COLUMNS:
-            exprs.append(f"coalesce(CAST(s.{ident(col)} AS VARCHAR), 'unknown') AS l{i}, 1.0::DOUBLE AS c{i}")
+            exprs.append(f"coalesce(CAST({alias}.{ident(col)} AS VARCHAR), 'unknown') AS {lab}, 1.0::DOUBLE AS {conf}")
         elif col in attrs:
             # one row per uid even if an annotator wrote several: the most confident label wins
             joins.append(f"LEFT JOIN (SELECT uid, arg_max(label, confidence) AS label, max(confidence) AS conf "
-                         f"FROM annotations WHERE attribute = ? GROUP BY uid) a{i} ON a{i}.uid = s.uid")
+                         f"FROM annotations WHERE attribute = ? GROUP BY uid) a{i} ON a{i}.uid = {alias}.uid")
             params.append(col)
-            exprs.append(f"coalesce(a{i}.label, 'unknown') AS l{i}, coalesce(a{i}.conf, 0.0)::DOUBLE AS c{i}")
+            exprs.append(f"coalesce(a{i}.label, 'unknown') AS {lab}, coalesce(a{i}.conf, 0.0)::DOUBLE AS {conf}")
         else:
             known = ", ".join(store.group_columns())
             raise StoreError(f"unknown attribute or group column {col!r}; this store has: {known}")
-    return f"SELECT {', '.join(exprs)} FROM samples s {' '.join(joins)} ORDER BY s.uid", params
+    return exprs, joins, params
+
+
+@contextlib.contextmanager
+def decisions_reader(store: Store, decisions, sample_columns: Sequence[str], carried: Sequence[str],
+                     by: Sequence[str], *, all_rows: bool, batch_rows: int) -> Iterator["pa.RecordBatchReader"]:
+    """Stream, in uid order, ``decisions`` (an Arrow table: uid, the ``carried`` columns, keep, excluded_by) joined
+    to the samples: the ``sample_columns``, the carried ones, the ``by`` group columns (group_label_sql), and
+    with ``all_rows`` keep (BIGINT 1/0) and excluded_by. DuckDB joins and sorts within its memory limit
+    (spilling past it); the caller holds one batch at a time."""
+    cols = [f"s.{ident(c)}" for c in sample_columns] + [f"d.{ident(c)}" for c in carried]
+    label_cols, joins, params = group_label_sql(store, by, alias="s")
+    cols += label_cols
+    if all_rows:
+        cols += ["CAST(d.keep AS BIGINT) AS keep", "CAST(d.excluded_by AS VARCHAR) AS excluded_by"]
+    sql = (f"SELECT {', '.join(cols)} FROM samples s JOIN _decisions d ON d.uid = s.uid {' '.join(joins)} "
+           "ORDER BY s.uid")
+    cur = store.cursor()   # a cursor of its own (a connection): closed with the result, whatever was read
+    cur.register("_decisions", decisions)
+    try:
+        yield cur.sql(sql, params=params).to_arrow_reader(batch_rows)
+    finally:
+        cur.close()
+
+
+def _label_conf_sql(store: Store, columns: Sequence[str]) -> tuple[str, list]:
+    exprs, joins, params = group_label_sql(store, columns, named=False)
+    return f"SELECT {', '.join(['s.uid', *exprs])} FROM samples s {' '.join(joins)} ORDER BY s.uid", params
 
 
 def _label_conf_names(columns: Sequence[str]) -> dict[str, str]:

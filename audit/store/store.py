@@ -140,9 +140,10 @@ class Store:
         return cls._session(path, read_only=False, wait_s=wait_s)
 
     @classmethod
-    def reader(cls, path: str | os.PathLike, *, wait_s: float = 60.0) -> contextlib.AbstractContextManager["Store"]:
-        """Open read-only for a short read; the file lock is released at the end."""
-        return cls._session(path, read_only=True, wait_s=wait_s)
+    def reader(cls, path: str | os.PathLike, *, wait_s: float = 60.0,
+               memory_limit: str | None = None) -> contextlib.AbstractContextManager["Store"]:
+        """Open read-only for a short read; the file lock is released at the end. ``memory_limit``: as in open."""
+        return cls._session(path, read_only=True, wait_s=wait_s, memory_limit=memory_limit)
 
     @classmethod
     @contextlib.contextmanager
@@ -157,8 +158,9 @@ class Store:
 
     @classmethod
     @contextlib.contextmanager
-    def _session(cls, path: str | os.PathLike, *, read_only: bool, wait_s: float) -> Iterator["Store"]:
-        st = cls.open(path, read_only=read_only, wait_s=wait_s)
+    def _session(cls, path: str | os.PathLike, *, read_only: bool, wait_s: float,
+                 memory_limit: str | None = None) -> Iterator["Store"]:
+        st = cls.open(path, read_only=read_only, wait_s=wait_s, memory_limit=memory_limit)
         try:
             yield st
         finally:
@@ -396,10 +398,14 @@ class Store:
         sql = f"SELECT {cols} FROM samples" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY uid"
         return self.df(sql)
 
-    def uid_problems(self, uids: Sequence[str]) -> dict[str, int]:
-        """Among ``uids``: how many were made up at ingest (the input had none) and how many the input repeats
-        (a duplicate_uid reject exists), the two things a DataComp uid subset cannot express."""
-        frame = pd.DataFrame({"uid": pd.Series(list(uids), dtype="string")})
+    def uid_problems(self, uids) -> dict[str, int]:
+        """Among ``uids`` (strings, or a pyarrow string array): how many were made up at ingest (the input had
+        none) and how many the input repeats (a duplicate_uid reject exists), the two things a DataComp uid
+        subset cannot express."""
+        import pyarrow as pa
+
+        frame = pa.table({"uid": uids if isinstance(uids, (pa.Array, pa.ChunkedArray))
+                          else pa.array(list(uids), pa.string())})
         if not self.scalar("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'samples' "
                            "AND column_name = 'uid_given'"):
             return {"generated_uids": 0, "repeated_in_input": 0}   # a store from before uid_given was recorded
