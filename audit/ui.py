@@ -358,6 +358,9 @@ def attribute_labels(store: Store, attrs: tuple[str, ...]) -> pd.DataFrame:
 
 
 # ---- cached balancing inputs and results of the Balancing page -----------------------------------------
+BALANCE_SOLVE_MAX_ROWS = 2_000_000   # above this the Balancing page shows the stored streamed CLI solve
+
+
 @st.cache_resource(max_entries=8, show_spinner="Reading memberships and proxies…", hash_funcs=HASH)
 def balance_inputs(store: Store, attribute: str, proxies: tuple[str, ...], groups: tuple[str, ...],
                    target: str, utility: str | None, model: str | None):

@@ -302,7 +302,8 @@ def main() -> None:
     ap.add_argument("--stages", default=None, help="comma-separated subset (ingest,annotate,score,report,export,"
                                                    "balance,map,origin); default all")
     ap.add_argument("--no-browser", action="store_true")
-    ap.add_argument("--keep-store", action="store_true", help="reuse the store of an earlier run (skip the stages)")
+    ap.add_argument("--keep-store", action="store_true", help="reuse the store of an earlier run (skip the stages); "
+                    "--stages without ingest also reuses it and runs those stages on it")
     ap.add_argument("--presses", type=int, default=20)
     ap.add_argument("--screenshots", action="store_true", help="save a screenshot of every page")
     a = ap.parse_args()
@@ -318,10 +319,12 @@ def main() -> None:
             f"built in {secs:.0f} s" if secs else "reused")
         store = work / f"store-{n}" / "pool.duckdb"
         if not a.keep_store:
-            shutil.rmtree(store.parent, ignore_errors=True)
-            store.parent.mkdir(parents=True)
-            if only is None or "ingest" in only:
+            if only is None or "ingest" in only:   # a fresh store; without ingest the stages run on the last one
+                shutil.rmtree(store.parent, ignore_errors=True)
+                store.parent.mkdir(parents=True)
                 row(rung, "I/O floor (read parquet + npz, write float16 .npy)", f"{io_floor(pool, vectors):,.0f} rows/s")
+            elif not store.exists():
+                raise SystemExit(f"{store} does not exist: include the ingest stage")
             stages(rung, store, pool, n, vectors, only)
         store_size(rung, store)
         if not a.no_browser:

@@ -22,6 +22,45 @@ cat = info["attributes"]
 stored = ui.stored_json(store, "balance.m4") or {}
 defaults = stored.get("params") or {}
 
+n_pool = int(store.count("samples"))
+if n_pool > ui.BALANCE_SOLVE_MAX_ROWS:
+    # Solving here would hold every sample's memberships and re-match every caption (minutes and GBs at 12.8M
+    # rows); the streamed CLI solve stores its result, which this page reads (a few numbers per group).
+    st.info(f"This pool has {n_pool:,} samples, more than the page solves itself "
+            f"({ui.BALANCE_SOLVE_MAX_ROWS:,}). It shows the result stored by the streamed command-line solve; run "
+            "it again for other settings (bounded memory, a few passes over the pool):")
+    a0 = defaults.get("attribute") or ("caption_gender" if "caption_gender" in attrs else attrs[0])
+    st.code(f"python -m audit balance m4 --store {ui.store_path()} --attribute {a0} --budget "
+            f"{defaults.get('budget', DEFAULT_BUDGET):g} --stream --save --out m4_weights.parquet", language="bash")
+    if not stored or not stored.get("shares"):
+        st.warning("No stored balancing result yet: run the command above, then reload.")
+        st.stop()
+    groups_s = [str(g) for g in stored["groups"]]
+    tgt_s = np.asarray(stored["target"], dtype=float)
+    verdict = {"met": st.success, "infeasible": st.warning}.get(stored["status"], st.error)
+    verdict(f"Stored M4 run {stored.get('run_id', '?')} on **{stored['attribute']}** (imputed: "
+            f"{stored.get('method') or 'method not recorded'}): {stored['status']} at η = {stored['budget']:g}. "
+            f"{stored.get('message', '')}")
+    m = st.columns(4)
+    m[0].metric("Kept (M4 draw)", f"{int(stored['kept']):,}", help=f"of n = {int(stored['n']):,}; Σq = {stored['sum_q']:,.1f}")
+    m[1].metric("RB after", f"{stored['rb']:.4f}", f"{stored['rb'] - stored['rb_before']:+.4f} vs "
+                f"{stored['rb_before']:.4f} before", delta_color="inverse")
+    m[2].metric("AB after", f"{stored['ab']:.4f}", f"{stored['ab'] - stored['ab_before']:+.4f} vs "
+                f"{stored['ab_before']:.4f} before", delta_color="inverse")
+    m[3].metric("Solve time", f"{stored['seconds']:.1f} s", help=f"{stored.get('passes', '?')} passes over the pool")
+    stable = pd.DataFrame([{"method": "pool (no filter)", **{f"share {g}": v for g, v in zip(groups_s, stored["shares_before"])}},
+                           {"method": "M4", **{f"share {g}": v for g, v in zip(groups_s, stored["shares"])}}])
+    st.dataframe(pd.DataFrame({"group": groups_s, "target share": tgt_s, "share before": stored["shares_before"],
+                               "share after M4": stored["shares"]}), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in ("target share", "share before", "share after M4")})
+    st.plotly_chart(charts.shares_chart(stable, groups_s, tgt_s, title=f"Group shares of kept members vs target "
+                                        f"({stored['attribute']}, imputed)"), width="stretch")
+    st.caption(f"Groups are **imputed** labels, estimates and not identities. Proxies: "
+               f"{', '.join(stored.get('proxies') or []) or 'none'}. The weights are the store's scores m4_q and "
+               "m4_keep: pick m4_keep on **Filter preview** or **Who's in, who's out** to see who the draw keeps.")
+    st.stop()
+
 
 def attr_label(a: str) -> str:
     row = cat[cat["attribute"] == a]

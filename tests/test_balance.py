@@ -263,3 +263,47 @@ def test_balancing_page_gives_no_verdict_on_tiny_groups(make_store, monkeypatch)
     assert not at.exception
     assert not at.success
     assert any("fewer than 30 samples" in w.value and "man (n=1)" in w.value for w in at.warning)
+
+
+def test_large_pool_balancing_page_shows_the_stored_streamed_solve(make_store, tmp_path, monkeypatch, capsys):
+    """Above ui.BALANCE_SOLVE_MAX_ROWS the page does not solve: it names the streamed command and shows what
+    `balance m4 --stream --save` stored; the stored weights are the weights file's, uid for uid."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    from audit import ui
+    from audit.store.results import meta_get
+
+    path = _pool(make_store)
+    monkeypatch.setattr(ui, "BALANCE_SOLVE_MAX_ROWS", 100)
+    monkeypatch.setenv("AUDIT_STORE", path)
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/balancing.py").run()
+    assert not at.exception and any("No stored balancing result" in w.value for w in at.warning)
+    assert "--stream --save" in at.code[0].value
+
+    out = tmp_path / "w.parquet"
+    assert main(["balance", "m4", "--store", path, "--attribute", "caption_gender", "--proxies", "concept",
+                 "--budget", "0.6", "--eps-rep", "0.01", "--eps-assoc", "0.01", "--seed", "3", "--stream", "--save",
+                 "--out", str(out)]) == 0
+    w = pd.read_parquet(out)
+    with Store.reader(path) as st:
+        summary = json.loads(meta_get(st, "balance.m4"))
+        q = st.score_frame(["m4_q", "m4_keep"]).set_index("uid")
+    np.testing.assert_allclose(q.loc[w["uid"], "m4_q"].to_numpy(), w["q"].to_numpy())
+    assert (q.loc[w["uid"], "m4_keep"].to_numpy() == w["keep"].to_numpy()).all()
+    assert summary["kept"] == int(w["keep"].sum()) and summary["n"] == 600 and summary["streamed"]
+    rb, ab = _independent_ab(path, w)                 # the stored figures are the weights' own
+    assert summary["rb"] == pytest.approx(rb, abs=1e-6) and summary["ab"] == pytest.approx(ab, abs=1e-6)
+
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/balancing.py").run()
+    assert not at.exception
+    assert [m.label for m in at.metric][:3] == ["Kept (M4 draw)", "RB after", "AB after"]
+    assert next(m.value for m in at.metric if m.label == "Kept (M4 draw)") == f"{int(w['keep'].sum()):,}"
+    table = at.dataframe[0].value
+    assert table["group"].tolist() == summary["groups"]
+    np.testing.assert_allclose(table["share after M4"], summary["shares"])

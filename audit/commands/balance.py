@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 from audit.analyses.balance.core import BalanceError, DEFAULT_EPS_ASSOC, DEFAULT_EPS_REP, M4_NOTE, MIN_GROUP, compare, describe_attribute, parse_proxies, result_summary, run_m4, summary_lines, weights_frame
-from audit.analyses.balance.run import record_run, save_result, weights_writer, load_inputs, metaclip_index, metaclip_q, run_m4_streaming
+from audit.analyses.balance.run import read_weights, record_run, save_result, streamed_summary, weights_writer, load_inputs, metaclip_index, metaclip_q, run_m4_streaming
 from audit.cli import store_arg
 
 
@@ -97,7 +97,14 @@ def _run_m4(a) -> int:
         for line in summary_lines(f"M4 (streamed in batches of {a.batch_rows:,}; {res.passes} passes) on "
                                   f"{a.attribute}", grp, tgt, res, res.n, kept, a.budget, a.eps_rep, a.eps_assoc, cols):
             print(line)
-        record_run(a.store, "m4", params, res.n, kept, f"{res.status}: {res.message}")
+        if a.save:
+            with Store.reader(a.store) as st:
+                summary = streamed_summary(st, a.attribute, res, kept, grp, cols, tgt, a.budget, a.eps_rep,
+                                           a.eps_assoc)
+            save_result(a.store, "m4", params, *read_weights(a.out), summary, description="M4 balancing (streamed)")
+            print("stored as scores m4_q, m4_keep (the Balancing page shows this run on large pools)")
+        else:
+            record_run(a.store, "m4", params, res.n, kept, f"{res.status}: {res.message}")
         print(f"weights -> {a.out} ({time.perf_counter() - t0:.1f} s)")
         return 0 if res.status != "not converged" else 1
     with Store.reader(a.store) as st:

@@ -372,15 +372,48 @@ def save_result(store_path: str, name: str, params: dict, uids, q, keep, summary
     from audit.store import Store
     from audit.store.results import meta_put
 
+    import pyarrow as pa
+
+    uids = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), pa.string())
     with Store.writer(store_path) as st:
         run = st.start_run("balance", name, params=params)
-        st.write_scores(f"{name}_q", list(uids), np.asarray(q, np.float64), run_id=run, kind="balance",
+        st.write_scores(f"{name}_q", uids, np.asarray(q, np.float64), run_id=run, kind="balance",
                         description=f"{description}: weight q in [0, 1]")
-        st.write_scores(f"{name}_keep", list(uids), np.asarray(keep, np.float64), run_id=run, kind="balance",
+        st.write_scores(f"{name}_keep", uids, np.asarray(keep, np.float64), run_id=run, kind="balance",
                         description=f"{description}: seeded Bernoulli(q) draw, 1 = kept")
         meta_put(st, f"balance.{name}", json.dumps({**summary, "run_id": run, "params": params}, default=json_default))
         st.end_run(run, rows_in=len(q), rows_out=int(np.sum(keep)))
     return run
+
+
+def read_weights(path: str):
+    """(uid, q, keep) of a weights file this module wrote (CSV or Parquet), as a pyarrow string array and two
+    float64 arrays: no Python string per row."""
+    import pyarrow as pa
+
+    if str(path).lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["uid", "q", "keep"])
+    else:
+        import pyarrow.csv as pcsv
+
+        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            column_types={"uid": pa.string(), "q": pa.float64()}, include_columns=["uid", "q", "keep"]))
+    return (table.column("uid").combine_chunks(), table.column("q").to_numpy().astype(np.float64),
+            table.column("keep").to_numpy(zero_copy_only=False).astype(np.float64))
+
+
+def streamed_summary(store, attribute: str, res, kept: int, groups, proxies, target, budget, eps_rep,
+                     eps_assoc) -> dict:
+    """result_summary for a streamed solve (no per-sample inputs to read the method from)."""
+    method, imputed = attribute_info(store, attribute)
+    return {"attribute": attribute, "method": method, "imputed": imputed, "groups": list(groups),
+            "proxies": list(proxies), "target": np.asarray(target, np.float64).tolist(), "budget": budget,
+            "eps_rep": eps_rep, "eps_assoc": eps_assoc, "status": res.status, "message": res.message,
+            "rb_before": res.rb_before, "rb": res.rb, "ab_before": res.ab_before, "ab": res.ab,
+            "shares_before": res.shares_before, "shares": res.shares, "sum_q": float(res.sum_q), "kept": int(kept),
+            "n": int(res.n), "seconds": res.seconds, "notes": [], "streamed": True, "passes": res.passes}
 
 
 def record_run(store_path: str, name: str, params: dict, rows_in: int, rows_out: int, note: str) -> None:
