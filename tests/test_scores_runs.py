@@ -216,3 +216,39 @@ def test_metaclip_warns_when_t_is_too_large_for_the_pool(make_store):
     lines.clear()
     run_score("metaclip", path, params={"t": 5.0, "min_count": 3, "entries_out": None}, echo=lines.append, force=True)
     assert not any("balancing removes nothing" in s for s in lines)
+
+
+def test_row_local_score_streams_over_parts_and_equals_the_whole_pool_computation(make_store, monkeypatch):
+    """`score basic` reads the samples part by part, a batch at a time (several parts at once in worker processes
+    on large pools); the stored values equal basic_columns on the whole pool, whatever the batches and workers."""
+    import pandas as pd
+
+    from audit.scores import base
+    from audit.scores.basic import basic_columns
+    from audit.store import streamed
+    from audit import lang
+
+    rng = np.random.default_rng(4)
+    words = ["a", "dog", "on", "the", "beach", "Hund", "am", "Strand", "=", "photo"]
+    rows = [{"uid": f"{i:04d}", "caption": " ".join(rng.choice(words, rng.integers(0, 7))),
+             "width": None if i % 11 == 0 else int(rng.integers(0, 900)), "height": int(rng.integers(1, 900))}
+            for i in range(60)]
+    path = make_store(rows[:35])
+    with Store.writer(path) as st:     # a second samples part
+        st.add_samples(pd.DataFrame(rows[35:]).assign(source="test"))
+    frame = pd.DataFrame(rows).sort_values("uid")
+    want = basic_columns(frame["caption"].tolist(), frame["width"].to_numpy(float), frame["height"].to_numpy(float),
+                         lang.is_english(frame["caption"].tolist()))
+    monkeypatch.setattr(streamed, "BATCH_ROWS", 7)
+    for parallel_min in (10**9, 1):      # one process, then spawned workers
+        monkeypatch.setattr(streamed, "PARALLEL_MIN_ROWS", parallel_min)
+        assert base.run_score("basic", path, force=True, echo=lambda s: None) == list(want)
+        with Store.reader(path) as st:
+            got = st.score_frame(list(want))
+            cat = st.score_catalog().set_index("name")
+            n_parts = st.scalar("SELECT count(*) FROM parts WHERE table_name = 'scores' AND key = 'basic'")
+        assert got["uid"].tolist() == frame["uid"].tolist()
+        for name, v in want.items():
+            np.testing.assert_array_equal(got[name].to_numpy(float), v, err_msg=name)
+        assert n_parts == 5 + 4          # ceil(35 / 7) + ceil(25 / 7) batches, one part each
+        assert "language:" in cat.loc["basic", "description"] and not bool(cat.loc["basic", "simulated"])

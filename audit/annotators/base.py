@@ -106,65 +106,31 @@ def _echo_counts(counts: pd.DataFrame, echo) -> None:
 
 
 # ---- row-local annotators, streamed ----------------------------------------------------------------------------
-STREAM_BATCH_ROWS = 200_000
-PARALLEL_MIN_ROWS = 400_000    # below this, one process (starting workers costs more than it saves)
-
-
-def _annotate_file(task: tuple) -> tuple[dict[str, list[tuple[str, int]]], dict[tuple[str, str], int], int, dict]:
-    """One samples part: labels per batch of rows, each batch's attributes staged as part files (unregistered).
-    Returns (staged files per attribute, label counts, rows read, the frame attrs of the first batch)."""
-    import pyarrow.parquet as pq
-
-    name, params, path, root, run_id, batch_rows = task
-    cls = ANNOTATORS.get(name)
-    ann = cls()
-    staged: dict[str, list[tuple[str, int]]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    n, attrs = 0, {}
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["uid", *cls.row_columns]):
-        frame = batch.to_pandas()
-        out = ann.compute_rows(frame, params)
-        attrs = attrs or dict(out.attrs)
-        n += len(frame)
-        for a, sub in out.groupby("attribute", sort=True):
-            staged.setdefault(a, []).append(parts.stage_part(root, "annotations", a, sub, run_id=run_id))
-        for (a, lab), k in out.groupby(["attribute", "label"]).size().items():
-            counts[(a, lab)] = counts.get((a, lab), 0) + int(k)
-        checkpoint("annotate.batch")
-    return staged, counts, n, attrs
+def _annotate_batch(payload: tuple, frame: pd.DataFrame) -> tuple[dict, tuple]:
+    """One batch of samples (uid + row_columns): its long frame per attribute, and (label counts, frame attrs)."""
+    name, params = payload
+    out = ANNOTATORS.get(name)().compute_rows(frame, params)
+    counts = {(a, lab): int(k) for (a, lab), k in out.groupby(["attribute", "label"]).size().items()}
+    return {a: sub for a, sub in out.groupby("attribute", sort=True)}, (counts, dict(out.attrs))
 
 
 def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo) -> pd.DataFrame:
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing as mp
+    from audit.store.streamed import run_over_samples
 
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path) as rd:
-            files = parts.part_files(rd, "samples")
-            root = rd.parts_dir()
-            n_samples = rd.count("samples")
-        tasks = [(cls.name, params, f, root, run_id, STREAM_BATCH_ROWS) for f in files]
-        workers = min(len(tasks), os.cpu_count() or 1)
-        if workers > 1 and n_samples >= PARALLEL_MIN_ROWS:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-                results = list(ex.map(_annotate_file, tasks))
-        else:
-            results = [_annotate_file(t) for t in tasks]
+            found, infos, n_samples = run_over_samples(rd, _annotate_batch, (cls.name, params),
+                                                       columns=cls.row_columns, table="annotations", run_id=run_id,
+                                                       checkpoint_name="annotate.batch")
         staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
+        for k, v in found.items():
+            staged.setdefault(k, []).extend(v)
         counts: dict[tuple[str, str], int] = {}
-        rows_read, attrs = 0, {}
-        for st_files, c, n, a in results:
-            for k, v in st_files.items():
-                staged.setdefault(k, []).extend(v)
+        attrs = {}
+        for c, a in infos:
             for k, v in c.items():
                 counts[k] = counts.get(k, 0) + v
-            rows_read += n
             attrs = attrs or a
-        if rows_read != n_samples:
-            raise RuntimeError(f"annotate {cls.name}: read {rows_read:,} rows of {n_samples:,} samples (a part "
-                               "changed while the stage ran); run it again")
     checkpoint("annotate.computed")
     with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
         st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),

@@ -15,6 +15,7 @@ import numpy as np
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
+from audit.store import parts
 from audit.store.labels import samples_simulated
 
 
@@ -71,6 +72,17 @@ class ScoreContext:
 class Score(PlugIn):
     description: ClassVar[str] = ""
     uses_model: ClassVar[bool] = True
+    # Row-local scores name the sample columns they read and implement compute_rows; the runner then streams
+    # them over the samples' parts (audit/store/streamed.py) instead of loading the pool.
+    row_columns: ClassVar[tuple[str, ...]] = ()
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
+        """{column: values} for these samples (a frame of uid + row_columns), aligned with its rows."""
+        raise NotImplementedError
+
+    def run_descriptions(self, params: dict) -> dict[str, str] | None:
+        """Per-output descriptions that depend on the run (None: the class description)."""
+        return None
 
     @classmethod
     def output_names(cls, model: str | None, params: dict) -> list[str]:
@@ -123,7 +135,10 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
             return outputs
         run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-        uids = st.sample_uids()
+        streamed = bool(cls.row_columns) and parts.is_parts_table(st, "samples")
+        uids = None if streamed else st.sample_uids()
+    if streamed:
+        return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo)
     # compute without holding the write lock
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
@@ -150,12 +165,78 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
 
     refresh(store_path, scores=list(values), echo=echo)   # the pages' pool-order columns of these scores
     for out_name, v in values.items():
-        v = np.asarray(v, dtype=float)
-        ok = v[~np.isnan(v)]
-        summary = f"mean {ok.mean():.4f}, min {ok.min():.4f}, max {ok.max():.4f}" if len(ok) else "no values"
-        echo(f"{out_name}: {len(ok)} of {len(v)} samples scored ({summary})"
-             + (" [RANDOM-WEIGHT MODEL: not meaningful]" if random_weights else ""))
+        _echo_summary(out_name, _value_stats(v), len(v), random_weights, echo)
     return list(values)
+
+
+def _value_stats(v) -> dict:
+    """count, sum, min, max of the finite values (mergeable across batches)."""
+    v = np.asarray(v, dtype=float)
+    ok = v[~np.isnan(v)]
+    return {"n": int(len(ok)), "sum": float(ok.sum()), "min": float(ok.min()) if len(ok) else np.inf,
+            "max": float(ok.max()) if len(ok) else -np.inf}
+
+
+def _echo_summary(out_name: str, stats: dict, n: int, random_weights: bool, echo) -> None:
+    k = stats["n"]
+    summary = (f"mean {stats['sum'] / k:.4f}, min {stats['min']:.4f}, max {stats['max']:.4f}" if k else "no values")
+    echo(f"{out_name}: {k} of {n} samples scored ({summary})"
+         + (" [RANDOM-WEIGHT MODEL: not meaningful]" if random_weights else ""))
+
+
+# ---- row-local scores, streamed over the samples' parts ---------------------------------------------------------
+def _score_batch(payload: tuple, frame) -> tuple[dict, dict]:
+    """One batch of samples: a (uid, name, value) frame per output column; per column the value statistics and
+    (scored, scored and simulated) counts, for the catalogue's simulated flag."""
+    import pandas as pd
+
+    name, params = payload
+    values = SCORES.get(name)().compute_rows(frame.drop(columns=["simulated"]), params)
+    sim = frame["simulated"].fillna(False).to_numpy(bool)
+    out, info = {}, {}
+    for col, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        scored = ~np.isnan(v)
+        out[col] = pd.DataFrame({"uid": frame["uid"].to_numpy(), "name": col, "value": v})
+        info[col] = {**_value_stats(v), "scored": int(scored.sum()), "simulated": int((scored & sim).sum())}
+    return out, info
+
+
+def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool,
+                  echo) -> list[str]:
+    from audit.store.streamed import run_over_samples
+
+    outputs = cls.output_names(model, params)
+    with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
+        checkpoint("score.computing")
+        staged, infos, n = run_over_samples(rd, _score_batch, (cls.name, params),
+                                            columns=[*cls.row_columns, "simulated"], table="scores", run_id=run_id,
+                                            checkpoint_name="score.batch")
+    stats: dict[str, dict] = {}
+    for info in infos:
+        for col, d in info.items():
+            t = stats.setdefault(col, {"n": 0, "sum": 0.0, "min": np.inf, "max": -np.inf, "scored": 0, "simulated": 0})
+            t.update(n=t["n"] + d["n"], sum=t["sum"] + d["sum"], min=min(t["min"], d["min"]),
+                     max=max(t["max"], d["max"]), scored=t["scored"] + d["scored"],
+                     simulated=t["simulated"] + d["simulated"])
+    names = [c for c in outputs if c in stats] + [c for c in stats if c not in outputs]
+    scorer = cls()
+    desc = scorer.run_descriptions(params) or {}
+    checkpoint("score.computed")
+    with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
+        for col in names:
+            t = stats[col]
+            st.register_scores(col, staged.get(col, []), run_id=run_id, kind=cls.name, model=model,
+                               random_weights=random_weights, simulated=bool(t["scored"] and t["simulated"] == t["scored"]),
+                               description=desc.get(col) or cls.description)
+        checkpoint("score.written")
+        st.end_run(run_id, rows_in=n, rows_out=n, note=f"{sum(n - stats[c]['n'] for c in names)} missing values")
+    from audit.store.columns import refresh
+
+    refresh(store_path, scores=names, echo=echo)
+    for col in names:
+        _echo_summary(col, stats[col], n, random_weights, echo)
+    return names
 
 
 # ---- appended (scores area): per-run descriptions -------------------------------------------------

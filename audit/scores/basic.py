@@ -62,13 +62,23 @@ class Basic(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {})]
 
+    row_columns = ("caption", "width", "height")
+
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        self.run_description = self.run_descriptions(ctx.params)
+        return self.compute_rows(ctx.samples(list(self.row_columns)), ctx.params)
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
         from audit import lang
 
-        s = ctx.samples(["caption", "width", "height"])
-        cols = basic_columns(s["caption"].tolist(), s["width"].to_numpy(dtype=float),
-                             s["height"].to_numpy(dtype=float), lang.is_english(s["caption"].tolist()))
-        self.run_description = {
+        captions = frame["caption"].tolist()
+        return basic_columns(captions, frame["width"].to_numpy(dtype=float), frame["height"].to_numpy(dtype=float),
+                             lang.is_english(captions))
+
+    def run_descriptions(self, params: dict) -> dict[str, str]:
+        from audit import lang
+
+        return {
             "basic": self.description + f" (language: {lang.DETECTOR})",
             "basic_words": "basic filter: number of whitespace-separated words in the caption (rule: > 2)",
             "basic_chars": "basic filter: number of characters in the caption (rule: > 5)",
@@ -76,4 +86,3 @@ class Basic(Score):
             "basic_min_side": "basic filter: smaller image side in pixels (rule: ≥ 200; NaN = size unknown)",
             "basic_aspect": "basic filter: max(w, h) / min(w, h) (rule: ≤ 3.0; NaN = size unknown or zero)",
         }
-        return cols

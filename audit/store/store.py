@@ -483,11 +483,21 @@ class Store:
         frame = pa.table({"uid": uid_arr, "name": name_col,
                           "value": pa.array(np.asarray(values, dtype=np.float64))})
         with self.transaction():
-            cur = self.cursor()
             if len(uid_arr) or replace:
                 parts.write_part(self, "scores", name, frame, run_id=run_id, replace=replace)
-            cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO score_catalog VALUES (?,?,?,?,?,?,?)",
-                        [name, run_id, kind, model, random_weights, simulated, description])
+            self._catalog_score(name, run_id, kind, model, random_weights, simulated, description, replace=replace)
+
+    def register_scores(self, name: str, staged: list[tuple[str, int]], *, run_id: int, kind: str,
+                        model: str | None = None, random_weights: bool = False, simulated: bool = False,
+                        description: str = "") -> None:
+        """Replace the score ``name`` with its staged part files (parts.stage_part), in one transaction."""
+        with self.transaction():
+            parts.register_parts(self, "scores", name, staged, run_id=run_id, replace=True)
+            self._catalog_score(name, run_id, kind, model, random_weights, simulated, description, replace=True)
+
+    def _catalog_score(self, name, run_id, kind, model, random_weights, simulated, description, *, replace: bool):
+        self.cursor().execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO score_catalog VALUES "
+                              "(?,?,?,?,?,?,?)", [name, run_id, kind, model, random_weights, simulated, description])
 
     def append_scores(self, name: str, uids: Sequence[str], values: np.ndarray, **catalog) -> None:
         """Add values of score ``name`` for new uids (``write_scores(..., replace=False)``)."""
