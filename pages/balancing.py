@@ -43,10 +43,10 @@ if n_pool > ui.BALANCE_SOLVE_MAX_ROWS:
             f"{stored.get('message', '')}")
     m = st.columns(4)
     m[0].metric("Kept (M4 draw)", f"{int(stored['kept']):,}", help=f"of n = {int(stored['n']):,}; Σq = {stored['sum_q']:,.1f}")
-    m[1].metric("RB after", f"{stored['rb']:.4f}", f"{stored['rb'] - stored['rb_before']:+.4f} vs "
-                f"{stored['rb_before']:.4f} before", delta_color="inverse")
-    m[2].metric("AB after", f"{stored['ab']:.4f}", f"{stored['ab'] - stored['ab_before']:+.4f} vs "
-                f"{stored['ab_before']:.4f} before", delta_color="inverse")
+    for col, key in ((m[1], "rb"), (m[2], "ab")):
+        d = stored[key] - stored[f"{key}_before"]
+        col.metric(f"{key.upper()} after", f"{stored[key]:.4f}", f"{d:+.4f} vs {stored[f'{key}_before']:.4f} before",
+                   delta_color="off" if abs(d) < 5e-5 else "inverse")   # a change that rounds to 0 is not worse
     m[3].metric("Solve time", f"{stored['seconds']:.1f} s", help=f"{stored.get('passes', '?')} passes over the pool")
     stable = pd.DataFrame([{"method": "pool (no filter)", **{f"share {g}": v for g, v in zip(groups_s, stored["shares_before"])}},
                            {"method": "M4", **{f"share {g}": v for g, v in zip(groups_s, stored["shares"])}}])

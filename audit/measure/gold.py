@@ -144,6 +144,9 @@ def import_gold(store_path: str, name: str, path: str, *, attribute: str | None 
             st.write_annotations(rows, run_id=run_id, method=method, imputed=False,
                                  descriptions={name: f"gold labels auditing {attribute}"})
             st.end_run(run_id, rows_in=len(frame), rows_out=len(frame))
+    from audit.store.columns import refresh
+
+    refresh(store_path, groups=[name])   # the pages' pool-order column of the gold attribute
     counts = frame["label"].value_counts()
     return (f"gold attribute {name}: {len(frame):,} labels for {attribute} ("
             + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f"); label set {', '.join(allowed)}")

@@ -223,8 +223,9 @@ def ensure_views(store: "Store") -> None:
 # ---- cleaning up -----------------------------------------------------------------------------------------------
 def collect_garbage(store: "Store", *, orphan_grace_s: float = ORPHAN_GRACE_S,
                     retired_grace_s: float = RETIRED_GRACE_S) -> int:
-    """Delete retired parts older than ``retired_grace_s`` and unregistered files (a killed stage's) older than
-    ``orphan_grace_s``. Returns the number of files removed."""
+    """Delete retired parts older than ``retired_grace_s``, unregistered files (a killed stage's) older than
+    ``orphan_grace_s`` and column folders (columns.py) that derive from parts no longer current. Returns the
+    number of files and folders removed."""
     root = store.parts_dir()
     if not root.is_dir():
         return 0
@@ -250,4 +251,6 @@ def collect_garbage(store: "Store", *, orphan_grace_s: float = ORPHAN_GRACE_S,
                     gone.append(rel)
     for rel in gone:
         cur.execute("DELETE FROM retired_parts WHERE file = ?", [rel])
-    return removed
+    from audit.store import columns   # the pool-order columns of parts no longer current, on the same grace
+
+    return removed + columns.collect_garbage(store, retired_grace_s)

@@ -383,6 +383,9 @@ def save_result(store_path: str, name: str, params: dict, uids, q, keep, summary
                         description=f"{description}: seeded Bernoulli(q) draw, 1 = kept")
         meta_put(st, f"balance.{name}", json.dumps({**summary, "run_id": run, "params": params}, default=json_default))
         st.end_run(run, rows_in=len(q), rows_out=int(np.sum(keep)))
+    from audit.store.columns import refresh
+
+    refresh(store_path, scores=[f"{name}_q", f"{name}_keep"])   # the pages' pool-order columns of the weights
     return run
 
 
