@@ -451,10 +451,11 @@ def density_figure(store: Store, a: str, b: str):
 
 @st.cache_data(max_entries=64, show_spinner="Ranking both scores…", hash_funcs=HASH)
 def spearman(store: Store, a: str, b: str) -> tuple[float, int]:
-    """Spearman ρ between two stored scores over the samples that have both; (ρ, n)."""
-    from audit.decide.recipes import spearman as rho
+    """Spearman ρ between two stored scores over the samples that have both; (ρ, n). Exact, from the scores'
+    sorted orders (no sort of the pool here)."""
+    from audit.decide.recipes import spearman_sorted
 
-    return rho(score_column(store, a), score_column(store, b))
+    return spearman_sorted(score_column(store, a), score_column(store, b), store.score_order(a), store.score_order(b))
 
 
 # ---- cached inputs of the Dataset origin and Embedding map pages ------------------------------------------

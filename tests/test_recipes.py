@@ -120,6 +120,25 @@ def test_overlap_and_spearman():
     assert spearman(x, y)[0] == pytest.approx(spearmanr(x, y).statistic)
 
 
+def test_spearman_from_sorted_orders_equals_scipy():
+    """The page's ρ comes from the scores' precomputed sorted orders (no sort of the pool): average ranks of
+    runs of ties, only rows where both are finite; it must equal scipy's on the same rows."""
+    from scipy.stats import spearmanr
+
+    from audit.decide.recipes import spearman_sorted
+    from audit.store.columns import descending_order
+
+    rng = np.random.default_rng(3)
+    x, y = np.round(rng.normal(size=5000), 1), np.round(rng.normal(size=5000) + 0.0, 2)   # many ties
+    y = y + 0.3 * x
+    x[::13], y[::29] = np.nan, np.nan
+    x[::31] = np.inf                                         # not finite: left out like NaN
+    ok = np.isfinite(x) & np.isfinite(y)
+    rho, n = spearman_sorted(x, y, descending_order(x), descending_order(y))
+    assert n == ok.sum() and rho == pytest.approx(spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
+    assert rho == pytest.approx(spearman(x, y)[0], abs=1e-12)
+
+
 def test_rule_table_of_one_sample():
     ev = evaluate_specs("a:top=0.3 then b:top=0.2", COLS)
     t = ev.rule_table(COLS, 9)                                # excluded at step 1: step 2 not tested

@@ -312,6 +312,34 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     return float(np.corrcoef(rx, ry)[0, 1]), n
 
 
+def spearman_sorted(x: np.ndarray, y: np.ndarray, order_x: np.ndarray, order_y: np.ndarray) -> tuple[float, int]:
+    """``spearman`` from each score's rows sorted by value (columns.score_order: the finite values, descending):
+    the average ranks come from runs of equal values along the order, so no sort of N values is made. Equal to
+    ``spearman`` (ranking both scores the other way round leaves ρ unchanged)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3:
+        return float("nan"), n
+    rx, ry = _average_ranks(x, order_x, ok), _average_ranks(y, order_y, ok)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan"), n
+    return float(np.corrcoef(rx, ry)[0, 1]), n
+
+
+def _average_ranks(values: np.ndarray, order: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """1-based average ranks (largest first) of values[ok], in row order, from the rows sorted by value."""
+    rows = order[ok[order]]
+    v = values[rows]
+    new = np.ones(len(v), dtype=bool)
+    new[1:] = v[1:] != v[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(v)]
+    ranks = np.empty(len(values))
+    ranks[rows] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks[ok]
+
+
 def paper_scores(names: Sequence[str]) -> dict[str, str | None]:
     """The store's score for each role of the papers' recipes (the DataComp L/14 variant when there are several)."""
     def first(prefix: str) -> str | None:

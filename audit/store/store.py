@@ -512,22 +512,23 @@ class Store:
 
     def score_histogram(self, name: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
         """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max, as
-        np.histogram bins them (the last bin closed), aggregated in SQL: nothing per sample comes back."""
+        np.histogram bins them (half-open bins, the last closed), from the score's pool-order column: its values
+        sorted (columns.score_order), so each edge is one binary search and nothing is binned per sample."""
         self.check_score(name)
-        lo, hi, n = self.cursor().execute(
-            "SELECT min(value), max(value), count(*) FROM scores WHERE name = ? AND isfinite(value)", [name]).fetchall()[0]
-        if not n:
+        values, order = self.score_array(name), self.score_order(name)
+        if not len(order):
             return np.zeros(0, dtype=np.int64), np.zeros(1)
-        lo, hi = float(lo), float(hi)
+        ascending = values[order[::-1]]
+        if len(ascending) and not (np.isfinite(ascending[0]) and np.isfinite(ascending[-1])):
+            ascending = ascending[np.isfinite(ascending)]   # ±inf sort to the ends; not binned
+        if not len(ascending):
+            return np.zeros(0, dtype=np.int64), np.zeros(1)
+        lo, hi = float(ascending[0]), float(ascending[-1])
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5    # np.histogram's range for a constant
         edges = np.linspace(lo, hi, bins + 1)
-        got = self.cursor().execute(
-            "SELECT least(CAST(floor((value - ?) / (? - ?) * ?) AS BIGINT), ? - 1) AS b, count(*) FROM scores "
-            "WHERE name = ? AND isfinite(value) GROUP BY b", [lo, hi, lo, bins, bins, name]).fetchall()
-        counts = np.zeros(bins, dtype=np.int64)
-        for b, c in got:
-            counts[int(b)] += int(c)
+        starts = np.searchsorted(ascending, edges[:-1], side="left")
+        counts = np.diff(np.r_[starts, len(ascending)]).astype(np.int64)
         return counts, edges
 
     def score_catalog(self) -> pd.DataFrame:
