@@ -191,3 +191,30 @@ def test_unknown_format_and_missing_path(tmp_path):
         ingest("zip", [str(tmp_path)], store_path=str(tmp_path / "s.duckdb"), progress=False)
     with pytest.raises(FileNotFoundError):
         ingest("parquet", [str(tmp_path / "nope.parquet")], store_path=str(tmp_path / "s.duckdb"), progress=False)
+
+
+def test_npz_members_are_memory_mapped_and_equal_np_load(tmp_path):
+    """An uncompressed .npz (DataComp's np.savez) is read in place; compressed members, a missing key and a cut
+    file behave as np.load does."""
+    import numpy as np
+    import pytest
+
+    from audit.ingest.datacomp import npz_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(50, 8)).astype(np.float16), "b": np.asfortranarray(rng.normal(size=(5, 3))),
+              "c": np.zeros((0, 4), np.float32)}
+    np.savez(tmp_path / "x.npz", **arrays)
+    np.savez_compressed(tmp_path / "z.npz", **arrays)
+    for name in ("x.npz", "z.npz"):
+        got = npz_arrays(tmp_path / name, ("a", "b", "c"))
+        for k, v in arrays.items():
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape
+            np.testing.assert_array_equal(got[k], v)
+    assert isinstance(npz_arrays(tmp_path / "x.npz", ("a",))["a"], np.memmap)
+    with pytest.raises(KeyError):
+        npz_arrays(tmp_path / "x.npz", ("a", "nope"))
+    data = (tmp_path / "x.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception):
+        npz_arrays(tmp_path / "cut.npz", ("a", "b"))
