@@ -111,6 +111,7 @@ def _annotate_batch(payload: tuple, frame: pd.DataFrame) -> tuple[dict, tuple]:
     name, params = payload
     out = ANNOTATORS.get(name)().compute_rows(frame, params)
     counts = {(a, lab): int(k) for (a, lab), k in out.groupby(["attribute", "label"]).size().items()}
+    checkpoint("annotate.batch")
     return {a: sub for a, sub in out.groupby("attribute", sort=True)}, (counts, dict(out.attrs))
 
 
@@ -120,8 +121,7 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weight
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path) as rd:
             found, infos, n_samples = run_over_samples(rd, _annotate_batch, (cls.name, params),
-                                                       columns=cls.row_columns, table="annotations", run_id=run_id,
-                                                       checkpoint_name="annotate.batch")
+                                                       columns=cls.row_columns, table="annotations", run_id=run_id)
         staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
         for k, v in found.items():
             staged.setdefault(k, []).extend(v)

@@ -199,6 +199,7 @@ def _score_batch(payload: tuple, frame) -> tuple[dict, dict]:
         scored = ~np.isnan(v)
         out[col] = pd.DataFrame({"uid": frame["uid"].to_numpy(), "name": col, "value": v})
         info[col] = {**_value_stats(v), "scored": int(scored.sum()), "simulated": int((scored & sim).sum())}
+    checkpoint("score.batch")
     return out, info
 
 
@@ -210,8 +211,7 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         checkpoint("score.computing")
         staged, infos, n = run_over_samples(rd, _score_batch, (cls.name, params),
-                                            columns=[*cls.row_columns, "simulated"], table="scores", run_id=run_id,
-                                            checkpoint_name="score.batch")
+                                            columns=[*cls.row_columns, "simulated"], table="scores", run_id=run_id)
     stats: dict[str, dict] = {}
     for info in infos:
         for col, d in info.items():

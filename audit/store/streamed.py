@@ -5,7 +5,7 @@ A plug-in whose result for a sample depends on that sample's own columns alone (
 annotators, the basic score) never needs the pool in memory: ``run_over_samples`` hands ``fn(payload, frame)``
 one batch of ``uid`` plus the columns it asked for and stages what it returns; the caller registers the staged
 parts in one short transaction (``parts.register_parts``), so a killed stage leaves only orphans, which
-``parts.collect_garbage`` removes. ``fn`` must be a module-level function (it is sent to spawned workers).
+``parts.collect_garbage`` removes. ``fn`` must be a module-level function (it is sent to spawned workers); kill points are its own.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
-from audit.killpoints import checkpoint
 from audit.store import parts
 
 BATCH_ROWS = 200_000
@@ -27,7 +26,7 @@ BatchFn = Callable[[Any, Any], tuple[dict, Any]]
 def _one_file(task: tuple) -> tuple[dict[str, list[tuple[str, int]]], list, int]:
     import pyarrow.parquet as pq
 
-    fn, payload, path, root, table, columns, run_id, batch_rows, point = task
+    fn, payload, path, root, table, columns, run_id, batch_rows = task
     staged: dict[str, list[tuple[str, int]]] = {}
     infos, n = [], 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid", *columns]):
@@ -37,11 +36,10 @@ def _one_file(task: tuple) -> tuple[dict[str, list[tuple[str, int]]], list, int]
             staged.setdefault(key, []).append(parts.stage_part(root, table, key, sub, run_id=run_id))
         infos.append(info)
         n += len(frame)
-        checkpoint(point)
     return staged, infos, n
 
 
-def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id: int, checkpoint_name: str,
+def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id: int,
                      batch_rows: int | None = None) -> tuple[dict[str, list[tuple[str, int]]], list, int]:
     """Run ``fn`` over every sample (``store``: a read-only Store of a parts-layout store) and stage its outputs
     as parts of ``table``. Returns (staged parts per key, the infos of every batch, samples read). Raises when
@@ -49,7 +47,7 @@ def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id
     batch_rows = batch_rows or BATCH_ROWS
     files = parts.part_files(store, "samples")
     root, n_samples = store.parts_dir(), int(store.count("samples"))
-    tasks = [(fn, payload, f, root, table, tuple(columns), run_id, batch_rows, checkpoint_name) for f in files]
+    tasks = [(fn, payload, f, root, table, tuple(columns), run_id, batch_rows) for f in files]
     workers = min(len(tasks), os.cpu_count() or 1)
     if workers > 1 and n_samples >= PARALLEL_MIN_ROWS:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
