@@ -123,3 +123,17 @@ def test_filter_preview_says_when_ties_keep_more_than_the_fraction(make_store, m
     assert not at.exception
     assert metric(at, "Kept") == "6"
     assert any("Ties at the threshold: 2 samples" in i.value and "keeps 6 (60.0%)" in i.value for i in at.info)
+
+
+def test_large_pool_comparison_waits_for_its_toggle(app, monkeypatch):
+    """Above ui.COMPARE_DEFAULT_MAX_ROWS the A-vs-B comparison (ρ over the pool, the density, B's mask) is off until
+    switched on; switched on it shows the same metrics as on a small pool."""
+    from audit import ui
+
+    monkeypatch.setattr(ui, "COMPARE_DEFAULT_MAX_ROWS", 1000)
+    app.switch_page("pages/filter_preview.py").run()
+    assert not app.exception and app.toggle(key="cmp_on").value is False
+    assert not any(m.label == "Spearman ρ of the scores" for m in app.metric)
+    app.toggle(key="cmp_on").set_value(True).run()
+    assert not app.exception
+    assert any(m.label == "Spearman ρ of the scores" for m in app.metric)
