@@ -511,25 +511,15 @@ class Store:
         return self.df("SELECT value FROM scores WHERE name = ?", [name])["value"].to_numpy()
 
     def score_histogram(self, name: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
-        """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max, as
-        np.histogram bins them (half-open bins, the last closed), from the score's pool-order column: its values
-        sorted (columns.score_order), so each edge is one binary search and nothing is binned per sample."""
+        """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max (np.histogram
+        over the score's pool-order column: one sequential pass, nothing from the scores table)."""
         self.check_score(name)
-        values, order = self.score_array(name), self.score_order(name)
-        if not len(order):
+        values = self.score_array(name)
+        finite = values[np.isfinite(values)]
+        if not len(finite):
             return np.zeros(0, dtype=np.int64), np.zeros(1)
-        ascending = values[order[::-1]]
-        if len(ascending) and not (np.isfinite(ascending[0]) and np.isfinite(ascending[-1])):
-            ascending = ascending[np.isfinite(ascending)]   # ±inf sort to the ends; not binned
-        if not len(ascending):
-            return np.zeros(0, dtype=np.int64), np.zeros(1)
-        lo, hi = float(ascending[0]), float(ascending[-1])
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5    # np.histogram's range for a constant
-        edges = np.linspace(lo, hi, bins + 1)
-        starts = np.searchsorted(ascending, edges[:-1], side="left")
-        counts = np.diff(np.r_[starts, len(ascending)]).astype(np.int64)
-        return counts, edges
+        counts, edges = np.histogram(finite, bins=bins)
+        return counts.astype(np.int64), edges
 
     def score_catalog(self) -> pd.DataFrame:
         return self.df("SELECT * FROM score_catalog ORDER BY name")
