@@ -225,14 +225,18 @@ def write_rows(reader: "pa.RecordBatchReader", fmt: str, fh, *, progress=None) -
     return rows
 
 
+def _check_all_rows(fmt: str, all_rows: bool) -> None:
+    if all_rows and fmt == "npy":
+        raise ValueError("a DataComp .npy lists kept uids only; --all-rows needs CSV or Parquet")
+
+
 def render(frame: pd.DataFrame, fmt: str, *, all_rows: bool = False) -> bytes:
     """The bytes of the kept rows of a ``selection_frame`` in one format (the same writer as the streamed
     export); ``all_rows``: every sample, with its ``keep`` decision (1/0) and the rules it failed
     (``excluded_by``), so inclusion rates can be computed from the file."""
     import pyarrow as pa
 
-    if all_rows and fmt == "npy":
-        raise ValueError("a DataComp .npy lists kept uids only; --all-rows needs CSV or Parquet")
+    _check_all_rows(fmt, all_rows)
     kept = (frame.assign(keep=frame["keep"].astype("int64")) if all_rows
             else frame[frame["keep"]].drop(columns=["keep", "excluded_by"]))
     table = pa.Table.from_pandas(kept, preserve_index=False)
@@ -245,8 +249,7 @@ def render_selection(store: Store, sel: Selection, fmt: str, *, by: Sequence[str
                      all_rows: bool = False) -> bytes:
     """The export file's bytes for a decision already made (the dashboard's download; `export` writes the
     same bytes to a file)."""
-    if all_rows and fmt == "npy":
-        raise ValueError("a DataComp .npy lists kept uids only; --all-rows needs CSV or Parquet")
+    _check_all_rows(fmt, all_rows)
     buf = io.BytesIO()
     with selection_reader(store, sel, by=by, all_rows=all_rows) as reader:
         write_rows(reader, fmt, buf)
@@ -291,8 +294,7 @@ def export(store_path: str, out: str, rules: Sequence[str], *, fmt: str | None =
         if recipe is not None:
             recipe = Recipe.parse(rules, names=st.score_names())
             parsed = recipe.rules
-        if all_rows and fmt == "npy":
-            raise ValueError("a DataComp .npy lists kept uids only; --all-rows needs CSV or Parquet")
+        _check_all_rows(fmt, all_rows)
         sel = decide(st, parsed, recipe=recipe)
         if fmt == "npy":
             bad = st.non_hex_uid_rows()
