@@ -12,6 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, failed_run_guard, param_key, parts
@@ -56,9 +57,13 @@ ANNOTATORS: Registry[type[Annotator]] = Registry("annotator")
 
 
 def run_annotator(name: str, store_path: str, *, params: dict | None = None, model: str | None = None,
-                  seed: int = 0, force: bool = False, echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Compute and store one annotator's attributes; returns label counts per attribute."""
+                  seed: int = 0, force: bool = False, echo: Callable[[str], None] = print,
+                  engine: Engine | None = None) -> pd.DataFrame:
+    """Compute and store one annotator's attributes (row-local ones on ``engine``, default local); returns label
+    counts per attribute."""
     cls = ANNOTATORS.get(name)
+    if not cls.row_columns:
+        require_local(engine, f"annotator {name}")
     full = {**(params or {}), "model": model, "seed": seed, "version": cls.version}
     with Store.writer(store_path) as st:
         done = st.find_done_run("annotate", name, param_key(full))
@@ -73,7 +78,8 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         with Store.detached(store_path) as rd:
             streamed = parts.is_parts_table(rd, "samples")
         if streamed:
-            return _run_streamed(cls, store_path, run_id, full, random_weights, echo)
+            return _run_streamed(cls, store_path, run_id, full, random_weights, echo, engine)
+    require_local(engine, f"annotator {name} on a store of the older layout")
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
         frame = cls().compute(ctx)
@@ -115,13 +121,13 @@ def _annotate_batch(payload: tuple, frame: pd.DataFrame) -> tuple[dict, tuple]:
     return {a: sub for a, sub in out.groupby("attribute", sort=True)}, (counts, dict(out.attrs))
 
 
-def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo) -> pd.DataFrame:
-    from audit.store.streamed import run_over_samples
-
+def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo,
+                  engine: Engine | None) -> pd.DataFrame:
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path) as rd:
-            found, infos, n_samples = run_over_samples(rd, _annotate_batch, (cls.name, params),
-                                                       columns=cls.row_columns, table="annotations", run_id=run_id)
+            found, infos, n_samples, rejected = over_samples(engine, rd, _annotate_batch, (cls.name, params),
+                                                             columns=cls.row_columns, table="annotations",
+                                                             run_id=run_id)
         staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
         for k, v in found.items():
             staged.setdefault(k, []).extend(v)
@@ -135,11 +141,14 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weight
     with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
         st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),
                                 descriptions=cls.attributes, imputed=cls.imputed, random_weights=random_weights)
+        st.replace_stage_rejects("annotate", f"{cls.name}: ", plugin_rejects("annotate", cls.name, rejected, run_id))
         checkpoint("annotate.written")
-        st.end_run(run_id, rows_in=n_samples, rows_out=sum(counts.values()))
+        st.end_run(run_id, rows_in=n_samples, rows_out=sum(counts.values()), rows_rejected=len(rejected),
+                   note=f"engine {(engine or LOCAL).describe()}")
     from audit.store.columns import refresh
 
     refresh(store_path, groups=sorted(staged), echo=echo)   # the pages' pool-order columns
+    echo_rejects(cls.name, rejected, echo)
     frame = pd.DataFrame([(a, lab, k) for (a, lab), k in sorted(counts.items())], columns=["attribute", "label", "n"])
     _echo_counts(frame, echo)
     return frame

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from audit import engine
 from audit.cli import store_arg
 
 
@@ -16,6 +17,7 @@ def configure(p) -> None:
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--force", action="store_true")
         cls.add_arguments(q)
+        engine.add_arguments(q)
         q.set_defaults(func=run, ann_cls=cls)
 
 
@@ -23,5 +25,6 @@ def run(a) -> int:
     from audit.annotators.base import run_annotator
 
     cls = a.ann_cls
-    run_annotator(cls.name, a.store, params=cls.params_from_args(a), model=a.model, seed=a.seed, force=a.force)
+    run_annotator(cls.name, a.store, params=cls.params_from_args(a), model=a.model, seed=a.seed, force=a.force,
+                  engine=engine.from_args(a))
     return 0

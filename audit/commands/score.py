@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from audit import engine
 from audit.cli import store_arg
 
 
@@ -18,6 +19,7 @@ def configure(p) -> None:
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--force", action="store_true", help="recompute even if done with these parameters")
         cls.add_arguments(q)
+        engine.add_arguments(q)
         q.set_defaults(func=run, score_cls=cls)
 
 
@@ -26,5 +28,5 @@ def run(a) -> int:
 
     cls = a.score_cls
     run_score(cls.name, a.store, model=getattr(a, "model", None), params=cls.params_from_args(a), seed=a.seed,
-              force=a.force)
+              force=a.force, engine=engine.from_args(a))
     return 0

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
+from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
@@ -117,9 +118,12 @@ def resolve_model(store: Store, model: str | None) -> str:
 
 
 def run_score(name: str, store_path: str, *, model: str | None = None, params: dict | None = None,
-              seed: int = 0, force: bool = False, echo: Callable[[str], None] = print) -> list[str]:
-    """Compute and store one score. Returns the stored score names."""
+              seed: int = 0, force: bool = False, echo: Callable[[str], None] = print,
+              engine: Engine | None = None) -> list[str]:
+    """Compute and store one score (row-local scores on ``engine``, default local). Returns the stored names."""
     cls = SCORES.get(name)
+    if not cls.row_columns:
+        require_local(engine, f"score {name}")
     params = cls.complete_params(dict(params or {}))
     with Store.writer(store_path) as st:
         if cls.uses_model:
@@ -136,9 +140,11 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
         run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
         streamed = bool(cls.row_columns) and parts.is_parts_table(st, "samples")
+        if not streamed:
+            require_local(engine, f"score {name} on a store of the older layout")
         uids = None if streamed else st.sample_uids()
     if streamed:
-        return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo)
+        return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo, engine)
     # compute without holding the write lock
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
@@ -204,14 +210,13 @@ def _score_batch(payload: tuple, frame) -> tuple[dict, dict]:
 
 
 def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool,
-                  echo) -> list[str]:
-    from audit.store.streamed import run_over_samples
-
+                  echo, engine: Engine | None) -> list[str]:
     outputs = cls.output_names(model, params)
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         checkpoint("score.computing")
-        staged, infos, n = run_over_samples(rd, _score_batch, (cls.name, params),
-                                            columns=[*cls.row_columns, "simulated"], table="scores", run_id=run_id)
+        staged, infos, n, rejected = over_samples(engine, rd, _score_batch, (cls.name, params),
+                                                  columns=[*cls.row_columns, "simulated"], table="scores",
+                                                  run_id=run_id)
     stats: dict[str, dict] = {}
     for info in infos:
         for col, d in info.items():
@@ -229,11 +234,14 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
             st.register_scores(col, staged.get(col, []), run_id=run_id, kind=cls.name, model=model,
                                random_weights=random_weights, simulated=bool(t["scored"] and t["simulated"] == t["scored"]),
                                description=desc.get(col) or cls.description)
+        st.replace_stage_rejects("score", f"{cls.name}: ", plugin_rejects("score", cls.name, rejected, run_id))
         checkpoint("score.written")
-        st.end_run(run_id, rows_in=n, rows_out=n, note=f"{sum(n - stats[c]['n'] for c in names)} missing values")
+        st.end_run(run_id, rows_in=n, rows_out=n - len(rejected), rows_rejected=len(rejected),
+                   note=f"{sum(n - stats[c]['n'] for c in names)} missing values; engine {(engine or LOCAL).describe()}")
     from audit.store.columns import refresh
 
     refresh(store_path, scores=names, echo=echo)
+    echo_rejects(cls.name, rejected, echo)
     for col in names:
         _echo_summary(col, stats[col], n, random_weights, echo)
     return names

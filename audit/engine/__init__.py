@@ -1,0 +1,91 @@
+"""Which engine runs a stage's per-batch work: ``local`` (this machine's processes, audit/store/streamed.py) or
+``ray`` (Ray Data on a cluster or a local Ray, audit/engine/ray_data.py).
+
+Both engines call the same plug-in code through the same batch step (``streamed.run_batch``: the plug-in's
+``compute_rows`` on one batch, its outputs staged as Parquet parts of the store's own layout), and the stage then
+registers the staged parts in one short transaction. No plug-in knows which engine runs it; the engine is not a
+parameter of the run (a rerun with the other engine is a no-op), only a note on it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str = "local"
+    address: str | None = None          # an existing Ray cluster ("auto", "ray://host:10001", "host:6379")
+    num_cpus: int | None = None         # local Ray: its CPUs; with --address: the most batches run at once
+    num_gpus_per_worker: float = 0.0    # GPUs each Ray worker asks for (models that run on a GPU)
+    batch_rows: int | None = None       # rows per batch (default: streamed.BATCH_ROWS)
+
+    def __post_init__(self):
+        if self.name not in ENGINES:
+            raise ValueError(f"unknown engine {self.name!r}; choose one of {', '.join(ENGINES)}")
+        if self.name == "local" and (self.address or self.num_gpus_per_worker):
+            raise ValueError("--address and --num-gpus-per-worker need --engine ray")
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise ValueError("--batch-rows must be at least 1")
+
+    @property
+    def is_ray(self) -> bool:
+        return self.name == "ray"
+
+    def describe(self) -> str:
+        if not self.is_ray:
+            return "local"
+        where = f"cluster {self.address}" if self.address else f"local Ray ({self.num_cpus or 'all'} CPUs)"
+        return f"ray, {where}"
+
+
+LOCAL = Engine()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this machine's processes; ray: Ray Data (a local Ray, or --address)")
+    g.add_argument("--address", help="Ray cluster to join (e.g. auto, after `ray start --head`)")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray it starts / at most this many batches at once")
+    g.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
+    g.add_argument("--batch-rows", type=int, help="rows per batch (default 200,000)")
+
+
+def from_args(a: argparse.Namespace) -> Engine:
+    return Engine(a.engine, a.address, a.num_cpus, a.num_gpus_per_worker, a.batch_rows)
+
+
+def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int):
+    """``streamed.run_over_samples`` on the chosen engine (same arguments, same result)."""
+    engine = engine or LOCAL
+    if engine.is_ray:
+        from audit.engine.ray_data import run_over_samples
+    else:
+        from audit.store.streamed import run_over_samples
+    return run_over_samples(store, fn, payload, columns=columns, table=table, run_id=run_id,
+                            batch_rows=engine.batch_rows, **({"engine": engine} if engine.is_ray else {}))
+
+
+def require_local(engine: Engine | None, what: str) -> None:
+    """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
+    if engine is not None and engine.is_ray:
+        raise ValueError(f"{what} has no Ray form yet: it reads more than one sample's rows at a time; "
+                         "run it with --engine local (the row-local plug-ins run on Ray: see README, 'On a cluster')")
+
+
+def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):
+    """The rejects frame of the samples a plug-in raised on (one row each; detail starts with the plug-in's name)."""
+    import pandas as pd
+
+    return pd.DataFrame({"source_ref": None, "stage": stage, "reason": "plugin_error",
+                         "detail": [f"{name}: {msg}" for _, msg in rejected], "source": None,
+                         "uid": [u for u, _ in rejected], "run_id": run_id})
+
+
+def echo_rejects(name: str, rejected: list[tuple[str, str]], echo) -> None:
+    if rejected:
+        uid, msg = rejected[0]
+        echo(f"{name}: {len(rejected):,} samples rejected (the plug-in raised on them; see rejects), e.g. {uid}: {msg}")

@@ -1,0 +1,86 @@
+"""Local engine vs Ray engine on the same store and the same CPUs, side by side in one run.
+
+    python bench/bench_ray.py --store /work/scale/store-1000000/pool.duckdb --num-cpus 2
+
+For each row-local plug-in (score basic, annotate caption, annotate domain) the stage runs as a real
+`python -m audit` process under /usr/bin/time, first `--engine local`, then `--engine ray --num-cpus N` (a local
+Ray of N CPUs started by the stage, so its start-up is in the time), alternating, --repeat times. Printed: rows/s,
+wall seconds, the driver's peak RSS, the Ray/local ratio of rows/s (target >= 0.8), and the projected wall time of
+a DataComp *medium* pool (128M rows) on W Ray workers, assuming each worker keeps the per-CPU rate measured here
+(the stage is CPU-bound per batch; the shared filesystem is not the limit) plus the measured fixed start-up.
+The store is changed (each run replaces the plug-in's output): use a bench copy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate", "caption"]),
+           ("annotate domain", ["annotate", "domain"])]
+MEDIUM = 128_000_000
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS GB of the process and its waited-for children) of one `python -m audit` run."""
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", PY, "-m", "audit", *args], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"})
+    secs = time.perf_counter() - t
+    if res.returncode:
+        raise SystemExit(f"failed: {' '.join(args)}\n{res.stderr[-2000:]}")
+    return secs, int(res.stderr.strip().splitlines()[-1]) / 1e6
+
+
+def ray_startup(num_cpus: int) -> float:
+    code = ("import time, ray; t = time.perf_counter(); ray.init(num_cpus=%d, include_dashboard=False, "
+            "log_to_driver=False); ray.get(ray.remote(lambda: 1).remote()); print(time.perf_counter() - t); "
+            "ray.shutdown()" % num_cpus)
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, env={**os.environ,
+                                                                                "RAY_AUTH_MODE": "disabled"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--workers", default="16,64,256", help="Ray worker counts of the 128M projection")
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from audit.store import Store
+
+    with Store.reader(a.store) as st:
+        n = int(st.count("samples"))
+    start = ray_startup(a.num_cpus)
+    workers = [int(w) for w in a.workers.split(",")]
+    print(f"store {a.store}: {n:,} samples; {os.cpu_count()} CPUs on this machine, engines on {a.num_cpus}; "
+          f"local Ray start-up {start:.1f} s")
+    head = (f"| stage | local rows/s | ray rows/s | ray/local | local s | ray s | local peak RSS | ray driver peak RSS "
+            + "".join(f"| 128M on {w} workers " for w in workers) + "|")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for label, cmd in PLUGINS:
+        base = [*cmd, "--store", a.store, "--force"]
+        loc, ray_ = [], []
+        for _ in range(a.repeat):
+            loc.append(run(base))
+            ray_.append(run([*base, "--engine", "ray", "--num-cpus", str(a.num_cpus)]))
+        ls, lm = statistics.median(s for s, _ in loc), max(m for _, m in loc)
+        rs, rm = statistics.median(s for s, _ in ray_), max(m for _, m in ray_)
+        per_cpu = n / max(rs - start, 1e-9) / a.num_cpus      # rows/s one Ray worker sustains, start-up aside
+        proj = "".join(f"| {(MEDIUM / (per_cpu * w) + start) / 60:,.1f} min " for w in workers)
+        print(f"| {label} | {n / ls:,.0f} | {n / rs:,.0f} | {ls / rs:.2f} | {ls:.1f} | {rs:.1f} | {lm:.2f} GB "
+              f"| {rm:.2f} GB {proj}|")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""--engine ray equals --engine local, row for row, for every plug-in that runs on Ray (a local Ray, 2 CPUs);
+a plug-in that raises on some samples makes those samples rejects on both engines, not a failed job."""
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.annotators import ANNOTATORS
+from audit.engine import Engine
+from audit.scores import SCORES
+from audit.store import Store, copy_store
+
+pytestmark = pytest.mark.slow
+
+RAY = Engine("ray", batch_rows=333)       # many batches per part, batches that end mid-part
+LOCAL = Engine("local", batch_rows=333)
+ON_RAY = [("score", c.name) for c in SCORES if c.row_columns] + [("annotate", c.name) for c in ANNOTATORS
+                                                                 if c.row_columns]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from audit.engine.ray_data import PROJECT_ROOT
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_store(demo_store, tmp_path_factory):
+    """The demo store plus a second samples part of awkward rows (no caption, no url, no size, odd text)."""
+    path = tmp_path_factory.mktemp("ray_base") / "s.duckdb"
+    copy_store(demo_store, path)
+    odd = pd.DataFrame({"uid": [f"zz{i:03d}" for i in range(9)], "source": "odd",
+                        "caption": [None, "", "   ", "ünïcödé 写真 📷", "a" * 5000, "=1+1", "x", None, "dog on a beach"],
+                        "url": [None, "", "not a url", "http://例え.jp/猫.png", "https://a.b.c.co.uk/x.jpg",
+                                "ftp://x", "http://[::1]/i.png", "https://localhost/a", None],
+                        "width": [None, 0, 1, 10**6, 640, None, 3, 200, 20],
+                        "height": [None, 0, 1, 1, 480, 5, None, 100, 2000]})
+    with Store.writer(str(path)) as st:
+        st.add_samples(odd)
+    return str(path)
+
+
+def _copy(base, tmp_path, name):
+    dst = tmp_path / name / "s.duckdb"
+    copy_store(base, dst)
+    return str(dst)
+
+
+def _outputs(path, kind, name, outputs):
+    with Store.reader(path) as st:
+        if kind == "score":
+            frame = st.df("SELECT uid, name, value FROM scores WHERE list_contains(?, name) ORDER BY uid, name",
+                          [outputs])
+        else:
+            frame = st.df("SELECT uid, attribute, label, confidence, method FROM annotations "
+                          "WHERE list_contains(?, attribute) ORDER BY uid, attribute", [outputs])
+        runs = st.runs()
+        rejects = st.df("SELECT uid, detail FROM rejects WHERE stage = ? ORDER BY uid", [kind])
+    return frame, runs.iloc[-1], rejects
+
+
+def _run(kind, name, path, engine):
+    from audit.annotators.base import run_annotator
+    from audit.scores.base import run_score
+
+    quiet = {"force": True, "echo": lambda s: None, "engine": engine}
+    if kind == "score":
+        return run_score(name, path, **quiet)
+    return sorted(run_annotator(name, path, **quiet)["attribute"].unique())
+
+
+def test_the_row_local_plug_ins_are_the_ones_on_ray():
+    assert {("score", "basic"), ("annotate", "caption"), ("annotate", "domain")} <= set(ON_RAY)
+
+
+@pytest.mark.parametrize("kind,name", ON_RAY)
+def test_ray_equals_local_row_for_row(local_ray, base_store, tmp_path, kind, name):
+    a, b = _copy(base_store, tmp_path, "local"), _copy(base_store, tmp_path, "ray")
+    out_a = _run(kind, name, a, LOCAL)
+    out_b = _run(kind, name, b, RAY)
+    assert out_a == out_b and out_a
+    got_a, run_a, rej_a = _outputs(a, kind, name, out_a)
+    got_b, run_b, rej_b = _outputs(b, kind, name, out_b)
+    with Store.reader(a) as st:
+        n = st.count("samples")
+    assert n > 3900 and len(got_a) >= n                 # every sample (the odd ones too) has its rows
+    assert {f"zz{i:03d}" for i in range(9)} <= set(got_a["uid"])
+    assert got_a["uid"].tolist() == got_b["uid"].tolist()
+    if kind == "score":
+        assert got_a["name"].tolist() == got_b["name"].tolist()
+        np.testing.assert_allclose(got_b["value"].to_numpy(float), got_a["value"].to_numpy(float), atol=1e-6, rtol=0)
+        assert np.isnan(got_a["value"].to_numpy(float)).tolist() == np.isnan(got_b["value"].to_numpy(float)).tolist()
+    else:
+        pd.testing.assert_frame_equal(got_a, got_b)
+    assert (run_a["rows_in"], run_a["rows_rejected"]) == (run_b["rows_in"], run_b["rows_rejected"]) == (n, 0)
+    assert "engine ray" in run_b["note"] and "engine local" in run_a["note"]
+    assert rej_a.empty and rej_b.empty
+    with Store.reader(b) as st:   # the Ray run's parts are registered like the local run's, in the store's layout
+        files = st.df("SELECT file FROM parts WHERE run_id = ?", [int(run_b["run_id"])])["file"]
+    assert len(files) >= 13 and all(f.startswith(("scores/", "annotations/")) for f in files)
+
+
+# ---- bad input: a plug-in that raises on some samples ----------------------------------------------------------
+def _fussy(payload, frame):
+    """Raises on any batch that holds a uid ending in the payload's digit; otherwise one score row per sample."""
+    bad = frame["uid"].str.endswith(payload)
+    if bad.any():
+        raise ValueError(f"cannot score {frame['uid'][bad].iloc[0]}")
+    out = pd.DataFrame({"uid": frame["uid"], "name": "fussy", "value": frame["caption"].fillna("").str.len()})
+    return {"fussy": out}, len(frame)
+
+
+@pytest.mark.parametrize("engine", [LOCAL, RAY], ids=["local", "ray"])
+def test_rows_a_plug_in_raises_on_become_rejects_not_a_failed_job(local_ray, base_store, engine):
+    import ray.cloudpickle
+
+    from audit.engine import over_samples
+    from audit.store import parts
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import the test module
+    with Store.reader(base_store) as st:
+        staged, infos, rows, rejects = over_samples(engine, st, _fussy, "7", columns=["caption"], table="scores",
+                                                    run_id=999)
+        samples = st.df("SELECT uid, caption FROM samples ORDER BY uid")
+    want_bad = sorted(u for u in samples["uid"] if u.endswith("7"))
+    assert rows == len(samples) > 3900
+    assert sorted(u for u, _ in rejects) == want_bad and len(want_bad) > 200
+    assert all(msg == f"ValueError: cannot score {u}" for u, msg in rejects)
+    assert sum(infos) == len(samples) - len(want_bad)           # input rows = accepted + rejected
+    got = pd.concat([pd.read_parquet(base_store.replace("s.duckdb", "s.parts/") + f) for f, _ in staged["fussy"]])
+    got = got.sort_values("uid").reset_index(drop=True)
+    good = samples[~samples["uid"].str.endswith("7")].reset_index(drop=True)
+    assert got["uid"].tolist() == good["uid"].tolist()
+    np.testing.assert_array_equal(got["value"].to_numpy(), good["caption"].fillna("").str.len().to_numpy(float))
+    assert parts.TABLES  # the staged files are orphans: nothing registered them
+    with Store.reader(base_store) as st:
+        assert not st.scalar("SELECT count(*) FROM parts WHERE run_id = 999")
+
+
+def test_the_score_runner_records_plug_in_rejects(base_store, tmp_path, monkeypatch):
+    """Through run_score (local engine, in this process): the raising samples are rejects of stage score, the
+    run counts them, and the others are scored; a rerun that succeeds replaces nothing it should not."""
+    from audit.scores import base
+    from audit.scores.basic import Basic
+
+    path = _copy(base_store, tmp_path, "rej")
+    real = Basic.compute_rows
+
+    def fussy(self, frame, params):
+        if frame["uid"].str.startswith("zz00").any():
+            raise RuntimeError("broken caption")
+        return real(self, frame, params)
+
+    monkeypatch.setattr(Basic, "compute_rows", fussy)
+    base.run_score("basic", path, force=True, echo=lambda s: None)
+    got, run, rejects = _outputs(path, "score", "basic", ["basic_words"])
+    bad = [f"zz00{i}" for i in range(9)]
+    assert rejects["uid"].tolist() == bad
+    assert set(rejects["detail"]) == {"basic: RuntimeError: broken caption"}
+    with Store.reader(path) as st:
+        n = st.count("samples")
+    assert (run["rows_in"], run["rows_out"], run["rows_rejected"]) == (n, n - 9, 9)
+    assert len(got) == n - 9 and not set(bad) & set(got["uid"])
