@@ -2,7 +2,8 @@
 
     python bench/bench_ray.py --store /work/scale/store-1000000/pool.duckdb --num-cpus 2
 
-For each row-local plug-in (score basic, annotate caption, annotate domain) the stage runs as a real
+For each row-local plug-in (score basic, annotate caption, annotate domain) and two vector-local scores (clip and
+laion-nsfw on the L/14 vectors) the stage runs as a real
 `python -m audit` process under /usr/bin/time, first `--engine local`, then `--engine ray --num-cpus N` (a local
 Ray of N CPUs started by the stage, so its start-up is in the time), alternating, --repeat times. Printed: rows/s,
 wall seconds, the driver's peak RSS, the Ray/local ratio of rows/s (target >= 0.8), and the projected wall time of
@@ -23,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate", "caption"]),
-           ("annotate domain", ["annotate", "domain"])]
+           ("annotate domain", ["annotate", "domain"]),
+           # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
+           ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
+           ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"])]
 MEDIUM = 128_000_000
 
 
@@ -53,6 +57,7 @@ def main() -> int:
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workers", default="16,64,256", help="Ray worker counts of the 128M projection")
+    ap.add_argument("--only", help="comma-separated plug-ins to run, e.g. basic,clip (default: all)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from audit.store import Store
@@ -68,6 +73,8 @@ def main() -> int:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for label, cmd in PLUGINS:
+        if a.only and cmd[1] not in a.only.split(","):
+            continue
         base = [*cmd, "--store", a.store, "--force"]
         loc, ray_ = [], []
         for _ in range(a.repeat):

@@ -252,3 +252,48 @@ def test_row_local_score_streams_over_parts_and_equals_the_whole_pool_computatio
             np.testing.assert_array_equal(got[name].to_numpy(float), v, err_msg=name)
         assert n_parts == 5 + 4          # ceil(35 / 7) + ceil(25 / 7) batches, one part each
         assert "language:" in cat.loc["basic", "description"] and not bool(cat.loc["basic", "simulated"])
+
+
+# ---- vector-local scores stream over the vector parts -----------------------------------------------------------
+def test_clip_streams_over_vector_parts_with_missing_foreign_and_nan_rows(make_store):
+    """Samples without a vector get a NaN row, a NaN vector a NaN value, a vector whose uid is not a sample is
+    left out; every value is img·txt of the float16-rounded stored vectors (numpy, independently)."""
+    from audit.scores.base import run_score
+    from audit.store.vectors import write_vectors
+
+    rng = np.random.default_rng(3)
+    uids = [f"u{i:02d}" for i in range(10)]
+    img, txt = rng.normal(size=(9, 8)).astype(np.float32), rng.normal(size=(9, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    img[2] = np.nan
+    vec_uids = uids[:8] + ["ghost"]
+    path = make_store([{"uid": u, "caption": "c"} for u in uids], vectors={"m": (vec_uids[:5], img[:5], txt[:5])})
+    with Store.writer(path) as st:                       # a second part: several files, one score
+        write_vectors(st, "m", "1", vec_uids[5:], img[5:], txt[5:])
+    assert run_score("clip", path, model="m", echo=lambda s: None) == ["clip_m"]
+    with Store.reader(path) as st:
+        got = st.df("SELECT uid, value FROM scores WHERE name = 'clip_m' ORDER BY uid")
+        run = st.runs().iloc[-1]
+    assert got["uid"].tolist() == uids                   # every sample once; no ghost
+    h_img, h_txt = img.astype(np.float16).astype(np.float64), txt.astype(np.float16).astype(np.float64)
+    want = np.full(10, np.nan)
+    want[:8] = (h_img[:8] * h_txt[:8]).sum(axis=1)
+    np.testing.assert_allclose(got["value"].to_numpy(float), want, atol=1e-6)
+    assert np.isnan(got["value"].to_numpy(float)).tolist() == [i in (2, 8, 9) for i in range(10)]
+    assert (run["rows_in"], run["rows_out"], run["rows_rejected"]) == (10, 10, 0)
+    assert run["note"].startswith("3 missing values")
+
+
+def test_vectors_with_duplicate_uids_fail_the_run_with_the_fix(make_store):
+    from audit.scores.base import run_score
+    from audit.store import StoreError
+    from audit.store.vectors import write_vectors
+
+    path = make_store([{"uid": u, "caption": "c"} for u in "ab"], vectors={"m": (["a", "b"], E[:2], E[:2])})
+    with Store.writer(path) as st:
+        write_vectors(st, "m", "again", ["b"], E[1:2], E[1:2])
+    with pytest.raises(StoreError, match="1 duplicate uids.*embed --model m --force"):
+        run_score("clip", path, model="m", echo=lambda s: None)
+    with Store.reader(path) as st:
+        assert st.runs().iloc[-1]["status"] == "failed" and "clip_m" not in st.score_names()

@@ -78,10 +78,10 @@ def test_a_score_that_fails_marks_its_run_failed(make_store, monkeypatch):
     path = make_store([{"uid": x, "caption": "c"} for x in u],
                       vectors={"m": (u, np.eye(2, 4), np.eye(2, 4))})
 
-    def boom(self, ctx):
+    def boom(self, store, model, params, echo):
         raise ValueError("target has the wrong dimension")
 
-    monkeypatch.setattr(ClipScore, "compute", boom)
+    monkeypatch.setattr(ClipScore, "prepare_vectors", boom)
     with pytest.raises(ValueError):
         run_score("clip", path, model="m", echo=lambda s: None)
     with Store.reader(path) as st:

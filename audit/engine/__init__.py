@@ -69,6 +69,19 @@ def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: s
                             batch_rows=engine.batch_rows, **({"engine": engine} if engine.is_ray else {}))
 
 
+def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
+               arrow: bool = False):
+    """``streamed.run_over_files`` (any Parquet files with a uid column, e.g. a model's vector parts) on the
+    chosen engine (same arguments, same result)."""
+    engine = engine or LOCAL
+    if engine.is_ray:
+        from audit.engine.ray_data import run_over_files
+    else:
+        from audit.store.streamed import run_over_files
+    return run_over_files(files, fn, payload, columns=columns, root=root, table=table, run_id=run_id,
+                          batch_rows=engine.batch_rows, arrow=arrow, **({"engine": engine} if engine.is_ray else {}))
+
+
 def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:

@@ -1,7 +1,15 @@
-"""The Ray Data engine: the samples' registered Parquet parts read by ``ray.data.read_parquet``, each batch
-handed to a callable class (``_Batches``, one instance per Ray worker, so a plug-in's model loads once per worker)
-that runs the same step as the local engine (``streamed.run_batch``: the plug-in, then its outputs staged as
-parts of the store's layout), and the list of staged parts sent back to the driver, which registers them.
+"""The Ray Data engine: a Ray dataset of the input's *slices* (``streamed.slices``: a part file's row groups in runs
+of about --batch-rows rows; the samples' registered parts, or a model's vector parts), mapped by a callable class
+(``_Slices``, one instance per Ray worker, so a plug-in's model loads once per worker) that reads its slice with
+pyarrow and runs the same step as the local engine on each batch (``streamed.run_slice`` → ``run_batch``: the
+plug-in, then its outputs staged as parts of the store's layout); the staged parts go back to the driver, which
+registers them.
+
+Why slices and not ``ray.data.read_parquet`` → ``map_batches``: on 2 CPUs the read tasks held a CPU beside the map
+actors, and fractional read CPUs deadlocked the executor (Ray 2.60); the same 1M-row ``score basic`` took 12.0 s
+from ``ray.init`` to the last result through read_parquet and 7.6 s through slices (docs/scale.md). A slice is
+read by the worker that computes it, so no rows pass through the object store, and each batch holds the rows
+the local engine's batch holds (same plug-in input on both engines).
 
 Why the parts are written by ``stage_part`` inside the map step rather than by ``Dataset.write_parquet``: a part
 must be sorted by uid (lookups prune row groups), typed by the table's schema, renamed into place atomically and
@@ -21,24 +29,23 @@ from pathlib import Path
 from audit.engine import Engine
 from audit.killpoints import checkpoint
 from audit.store import parts
-from audit.store.streamed import BATCH_ROWS, check_rows, merge, run_batch
+from audit.store.streamed import BATCH_ROWS, check_rows, merge, run_slice, slices
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
 
-class _Batches:
-    """Ray Data callable class: one per worker; ``__call__`` runs one batch and returns its staging record."""
+class _Slices:
+    """Ray Data callable class: one per worker; ``__call__`` runs the slices of one batch of the dataset (each a
+    row ``i`` of the slice list) and returns their staging records."""
 
-    def __init__(self, fn, payload, root: str, table: str, run_id: int):
-        self.fn, self.payload, self.root, self.table, self.run_id = fn, payload, Path(root), table, run_id
+    def __init__(self, fn, payload, pieces: list, kw: dict):
+        self.fn, self.payload, self.pieces, self.kw = fn, payload, pieces, kw
 
     def __call__(self, batch):
         import pandas as pd
 
-        # an Arrow batch converted here as the local engine converts it (Ray's own pandas batches turn a missing
-        # string into NaN, where pyarrow gives None/NA: a plug-in must see the same frame on both engines)
-        staged = run_batch(self.fn, self.payload, batch.to_pandas(), self.root, self.table, self.run_id)
-        return pd.DataFrame({"staged": [pickle.dumps(staged)]})
+        done = [pickle.dumps(run_slice(self.fn, self.payload, self.pieces[int(i)], **self.kw)) for i in batch["i"]]
+        return pd.DataFrame({"staged": done})
 
 
 @contextlib.contextmanager
@@ -65,29 +72,48 @@ def session(engine: Engine):
 
 
 def workers(ray, engine: Engine) -> int:
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(cpus, engine.num_cpus or cpus))
+    """Ray workers the stage runs at once: the cluster's CPUs (at most --num-cpus), and no more than its GPUs
+    allow at --num-gpus-per-worker (a fixed pool larger than the cluster would wait for ever)."""
+    res = ray.cluster_resources()
+    cpus = int(res.get("CPU", 1))
+    n = max(1, min(cpus, engine.num_cpus or cpus))
+    if engine.num_gpus_per_worker:
+        gpus = int(res.get("GPU", 0) // engine.num_gpus_per_worker)
+        if gpus < 1:
+            raise ValueError(f"--num-gpus-per-worker {engine.num_gpus_per_worker:g}: the Ray cluster has "
+                             f"{res.get('GPU', 0):g} GPUs")
+        n = min(n, gpus)
+    return n
 
 
 def run_over_samples(store, fn, payload, *, columns, table: str, run_id: int, batch_rows: int | None = None,
                      engine: Engine) -> tuple:
     """``streamed.run_over_samples`` on Ray Data: same arguments and the same (staged, infos, rows, rejects)."""
-    files = parts.part_files(store, "samples")
-    root, n_samples = str(store.parts_dir()), int(store.count("samples"))
-    if not files:
+    merged = run_over_files(parts.part_files(store, "samples"), fn, payload, columns=columns, root=store.parts_dir(),
+                            table=table, run_id=run_id, batch_rows=batch_rows, engine=engine)
+    check_rows(merged[2], int(store.count("samples")))
+    return merged
+
+
+def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
+                   batch_rows: int | None = None, arrow: bool = False, engine: Engine) -> tuple:
+    """``streamed.run_over_files`` on Ray Data (same arguments, same result)."""
+    batch_rows = batch_rows or BATCH_ROWS
+    pieces = slices(files, batch_rows)
+    if not pieces:
         return merge([])
+    kw = {"columns": tuple(columns), "root": str(root), "table": table, "run_id": run_id, "batch_rows": batch_rows,
+          "arrow": arrow}
     with session(engine) as ray:
-        n = workers(ray, engine)
-        ds = ray.data.read_parquet(files, columns=["uid", *columns])
-        out = ds.map_batches(_Batches, fn_constructor_args=(fn, payload, root, table, run_id),
-                             batch_size=batch_rows or BATCH_ROWS, batch_format="pyarrow",
-                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n),
+        size = min(workers(ray, engine), len(pieces))
+        ds = ray.data.from_items([{"i": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
+        # a fixed pool (an autoscaling one started a single actor for a few slices); one slice per call
+        out = ds.map_batches(_Slices, fn_constructor_args=(fn, payload, pieces, kw), batch_size=1,
+                             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=size),
                              num_cpus=1, num_gpus=engine.num_gpus_per_worker or None)
         results = []
         for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
             for blob in batch["staged"]:
                 results.append(pickle.loads(blob))
                 checkpoint("ray.batch_collected")
-    merged = merge(results)
-    check_rows(merged[2], n_samples)
-    return merged
+    return merge(results)

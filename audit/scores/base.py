@@ -81,6 +81,20 @@ class Score(PlugIn):
         """{column: values} for these samples (a frame of uid + row_columns), aligned with its rows."""
         raise NotImplementedError
 
+    # Vector-local scores (a sample's value depends on its own stored vectors alone: clip, laion-nsfw, aesthetic)
+    # name the vector columns they read; the runner streams them over the model's vector parts on either engine.
+    vector_columns: ClassVar[tuple[str, ...]] = ()
+
+    def prepare_vectors(self, store: Store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        """Once per run, before any batch: (what every batch needs: small and picklable, e.g. the weights' path
+        and the model's dimension; {output column: the run's description}). Raise here for a run that cannot
+        work at all (a wrong dimension), so the run fails instead of rejecting every sample."""
+        return {}, {}
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        """{column: values} for these samples: ``vectors`` holds a float32 (n, d) matrix per vector_columns."""
+        raise NotImplementedError
+
     def run_descriptions(self, params: dict) -> dict[str, str] | None:
         """Per-output descriptions that depend on the run (None: the class description)."""
         return None
@@ -122,7 +136,7 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
               engine: Engine | None = None) -> list[str]:
     """Compute and store one score (row-local scores on ``engine``, default local). Returns the stored names."""
     cls = SCORES.get(name)
-    if not cls.row_columns:
+    if not (cls.row_columns or cls.vector_columns):
         require_local(engine, f"score {name}")
     params = cls.complete_params(dict(params or {}))
     with Store.writer(store_path) as st:
@@ -139,10 +153,12 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
             return outputs
         run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-        streamed = bool(cls.row_columns) and parts.is_parts_table(st, "samples")
+        streamed = bool(cls.row_columns or cls.vector_columns) and parts.is_parts_table(st, "samples")
         if not streamed:
             require_local(engine, f"score {name} on a store of the older layout")
         uids = None if streamed else st.sample_uids()
+    if streamed and cls.vector_columns:
+        return _run_vectors(cls, store_path, run_id, full, model, random_weights, echo, engine)
     if streamed:
         return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo, engine)
     # compute without holding the write lock
@@ -245,6 +261,89 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
     for col in names:
         _echo_summary(col, stats[col], n, random_weights, echo)
     return names
+
+
+# ---- vector-local scores, streamed over the model's vector parts -----------------------------------------------
+def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
+    """One Arrow batch of a vector part (uid + the score's vector columns): a (uid, name, value) table per output
+    column and the value statistics. Vectors of uids that are not samples (``payload[2]``) are left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from audit.store.vectors import half_matrix, half_to_float32
+
+    name, prepared, not_samples = payload
+    if not_samples:
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=pa.array(sorted(not_samples)))))
+    cls = SCORES.get(name)
+    vectors = {c: half_to_float32(half_matrix(pa.chunked_array([batch.column(c)]))) for c in cls.vector_columns}
+    values = cls().compute_vectors(vectors, prepared)
+    out, info = {}, {}
+    for col, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        out[col] = pa.table({"uid": batch.column("uid"), "name": pa.array([col] * len(v), pa.string()),
+                             "value": pa.array(v)})
+        info[col] = _value_stats(v)
+    checkpoint("score.batch")
+    return out, info
+
+
+def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
+                 echo, engine: Engine | None) -> list[str]:
+    """A vector-local score on ``engine``: the model's vector parts a batch at a time (bounded memory on either
+    engine), every sample without a vector a NaN row (as the in-memory path wrote), registered in one transaction."""
+    import pyarrow as pa
+
+    from audit.engine import over_files
+    from audit.store.streamed import BATCH_ROWS, check_rows
+    from audit.store.vectors import all_scored_simulated, samples_without_vectors, vector_coverage
+    from audit.store.vectors import parts as vector_parts
+
+    outputs = cls.output_names(model, params)
+    with failed_run_guard(store_path, run_id), Store.detached(store_path, memory_limit="1GB") as rd:
+        scorer = cls()
+        prepared, desc = scorer.prepare_vectors(rd, model, params, echo)
+        files = [str(f) for f in vector_parts(rd, model)]
+        n_samples = int(rd.count("samples"))
+        n_vec, not_samples = vector_coverage(rd, model, files)
+        checkpoint("score.computing")
+        staged, infos, n, rejected = over_files(engine, files, _vector_batch, (cls.name, prepared, not_samples),
+                                                columns=list(cls.vector_columns), root=rd.parts_dir(),
+                                                table="scores", run_id=run_id, arrow=True)
+        check_rows(n, n_vec)
+        rejected = [(u, m) for u, m in rejected if u not in not_samples]
+        # samples without a vector (never embedded): a NaN value, as the in-memory path wrote; a rejected sample
+        # has no row (as for the row-local scores)
+        root = rd.parts_dir()
+        for uids in samples_without_vectors(rd, files, BATCH_ROWS):
+            for col in outputs:
+                nan = pa.table({"uid": uids, "name": pa.array([col] * len(uids), pa.string()),
+                                "value": pa.array(np.full(len(uids), np.nan))})
+                staged.setdefault(col, []).append(parts.stage_part(root, "scores", col, nan, run_id=run_id))
+        simulated = {col: all_scored_simulated(rd, [root / f for f, _ in staged.get(col, [])]) for col in outputs}
+    stats: dict[str, dict] = {}
+    for info in infos:
+        for col, d in info.items():
+            t = stats.setdefault(col, {"n": 0, "sum": 0.0, "min": np.inf, "max": -np.inf})
+            t.update(n=t["n"] + d["n"], sum=t["sum"] + d["sum"], min=min(t["min"], d["min"]), max=max(t["max"], d["max"]))
+    checkpoint("score.computed")
+    with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
+        for col in outputs:
+            st.register_scores(col, staged.get(col, []), run_id=run_id, kind=cls.name, model=model,
+                               random_weights=random_weights, simulated=simulated[col],
+                               description=desc.get(col) or cls.description)
+        st.replace_stage_rejects("score", f"{cls.name}: ", plugin_rejects("score", cls.name, rejected, run_id))
+        checkpoint("score.written")
+        missing = sum(n_samples - stats.get(c, {"n": 0})["n"] for c in outputs)
+        st.end_run(run_id, rows_in=n_samples, rows_out=n_samples - len(rejected), rows_rejected=len(rejected),
+                   note=f"{missing} missing values; engine {(engine or LOCAL).describe()}")
+    from audit.store.columns import refresh
+
+    refresh(store_path, scores=outputs, echo=echo)
+    echo_rejects(cls.name, rejected, echo)
+    for col in outputs:
+        _echo_summary(col, stats.get(col, _value_stats([])), n_samples, random_weights, echo)
+    return outputs
 
 
 # ---- appended (scores area): per-run descriptions -------------------------------------------------

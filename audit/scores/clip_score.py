@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 
 
 def clip_score(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
@@ -21,8 +21,10 @@ class ClipScore(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(m, {}) for m in models]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        out = np.full(len(ctx.uids), np.nan)
-        for rows, cols in ctx.iter_vectors():
-            out[rows] = clip_score(cols["img"], cols["txt"])
-        return {self.output_names(ctx.model, ctx.params)[0]: out}
+    vector_columns = ("img", "txt")
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        return {prepared["column"]: clip_score(vectors["img"], vectors["txt"])}
+
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        return {"column": self.output_names(model, params)[0]}, {}

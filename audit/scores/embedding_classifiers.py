@@ -13,11 +13,12 @@ score. The weights file and its sha256 are parameters of the run (``runs.params`
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 from audit.store import slug
 from audit.scores.laion_models import (AESTHETIC_FILE, AESTHETIC_SHA256, MODELS_DIR, NSFW_FILES, NSFW_THRESHOLD,
                                        load_aesthetic, load_nsfw, resolve_weights, sha256_of)
@@ -26,28 +27,41 @@ from audit.scores.laion_models import (AESTHETIC_FILE, AESTHETIC_SHA256, MODELS_
 TRAINED_ON = {768: ("ViT-L-14", "datacomp_l14"), 512: ("ViT-B-32", "datacomp_b32")}
 
 
-def space_note(ctx: ScoreContext, dims: tuple[int, ...], what: str) -> str:
-    """'' when ctx.model is OpenAI CLIP of a dim the classifier takes; otherwise a warning for the description."""
-    info = ctx.store.model_info(ctx.model)
+def space_note(store, model: str, dims: tuple[int, ...], what: str) -> str:
+    """'' when ``model`` is OpenAI CLIP of a dim the classifier takes; otherwise a warning for the description."""
+    info = store.model_info(model)
     dim = int(info["dim"])
     if dim not in dims:
-        raise ValueError(f"{what} takes {' or '.join(map(str, dims))}-d image embeddings; {ctx.model} has {dim}")
+        raise ValueError(f"{what} takes {' or '.join(map(str, dims))}-d image embeddings; {model} has {dim}")
     arch, key = TRAINED_ON[dim]
     if info.get("simulated"):
         return " [SIMULATED vectors: not OpenAI CLIP space, the output carries no meaning]"
-    if ctx.model == key or (str(info.get("arch")) == arch and str(info.get("pretrained")) == "openai"):
+    if model == key or (str(info.get("arch")) == arch and str(info.get("pretrained")) == "openai"):
         return ""
-    return (f" [model {ctx.model} is not OpenAI CLIP {arch}, the space {what} was trained on: "
+    return (f" [model {model} is not OpenAI CLIP {arch}, the space {what} was trained on: "
             "the output carries no meaning]")
 
 
-def predict_images(ctx: ScoreContext, predict) -> np.ndarray:
-    """predict(L2-normalised image vectors) for every sample with a finite vector; NaN for the others."""
-    out = np.full(len(ctx.uids), np.nan)
-    for rows, x in ctx.unit_images():
-        ok = np.isfinite(x).all(axis=1)
-        out[rows[ok]] = predict(x[ok])
+def predict_images(img: np.ndarray, predict) -> np.ndarray:
+    """predict(the L2-normalised image vectors) for every row with a finite vector; NaN for the others."""
+    from audit.store.vectors import l2_normalise
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = l2_normalise(img)
+    out = np.full(len(x), np.nan)
+    ok = np.isfinite(x).all(axis=1)
+    out[ok] = predict(x[ok])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _nsfw(dim: int, path: str):
+    return load_nsfw(dim, path)      # once per process (a Ray worker, a local worker), not once per batch
+
+
+@functools.lru_cache(maxsize=4)
+def _aesthetic(path: str):
+    return load_aesthetic(path)
 
 
 def _weights_params(path) -> dict:
@@ -88,18 +102,22 @@ class LaionNsfw(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(m, {"weights": None}) for m in models if m == "datacomp_l14"]   # B/32: same code, not needed
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        note = space_note(ctx, tuple(NSFW_FILES), "LAION's NSFW detector")
-        dim = int(ctx.store.model_info(ctx.model)["dim"])
-        path = Path(ctx.params.get("weights") or MODELS_DIR / f"{NSFW_FILES[dim]}.npz")
-        model = load_nsfw(dim, path)
-        out = predict_images(ctx, model.predict)
-        sha = ctx.params["sha256"] if ctx.params.get("weights") else ctx.params["sha256"][str(dim)]
-        self.run_description = f"{self.description}: {model.name} ({path.name}, sha256 {sha[:12]}…){note}"
-        n_flag = int((out > NSFW_THRESHOLD).sum())
-        ctx.echo(f"{model.name}: {n_flag:,} of {int(np.isfinite(out).sum()):,} scored samples above {NSFW_THRESHOLD}"
-                 + note)
-        return {self.output_names(ctx.model, ctx.params)[0]: out}
+    vector_columns = ("img",)
+
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        note = space_note(store, model, tuple(NSFW_FILES), "LAION's NSFW detector")
+        dim = int(store.model_info(model)["dim"])
+        path = Path(params.get("weights") or MODELS_DIR / f"{NSFW_FILES[dim]}.npz")
+        detector = _nsfw(dim, str(path))          # a broken weights file fails the run here, before any batch
+        sha = params["sha256"] if params.get("weights") else params["sha256"][str(dim)]
+        column = self.output_names(model, params)[0]
+        if note:
+            echo(note.strip())
+        return ({"column": column, "dim": dim, "path": str(path)},
+                {column: f"{self.description}: {detector.name} ({path.name}, sha256 {sha[:12]}…){note}"})
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        return {prepared["column"]: predict_images(vectors["img"], _nsfw(prepared["dim"], prepared["path"]).predict)}
 
 
 @SCORES.register
@@ -130,12 +148,17 @@ class Aesthetic(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(m, {"weights": None}) for m in models if m == "datacomp_l14"]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        note = space_note(ctx, (768,), "the aesthetic predictor")
-        path = Path(ctx.params["weights"])
-        out = predict_images(ctx, load_aesthetic(path).predict)
-        self.run_description = f"{self.description} ({path.name}, sha256 {ctx.params['sha256'][:12]}…){note}"
-        if note:
-            ctx.echo(note.strip())
-        return {self.output_names(ctx.model, ctx.params)[0]: out}
+    vector_columns = ("img",)
 
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        note = space_note(store, model, (768,), "the aesthetic predictor")
+        path = Path(params["weights"])
+        _aesthetic(str(path))                     # a broken state dict fails the run here, before any batch
+        column = self.output_names(model, params)[0]
+        if note:
+            echo(note.strip())
+        return ({"column": column, "path": str(path)},
+                {column: f"{self.description} ({path.name}, sha256 {params['sha256'][:12]}…){note}"})
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        return {prepared["column"]: predict_images(vectors["img"], _aesthetic(prepared["path"]).predict)}

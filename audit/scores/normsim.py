@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 from audit.scores.targets import (DEMO_CLASSES, Target, add_target_arguments, finite_unit_rows, load_target,
                                   target_params)
 from audit.store import slug
@@ -93,18 +93,25 @@ class NormSim(Score):
         return [(m, {"p": p, **target, "tag": None, "device": None}) for m in models if m == "datacomp_l14"
                 for p in P_CHOICES]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        p = ctx.params
-        target = load_target(ctx.store, ctx.model, p)
+    # vector-local: the target (M × d, and its d × d Gram matrix for p = 2) is resolved once on the driver and
+    # sent to every worker with the payload (a broadcast); each batch of the pool is scored against all of it
+    vector_columns = ("img",)
+
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        target = load_target(store, model, params)
         t = target.vectors
         gram = (t.T.astype(np.float64) @ t.astype(np.float64)).astype(np.float32)
-        out = np.full(len(ctx.uids), np.nan)
-        for rows, cols in ctx.iter_vectors(("img",)):
-            ok, f = finite_unit_rows(cols["img"])
-            if p["p"] == "inf":
-                out[rows[ok]] = normsim_inf(f, t, device=p.get("device"))
-            else:  # Gram trick when the target has at least d rows, else the direct form (same numbers)
-                out[rows[ok]] = normsim_2(f, gram) if len(t) >= t.shape[1] else normsim_2_direct(f, t)
-        self.run_description = (f"NormSim_{'∞' if p['p'] == 'inf' else '2'} against {describe_target(target)}")
-        ctx.echo(f"target: {target.label}")
-        return {self.output_names(ctx.model, p)[0]: out}
+        column = self.output_names(model, params)[0]
+        echo(f"target: {target.label}")
+        return ({"column": column, "p": params["p"], "target": t, "gram": gram, "device": params.get("device")},
+                {column: f"NormSim_{'∞' if params['p'] == 'inf' else '2'} against {describe_target(target)}"})
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        t = prepared["target"]
+        ok, f = finite_unit_rows(vectors["img"])
+        out = np.full(len(ok), np.nan)
+        if prepared["p"] == "inf":
+            out[ok] = normsim_inf(f, t, device=prepared.get("device"))
+        else:  # Gram trick when the target has at least d rows, else the direct form (same numbers)
+            out[ok] = normsim_2(f, prepared["gram"]) if len(t) >= t.shape[1] else normsim_2_direct(f, t)
+        return {prepared["column"]: out}

@@ -126,21 +126,27 @@ class Vas(Score):
         target = {"classes": DEMO_CLASSES, "template": "a photo of a {}.", "text_model": None}
         return [(m, {**target, "target_fraction": 1.0, "tag": None}) for m in models if m == "datacomp_l14"]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        p = ctx.params
-        target = load_target(ctx.store, ctx.model, p)
-        frac = float(p.get("target_fraction", DEFAULT_TARGET_FRACTION))
-        idx = subsample(len(target.vectors), frac, ctx.rng)
+    # vector-local: Σ of the target subsample (drawn with the run's seed, as before) is computed once on the
+    # driver and sent to every worker (d × d; or the subsample itself when it has fewer rows than dimensions)
+    vector_columns = ("img",)
+
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        target = load_target(store, model, params)
+        frac = float(params.get("target_fraction", DEFAULT_TARGET_FRACTION))
+        idx = subsample(len(target.vectors), frac, np.random.default_rng(params.get("seed", 0)))
         sub = target.vectors[idx]
-        sigma = second_moment(sub)
-        out = np.full(len(ctx.uids), np.nan)
-        for rows, cols in ctx.iter_vectors(("img",)):
-            ok, f = finite_unit_rows(cols["img"])
-            # Σ has rank ≤ M': with fewer target rows than dimensions, ||T' f||²/M' is the same number, cheaper
-            out[rows[ok]] = vas_low_rank(f, sub) if len(sub) < sub.shape[1] else vas(f, sigma)
-        self.run_description = (f"VAS against the second moment of {len(idx):,} of the target rows "
-                                f"({describe_target(target)})")
-        return {self.output_names(ctx.model, p)[0]: out}
+        low_rank = len(sub) < sub.shape[1]
+        column = self.output_names(model, params)[0]
+        return ({"column": column, "sub": sub if low_rank else None, "sigma": None if low_rank else second_moment(sub)},
+                {column: f"VAS against the second moment of {len(idx):,} of the target rows "
+                         f"({describe_target(target)})"})
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        ok, f = finite_unit_rows(vectors["img"])
+        out = np.full(len(ok), np.nan)
+        # Σ has rank ≤ M': with fewer target rows than dimensions, ||T' f||²/M' is the same number, cheaper
+        out[ok] = vas_low_rank(f, prepared["sub"]) if prepared["sigma"] is None else vas(f, prepared["sigma"])
+        return {prepared["column"]: out}
 
 
 @SCORES.register

@@ -1,5 +1,6 @@
 """Row-local stages streamed over the samples' Parquet parts: each part read a batch at a time, the batch's
-results staged as part files of the output table (unregistered), several parts at once in worker processes.
+results staged as part files of the output table (unregistered), several slices of the parts (``slices``) at once
+in worker processes.
 
 A plug-in whose result for a sample depends on that sample's own columns alone (the caption and domain
 annotators, the basic score) never needs the pool in memory: ``run_over_samples`` hands ``fn(payload, frame)``
@@ -29,8 +30,20 @@ BatchFn = Callable[[Any, Any], tuple[dict, Any]]
 Staged = tuple[dict[str, list[tuple[str, int]]], list, int, list[tuple[str, str]]]
 
 
+def _halves(sub):
+    half = len(sub) // 2
+    if hasattr(sub, "iloc"):
+        return [sub.iloc[half:], sub.iloc[:half]]
+    return [sub.slice(half), sub.slice(0, half)]          # an Arrow table or record batch
+
+
+def _uids(sub) -> list[str]:
+    return [str(u) for u in (sub["uid"] if hasattr(sub, "iloc") else sub.column("uid").to_pylist())]
+
+
 def run_batch(fn: BatchFn, payload, frame, root, table: str, run_id: int) -> Staged:
-    """``fn`` over one batch, its outputs staged as parts of ``table``; rows whose computation raises are rejects."""
+    """``fn`` over one batch (a pandas frame, or an Arrow table for ``arrow=True`` callers), its outputs staged as
+    parts of ``table``; rows whose computation raises are rejects."""
     staged: dict[str, list[tuple[str, int]]] = {}
     infos: list = []
     rejects: list[tuple[str, str]] = []
@@ -41,10 +54,9 @@ def run_batch(fn: BatchFn, payload, frame, root, table: str, run_id: int) -> Sta
             outputs, info = fn(payload, sub)
         except Exception as exc:   # noqa: BLE001 (any failure of a plug-in on its input is that input's reject)
             if len(sub) <= 1:
-                rejects += [(str(u), f"{type(exc).__name__}: {exc}") for u in sub["uid"]]
+                rejects += [(u, f"{type(exc).__name__}: {exc}") for u in _uids(sub)]
             else:
-                half = len(sub) // 2
-                pending += [sub.iloc[half:], sub.iloc[:half]]
+                pending += _halves(sub)
             continue
         for key, out in outputs.items():
             staged.setdefault(key, []).append(parts.stage_part(root, table, key, out, run_id=run_id))
@@ -65,12 +77,54 @@ def merge(results) -> Staged:
     return staged, infos, rows, rejects
 
 
-def _one_file(task: tuple) -> Staged:
+def slices(files: list[str], batch_rows: int) -> list[tuple]:
+    """The unit of work of both engines: (path, row groups, rows, first row, end row). Each file's row groups in
+    runs of about ``batch_rows`` rows (first/end None: all their rows), and a row group larger than ``batch_rows``
+    in row ranges of it, so one big file still keeps every worker busy."""
     import pyarrow.parquet as pq
 
-    fn, payload, path, root, table, columns, run_id, batch_rows = task
-    return merge(run_batch(fn, payload, batch.to_pandas(), root, table, run_id)
-                 for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid", *columns]))
+    out = []
+    for path in files:
+        md = pq.ParquetFile(path).metadata
+        groups, rows = [], 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if n > batch_rows:
+                if groups:
+                    out.append((str(path), tuple(groups), rows, None, None))
+                    groups, rows = [], 0
+                out += [(str(path), (g,), min(batch_rows, n - lo), lo, min(lo + batch_rows, n))
+                        for lo in range(0, n, batch_rows)]
+                continue
+            groups.append(g)
+            rows += n
+            if rows >= batch_rows:
+                out.append((str(path), tuple(groups), rows, None, None))
+                groups, rows = [], 0
+        if groups or not md.num_row_groups:
+            out.append((str(path), tuple(groups), rows, None, None))
+    return out
+
+
+def run_slice(fn: BatchFn, payload, piece: tuple, *, columns, root, table: str, run_id: int, batch_rows: int,
+              arrow: bool) -> Staged:
+    """``fn`` over one slice (``slices``), a batch of at most ``batch_rows`` rows at a time."""
+    import pyarrow.parquet as pq
+
+    path, groups, _, lo, hi = piece
+    f = pq.ParquetFile(path)
+    cols = ["uid", *columns]
+    if lo is not None:      # a range of one row group
+        batches = f.read_row_group(groups[0], columns=cols).slice(lo, hi - lo).to_batches(max_chunksize=batch_rows)
+    else:
+        batches = f.iter_batches(batch_size=batch_rows, row_groups=list(groups), columns=cols) if groups else []
+    return merge(run_batch(fn, payload, batch if arrow else batch.to_pandas(), root, table, run_id)
+                 for batch in batches)
+
+
+def _one_slice(task: tuple) -> Staged:
+    fn, payload, piece, kw = task
+    return run_slice(fn, payload, piece, **kw)
 
 
 def check_rows(rows: int, n_samples: int) -> None:
@@ -84,16 +138,26 @@ def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id
     """Run ``fn`` over every sample (``store``: a read-only Store of a parts-layout store) and stage its outputs
     as parts of ``table``. Returns (staged parts per key, the infos of every batch, samples read, rejects). Raises
     when the rows read are not the store's samples (a part changed meanwhile)."""
-    batch_rows = batch_rows or BATCH_ROWS
-    files = parts.part_files(store, "samples")
-    root, n_samples = store.parts_dir(), int(store.count("samples"))
-    tasks = [(fn, payload, f, root, table, tuple(columns), run_id, batch_rows) for f in files]
-    workers = min(len(tasks), os.cpu_count() or 1)
-    if workers > 1 and n_samples >= PARALLEL_MIN_ROWS:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            results = list(ex.map(_one_file, tasks))
-    else:
-        results = [_one_file(t) for t in tasks]
-    out = merge(results)
-    check_rows(out[2], n_samples)
+    out = run_over_files(parts.part_files(store, "samples"), fn, payload, columns=columns, root=store.parts_dir(),
+                         table=table, run_id=run_id, batch_rows=batch_rows)
+    check_rows(out[2], int(store.count("samples")))
     return out
+
+
+def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,
+                   batch_rows: int | None = None, arrow: bool = False) -> Staged:
+    """``fn`` over every row of these Parquet files (any layout with a ``uid`` column: samples parts, vector
+    parts), a batch at a time, as a pandas frame (or, with ``arrow``, the Arrow record batch); outputs staged as
+    parts of ``table`` under ``root``. Returns (staged parts per key, the infos of every batch, rows read, rejects)."""
+    batch_rows = batch_rows or BATCH_ROWS
+    pieces = slices(files, batch_rows)
+    kw = {"columns": tuple(columns), "root": root, "table": table, "run_id": run_id, "batch_rows": batch_rows,
+          "arrow": arrow}
+    tasks = [(fn, payload, piece, kw) for piece in pieces]
+    workers = min(len(tasks), os.cpu_count() or 1)
+    if workers > 1 and sum(piece[2] for piece in pieces) >= PARALLEL_MIN_ROWS:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            results = list(ex.map(_one_slice, tasks))
+    else:
+        results = [_one_slice(t) for t in tasks]
+    return merge(results)

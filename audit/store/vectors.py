@@ -132,9 +132,11 @@ def half_matrix(column) -> np.ndarray:
     arr = column.combine_chunks()
     if pa.types.is_fixed_size_binary(arr.type):
         d = arr.type.byte_width // 2
-        if arr.offset or arr.null_count:
-            raise StoreError("a vector part holds nulls or a sliced column; rebuild it with `embed --force`")
-        return np.frombuffer(arr.buffers()[1], dtype="<f2", count=len(arr) * d).reshape(len(arr), d)
+        if arr.null_count:
+            raise StoreError("a vector part holds nulls; rebuild it with `embed --force`")
+        # a slice of a column (a batch of a part) starts arr.offset rows into the buffer
+        return np.frombuffer(arr.buffers()[1], dtype="<f2", count=len(arr) * d,
+                             offset=arr.offset * 2 * d).reshape(len(arr), d)
     d = arr.type.list_size
     return arr.values.to_numpy(zero_copy_only=False).astype("<f2", copy=False).reshape(-1, d)
 
@@ -205,3 +207,41 @@ def iter_embedding_rows(store: Store, model: str, column: str = "img",
     for uids, cols in iter_vectors(store, model, columns=(column,)):
         if uids:
             yield uids, cols[column]
+
+
+# ---- what a vector-local score needs to know about the vectors it streams over (scores/base.py) ----------------
+def _sql_files(files) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
+def vector_coverage(store: Store, model: str, files: list[str]) -> tuple[int, frozenset[str]]:
+    """(vector rows in ``files``, the uids among them that are not samples). Raises for duplicate uids."""
+    if not files:
+        return 0, frozenset()
+    vec = _sql_files(files)
+    n_vec, n_uids = store.cursor().execute(f"SELECT count(*), count(DISTINCT uid) FROM read_parquet({vec})").fetchone()
+    if n_vec != n_uids:
+        raise StoreError(f"the vectors of {model} hold {n_vec - n_uids:,} duplicate uids; rebuild them with "
+                         f"`python -m audit embed --model {model} --force`")
+    foreign = store.cursor().execute(f"SELECT uid FROM read_parquet({vec}) ANTI JOIN samples USING (uid)").fetchall()
+    return int(n_vec), frozenset(r[0] for r in foreign)
+
+
+def samples_without_vectors(store: Store, files: list[str], batch_rows: int) -> Iterator:
+    """The uids (Arrow string arrays of at most ``batch_rows``) of samples with no row in ``files``."""
+    import pyarrow as pa
+
+    sql = ("SELECT uid FROM samples" if not files else
+           f"SELECT uid FROM samples ANTI JOIN (SELECT uid FROM read_parquet({_sql_files(files)})) v USING (uid)")
+    cur = store.cursor()      # held while the reader streams
+    for batch in cur.sql(sql).to_arrow_reader(batch_rows):
+        yield batch.column("uid").cast(pa.string())
+
+
+def all_scored_simulated(store: Store, files: list) -> bool:
+    """Whether every sample with a non-NaN value in these score part files is simulated (and there is one)."""
+    if not files:
+        return False
+    return bool(store.scalar(
+        f"SELECT count(*) > 0 AND bool_and(coalesce(s.simulated, false)) FROM read_parquet({_sql_files(files)}) p "
+        "JOIN samples s USING (uid) WHERE NOT isnan(p.value)"))
