@@ -61,8 +61,8 @@ def session(engine: Engine):
               "include_dashboard": False, "logging_level": "warning"}
         if engine.address:
             ray.init(address=engine.address, **kw)
-        else:
-            ray.init(num_cpus=engine.num_cpus, **kw)
+        else:   # a Ray of its own, even where `ray start` left a cluster running (ray.init would join that)
+            ray.init(address="local", num_cpus=engine.num_cpus, **kw)
         started = True
     try:
         yield ray
