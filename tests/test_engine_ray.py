@@ -110,7 +110,9 @@ def test_ray_equals_local_row_for_row(local_ray, base_store, tmp_path, kind, nam
     assert rej_a.empty and rej_b.empty
     with Store.reader(b) as st:   # the Ray run's parts are registered like the local run's, in the store's layout
         files = st.df("SELECT file FROM parts WHERE run_id = ?", [int(run_b["run_id"])])["file"]
-    assert len(files) >= 13 and all(f.startswith(("scores/", "annotations/")) for f in files)
+    block = name in DEMO_RUN and SCORES.get(name).vector_block_rows(DEMO_RUN[name][1]) is not None
+    assert len(files) >= (2 if block else 13)          # a batch per part each (a block score: one block here)
+    assert all(f.startswith(("scores/", "annotations/")) for f in files)
 
 
 # ---- bad input: a plug-in that raises on some samples ----------------------------------------------------------
@@ -174,3 +176,81 @@ def test_the_score_runner_records_plug_in_rejects(base_store, tmp_path, monkeypa
         n = st.count("samples")
     assert (run["rows_in"], run["rows_out"], run["rows_rejected"]) == (n, n - 9, 9)
     assert len(got) == n - 9 and not set(bad) & set(got["uid"])
+
+
+# ---- negCLIPLoss: a block-local score (batches drawn within blocks of whole vector parts) ------------------------
+def _parted_store(make_store, n_parts=5, rows=300, d=16):
+    from audit.store.vectors import write_vectors
+
+    rng = np.random.default_rng(11)
+    uids = [f"s{i:05d}" for i in range(n_parts * rows)]
+    img, txt = rng.normal(size=(len(uids), d)), rng.normal(size=(len(uids), d))
+    txt = 0.6 * img + 0.8 * txt                         # matched pairs are more similar than random ones
+    img[7] = np.nan                                     # unscored, the rest of its block still scored
+    path = make_store([{"uid": u, "caption": "c"} for u in uids] + [{"uid": "zz-no-vector", "caption": "c"}])
+    with Store.writer(path) as st:
+        run = st.start_run("test", "vectors", params={})
+        for k in range(n_parts):
+            sl = slice(k * rows, (k + 1) * rows)
+            write_vectors(st, "m", f"{k}", uids[sl], img[sl].astype(np.float32), txt[sl].astype(np.float32))
+        st.register_model("m", dim=d, backend="test", arch="m", pretrained=None, random_weights=False, run_id=run)
+        st.end_run(run)
+    return path, uids
+
+
+def test_negclip_blocks_are_the_same_on_both_engines_and_equal_an_independent_computation(local_ray, make_store,
+                                                                                          tmp_path):
+    import torch
+
+    from audit.scores.base import run_score
+    from audit.scores.negclip import block_rng, negclip_scores
+    from audit.store.vectors import half_to_float32
+
+    path, uids = _parted_store(make_store)
+    params = {"tau": 0.05, "batch_size": 128, "k": 3, "block_rows": 500}   # 1,500 rows: blocks of 2, 2, 1 parts
+    got = {}
+    for eng in (LOCAL, RAY):
+        dst = _copy(path, tmp_path, eng.name)
+        assert run_score("negclip", dst, model="m", params=params, seed=4, engine=eng, echo=lambda s: None) == ["negclip_m"]
+        with Store.reader(dst) as st:
+            got[eng.name] = st.df("SELECT uid, value FROM scores WHERE name = 'negclip_m' ORDER BY uid")
+            desc = st.score_catalog().set_index("name").loc["negclip_m", "description"]
+    a, b = got["local"], got["ray"]
+    assert a["uid"].tolist() == b["uid"].tolist() == sorted(uids + ["zz-no-vector"])
+    np.testing.assert_allclose(b["value"].to_numpy(float), a["value"].to_numpy(float), atol=1e-6, rtol=0)
+    assert "3 block(s)" in desc and "seed 4" in desc
+
+    # independently: each block (parts 0-1, 2-3, 4) through negclip_scores with its own generator
+    import pyarrow.parquet as pq
+
+    from audit.store.vectors import half_matrix, parts
+    with Store.reader(path) as st:
+        files = parts(st, "m")
+    torch.manual_seed(0)
+    want = {}
+    for group in ([0, 1], [2, 3], [4]):
+        tables = [pq.read_table(files[i]) for i in group]
+        u = [x for tb in tables for x in tb.column("uid").to_pylist()]
+        img = np.concatenate([half_to_float32(half_matrix(tb.column("img"))) for tb in tables])
+        txt = np.concatenate([half_to_float32(half_matrix(tb.column("txt"))) for tb in tables])
+        ok = np.isfinite(img).all(axis=1)
+        vals = negclip_scores(img[ok], txt[ok], tau=0.05, batch_size=128, k=3, rng=block_rng(4, u[0]))
+        want.update(dict(zip(np.array(u)[ok], vals)))
+    value = a.set_index("uid")["value"]
+    np.testing.assert_allclose(value.loc[list(want)].to_numpy(float), np.array(list(want.values())), atol=1e-6)
+    assert np.isnan(value.loc["s00007"]) and np.isnan(value.loc["zz-no-vector"])
+    assert np.isfinite(value.drop(["s00007", "zz-no-vector"])).all()
+
+
+@pytest.mark.parametrize("argv", [["embed"], ["score", "vas-d", "--model", "datacomp_l14"], ["annotate", "faces"]])
+def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store, tmp_path, capsys, argv):
+    from audit.cli import main
+
+    path = _copy(demo_store, tmp_path, "refuse")
+    with Store.reader(path) as st:
+        runs = len(st.runs())
+    assert main([*argv, "--store", path, "--engine", "ray"]) != 0
+    err = capsys.readouterr().err
+    assert "has no Ray form yet; run it with --engine local" in err and "Traceback" not in err
+    with Store.reader(path) as st:
+        assert len(st.runs()) == runs           # nothing started

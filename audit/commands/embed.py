@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from audit import engine
 from audit.cli import store_arg
 
 
@@ -22,12 +23,14 @@ def configure(p) -> None:
     p.add_argument("--flush-rows", type=int, default=2048, help="rows per written vector part (resume unit)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto uses bf16 autocast only where a timed trial shows it is faster")
+    engine.add_arguments(p)      # --engine ray: refused with the reason until embed has its Ray form
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
     from audit.embed.runner import embed
 
+    engine.require_local(engine.from_args(a), "embed")
     embed(a.store, model=a.model, pretrained=a.pretrained, backend=a.backend, batch_size=a.batch_size,
           workers=a.workers, precision=a.precision, flush_rows=a.flush_rows)
     return 0

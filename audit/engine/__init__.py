@@ -70,23 +70,25 @@ def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: s
 
 
 def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
-               arrow: bool = False):
+               arrow: bool = False, block_rows: int | None = None):
     """``streamed.run_over_files`` (any Parquet files with a uid column, e.g. a model's vector parts) on the
-    chosen engine (same arguments, same result)."""
+    chosen engine (same arguments, same result). ``block_rows``: hand ``fn`` blocks of whole files of about this
+    many rows (``streamed.blocks``) instead of batches."""
     engine = engine or LOCAL
     if engine.is_ray:
         from audit.engine.ray_data import run_over_files
     else:
         from audit.store.streamed import run_over_files
     return run_over_files(files, fn, payload, columns=columns, root=root, table=table, run_id=run_id,
-                          batch_rows=engine.batch_rows, arrow=arrow, **({"engine": engine} if engine.is_ray else {}))
+                          batch_rows=engine.batch_rows, arrow=arrow, block_rows=block_rows,
+                          **({"engine": engine} if engine.is_ray else {}))
 
 
 def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
-        raise ValueError(f"{what} has no Ray form yet: it reads more than one sample's rows at a time; "
-                         "run it with --engine local (the row-local plug-ins run on Ray: see README, 'On a cluster')")
+        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: the row-local plug-ins, "
+                         "the vector scores and negclip; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

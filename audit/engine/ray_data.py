@@ -29,7 +29,7 @@ from pathlib import Path
 from audit.engine import Engine
 from audit.killpoints import checkpoint
 from audit.store import parts
-from audit.store.streamed import BATCH_ROWS, check_rows, merge, run_slice, slices
+from audit.store.streamed import BATCH_ROWS, blocks, check_rows, merge, run_slice, slices
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
@@ -96,10 +96,11 @@ def run_over_samples(store, fn, payload, *, columns, table: str, run_id: int, ba
 
 
 def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
-                   batch_rows: int | None = None, arrow: bool = False, engine: Engine) -> tuple:
+                   batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None,
+                   engine: Engine) -> tuple:
     """``streamed.run_over_files`` on Ray Data (same arguments, same result)."""
     batch_rows = batch_rows or BATCH_ROWS
-    pieces = slices(files, batch_rows)
+    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
     if not pieces:
         return merge([])
     kw = {"columns": tuple(columns), "root": str(root), "table": table, "run_id": run_id, "batch_rows": batch_rows,

@@ -92,8 +92,16 @@ class Score(PlugIn):
         return {}, {}
 
     def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
-        """{column: values} for these samples: ``vectors`` holds a float32 (n, d) matrix per vector_columns."""
+        """{column: values} for these samples: ``vectors`` holds a float32 (n, d) matrix per vector_columns, and
+        their uids (an Arrow string array) under ``uid``."""
         raise NotImplementedError
+
+    @classmethod
+    def vector_block_rows(cls, params: dict) -> int | None:
+        """None: any batch of samples is scored on its own. A number: the score draws from a whole block of
+        about this many rows at once (negCLIPLoss's random batches), made of whole vector parts, the same on
+        both engines (``streamed.blocks``)."""
+        return None
 
     def run_descriptions(self, params: dict) -> dict[str, str] | None:
         """Per-output descriptions that depend on the run (None: the class description)."""
@@ -276,7 +284,8 @@ def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
     if not_samples:
         batch = batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=pa.array(sorted(not_samples)))))
     cls = SCORES.get(name)
-    vectors = {c: half_to_float32(half_matrix(pa.chunked_array([batch.column(c)]))) for c in cls.vector_columns}
+    vectors = {c: half_to_float32(half_matrix(_chunked(batch.column(c)))) for c in cls.vector_columns}
+    vectors["uid"] = batch.column("uid")
     values = cls().compute_vectors(vectors, prepared)
     out, info = {}, {}
     for col, v in values.items():
@@ -286,6 +295,12 @@ def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
         info[col] = _value_stats(v)
     checkpoint("score.batch")
     return out, info
+
+
+def _chunked(column):
+    import pyarrow as pa
+
+    return column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
 
 
 def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
@@ -309,7 +324,8 @@ def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, ra
         checkpoint("score.computing")
         staged, infos, n, rejected = over_files(engine, files, _vector_batch, (cls.name, prepared, not_samples),
                                                 columns=list(cls.vector_columns), root=rd.parts_dir(),
-                                                table="scores", run_id=run_id, arrow=True)
+                                                table="scores", run_id=run_id, arrow=True,
+                                                block_rows=cls.vector_block_rows(params))
         check_rows(n, n_vec)
         rejected = [(u, m) for u, m in rejected if u not in not_samples]
         # samples without a vector (never embedded): a NaN value, as the in-memory path wrote; a rejected sample

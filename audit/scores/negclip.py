@@ -9,8 +9,9 @@ Differences from the reference code (``baselines/vas2.py``), all documented in d
 * logsumexp instead of ``exp`` then ``log`` (the reference overflows float32 once f·g > ~0.887 at τ = 0.01);
 * the rows of a block are split into ``ceil(n/B)`` batches of *equal* size (±1), not full batches plus a
   small tail batch whose normaliser is biased low;
-* batches are drawn within blocks of up to ``block_rows`` consecutive rows of the store (the whole pool when
-  it fits), where the reference draws them within one parquet shard;
+* batches are drawn within blocks of whole vector parts of about ``block_rows`` rows (the whole pool when it
+  fits), where the reference draws them within one parquet shard; each block's generator is seeded by (seed,
+  crc32 of the block's first uid), so a block gets the same batches on either engine, in any worker, in any order;
 * vectors are re-normalised in float32 (stored vectors are float16).
 The B×B similarity matrix is never held whole: rows are processed in tiles with an online column
 logsumexp, so memory is tile × B. On a GPU (when torch sees one) the same code runs there.
@@ -22,7 +23,7 @@ import math
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 from audit.store import slug
 
 DEFAULT_TAU = 0.01
@@ -86,6 +87,13 @@ def negclip_batch(f, g, tau: float, *, tile: int | None = None):
     return 0.5 * tau * (row + col)
 
 
+def block_rng(seed: int, first_uid: str) -> np.random.Generator:
+    """The generator of one block's batches: (seed, crc32 of the block's first uid)."""
+    import zlib
+
+    return np.random.default_rng([int(seed), zlib.crc32(str(first_uid).encode())])
+
+
 def equal_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """A random partition of range(n) into ceil(n/B) batches of equal size (±1), each ≤ B."""
     if n == 0:
@@ -147,7 +155,7 @@ def negclip_scores(img: np.ndarray, txt: np.ndarray, *, tau: float = DEFAULT_TAU
 @SCORES.register
 class NegClip(Score):
     name = "negclip"
-    version = 1
+    version = 2      # 2: blocks of whole vector parts, each with its own seeded generator (both engines)
     description = ("negCLIPLoss / s-CLIPLoss: CLIP score minus the (τ/2)-scaled batch logsumexp normaliser "
                    "(Wang et al. 2024; higher is better)")
 
@@ -176,44 +184,44 @@ class NegClip(Score):
         # CPU budget of the demo: B = 512, K = 1 on the simulated L/14 vectors (paper: B = 32768, K = 10).
         return [(m, {"tau": DEFAULT_TAU, "batch_size": 512, "k": 1}) for m in models if m == "datacomp_l14"]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        p = ctx.params
-        tau, bsz, k = float(p.get("tau", DEFAULT_TAU)), int(p.get("batch_size", DEFAULT_BATCH)), int(p.get("k", DEFAULT_K))
-        block_rows = max(int(p.get("block_rows") or DEFAULT_BLOCK_ROWS), bsz)
-        # balanced blocks: ceil(N / block_rows) blocks of about equal size (no small last block)
-        n_all = max(len(ctx.uids), 1)
-        block_target = math.ceil(n_all / math.ceil(n_all / block_rows))
-        out = np.full(len(ctx.uids), np.nan)
-        rows_buf, img_buf, txt_buf, held = [], [], [], 0
-        n_blocks = 0
+    # block-local: every block of whole vector parts (~block_rows rows) is scored on its own, with batches
+    # drawn by a generator seeded by (seed, crc32 of the block's first uid): the same batches whichever engine
+    # and worker computes the block, in any order
+    vector_columns = ("img", "txt")
 
-        def flush():
-            nonlocal rows_buf, img_buf, txt_buf, held, n_blocks
-            if not held:
-                return
-            rows = np.concatenate(rows_buf)
-            img, txt = np.concatenate(img_buf), np.concatenate(txt_buf)
-            # a NaN/inf anywhere in a row makes its squared norm non-finite (one cheap pass instead of isfinite)
-            ok = (np.isfinite(np.einsum("ij,ij->i", img, img)) & np.isfinite(np.einsum("ij,ij->i", txt, txt)))
-            if not ok.all():
-                img, txt, rows = img[ok], txt[ok], rows[ok]
-            out[rows] = negclip_scores(img, txt, tau=tau, batch_size=bsz, k=k, rng=ctx.rng,
-                                       device=p.get("device"), owned=True)
-            n_blocks += 1
-            rows_buf, img_buf, txt_buf, held = [], [], [], 0
+    @classmethod
+    def vector_block_rows(cls, params: dict) -> int:
+        return max(int(params.get("block_rows") or DEFAULT_BLOCK_ROWS), int(params.get("batch_size", DEFAULT_BATCH)))
 
-        for rows, cols in ctx.iter_vectors(("img", "txt")):
-            rows_buf.append(rows)
-            img_buf.append(cols["img"])
-            txt_buf.append(cols["txt"])
-            held += len(rows)
-            if held >= block_target:
-                flush()
-        flush()
-        n = int(np.isfinite(out).sum())
-        self.run_description = (f"{self.description}. τ={tau:g}, B={min(bsz, max(n, 1))}, K={k}, "
-                                f"{n_blocks} block(s) of ≤{block_rows:,} rows, seed {p.get('seed')}")
-        return {self.output_names(ctx.model, p)[0]: out}
+    def prepare_vectors(self, store, model: str, params: dict, echo) -> tuple[dict, dict[str, str]]:
+        from audit.store.streamed import blocks
+        from audit.store.vectors import parts
+
+        tau, bsz, k = (float(params.get("tau", DEFAULT_TAU)), int(params.get("batch_size", DEFAULT_BATCH)),
+                       int(params.get("k", DEFAULT_K)))
+        if tau <= 0:
+            raise ValueError(f"--tau must be > 0, got {tau}")
+        if bsz < 1 or k < 1:
+            raise ValueError("--batch-size and --k must be ≥ 1")
+        block_rows = self.vector_block_rows(params)
+        n_blocks = len(blocks([str(f) for f in parts(store, model)], block_rows))
+        column = self.output_names(model, params)[0]
+        return ({"column": column, "tau": tau, "batch_size": bsz, "k": k, "seed": int(params.get("seed") or 0),
+                 "device": params.get("device")},
+                {column: f"{self.description}. τ={tau:g}, B={bsz} (at most a block's rows), K={k}, {n_blocks} "
+                         f"block(s) of whole vector parts, ≤{block_rows:,} rows each, seed {params.get('seed')}"})
+
+    def compute_vectors(self, vectors: dict[str, np.ndarray], prepared: dict) -> dict[str, np.ndarray]:
+        img, txt = vectors["img"], vectors["txt"]
+        out = np.full(len(img), np.nan)
+        # a NaN/inf anywhere in a row makes its squared norm non-finite (one cheap pass instead of isfinite)
+        ok = np.isfinite(np.einsum("ij,ij->i", img, img)) & np.isfinite(np.einsum("ij,ij->i", txt, txt))
+        if ok.any():
+            rng = block_rng(prepared["seed"], vectors["uid"][0].as_py())
+            out[ok] = negclip_scores(img[ok] if not ok.all() else img, txt[ok] if not ok.all() else txt,
+                                     tau=prepared["tau"], batch_size=prepared["batch_size"], k=prepared["k"],
+                                     rng=rng, device=prepared.get("device"), owned=True)
+        return {prepared["column"]: out}
 
     @classmethod
     def output_names(cls, model: str | None, params: dict) -> list[str]:

@@ -106,14 +106,45 @@ def slices(files: list[str], batch_rows: int) -> list[tuple]:
     return out
 
 
+def blocks(files: list[str], block_rows: int) -> list[tuple]:
+    """Pieces of whole files for computations over a block of rows at once (negCLIPLoss batches): consecutive
+    files until a block holds the balanced target ``ceil(N / ceil(N / block_rows))`` rows, as
+    (paths, (), rows, None, None). Computed from the files' row counts alone, so both engines make the same
+    blocks."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    counts = [(str(f), pq.ParquetFile(f).metadata.num_rows) for f in files]
+    total = sum(n for _, n in counts)
+    if not total:
+        return []
+    target = math.ceil(total / math.ceil(total / max(1, block_rows)))
+    out, paths, rows = [], [], 0
+    for path, n in counts:
+        paths.append(path)
+        rows += n
+        if rows >= target:
+            out.append((tuple(paths), (), rows, None, None))
+            paths, rows = [], 0
+    if paths:
+        out.append((tuple(paths), (), rows, None, None))
+    return out
+
+
 def run_slice(fn: BatchFn, payload, piece: tuple, *, columns, root, table: str, run_id: int, batch_rows: int,
               arrow: bool) -> Staged:
-    """``fn`` over one slice (``slices``), a batch of at most ``batch_rows`` rows at a time."""
+    """``fn`` over one slice (``slices``), a batch of at most ``batch_rows`` rows at a time; or over one block
+    (``blocks``) as a single batch."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path, groups, _, lo, hi = piece
-    f = pq.ParquetFile(path)
     cols = ["uid", *columns]
+    if isinstance(path, tuple):     # a block: its files' rows as one table
+        block = pa.concat_tables([pq.read_table(p, columns=cols) for p in path])
+        return run_batch(fn, payload, block if arrow else block.to_pandas(), root, table, run_id)
+    f = pq.ParquetFile(path)
     if lo is not None:      # a range of one row group
         batches = f.read_row_group(groups[0], columns=cols).slice(lo, hi - lo).to_batches(max_chunksize=batch_rows)
     else:
@@ -145,12 +176,12 @@ def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id
 
 
 def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,
-                   batch_rows: int | None = None, arrow: bool = False) -> Staged:
+                   batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None) -> Staged:
     """``fn`` over every row of these Parquet files (any layout with a ``uid`` column: samples parts, vector
     parts), a batch at a time, as a pandas frame (or, with ``arrow``, the Arrow record batch); outputs staged as
     parts of ``table`` under ``root``. Returns (staged parts per key, the infos of every batch, rows read, rejects)."""
     batch_rows = batch_rows or BATCH_ROWS
-    pieces = slices(files, batch_rows)
+    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
     kw = {"columns": tuple(columns), "root": root, "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
     tasks = [(fn, payload, piece, kw) for piece in pieces]
