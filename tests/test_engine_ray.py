@@ -17,9 +17,8 @@ RAY = Engine("ray", batch_rows=333)       # many batches per part, batches that 
 LOCAL = Engine("local", batch_rows=333)
 ON_RAY = [("score", c.name) for c in SCORES if c.row_columns or c.vector_columns] + [
     ("annotate", c.name) for c in ANNOTATORS if c.row_columns]
-# a vector score runs as the demo runs it: its first (model, params) on the demo's two models
-DEMO_RUN = {n: SCORES.get(n).demo_runs(["datacomp_b32", "datacomp_l14"])[0] for k, n in ON_RAY
-            if k == "score" and SCORES.get(n).vector_columns}
+# a score runs as the demo runs it: its first (model, params) on the demo's two models
+DEMO_RUN = {n: SCORES.get(n).demo_runs(["datacomp_b32", "datacomp_l14"])[0] for k, n in ON_RAY if k == "score"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def _run(kind, name, path, engine):
 
 
 def test_the_row_and_vector_local_plug_ins_are_the_ones_on_ray():
-    assert {("score", "basic"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
+    assert {("score", "basic"), ("score", "text-based"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
             ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas")} <= set(ON_RAY)
     assert DEMO_RUN["normsim"][1]["classes"] and DEMO_RUN["clip"][0] == "datacomp_b32"
 

@@ -107,3 +107,10 @@ def test_batched_language_detection_equals_py3langid():
     want = [py3langid.classify(t.replace("\n", " "))[0] for t in texts]
     assert got.tolist() == want
     assert lang.is_english(["a brown dog running in the park"]).tolist() == [True]
+
+
+def test_text_based_takes_missing_captions_as_empty():
+    import pandas as pd
+
+    caps = pd.Series(["a dog", None, float("nan"), pd.NA, "dog"], dtype=object).tolist()
+    assert word_match(caps, ["dog"]).tolist() == [True, False, False, False, True]

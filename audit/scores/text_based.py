@@ -15,6 +15,7 @@ Stored columns: ``text_based`` (1/0), ``text_based_english`` (1/0), ``text_based
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from pathlib import Path
@@ -62,10 +63,15 @@ def read_entities(spec: str) -> tuple[str, list[str]]:
     return "words", entries
 
 
+def _text(caption) -> str:
+    """A caption as text: a missing one (None, NaN, pandas' NA) is empty."""
+    return caption if isinstance(caption, str) else ""
+
+
 def word_match(captions, words) -> np.ndarray:
     """Any whitespace token, lower-cased, is in ``words``. -> (n,) bool."""
     vocab = {w.lower() for w in words}
-    return np.array([any(t.lower() in vocab for t in (c or "").split()) for c in captions], dtype=bool)
+    return np.array([any(t.lower() in vocab for t in _text(c).split()) for c in captions], dtype=bool)
 
 
 def wordnet_match(captions, wnids, *, path: str = "the entity list") -> np.ndarray:
@@ -85,7 +91,7 @@ def wordnet_match(captions, wnids, *, path: str = "the entity list") -> np.ndarr
             cache[tok] = bool(s) and s[0].offset() in ids
         return cache[tok]
 
-    return np.array([any(hit(t) for t in (c or "").split()) for c in captions], dtype=bool)
+    return np.array([any(hit(t) for t in _text(c).split()) for c in captions], dtype=bool)
 
 
 @SCORES.register
@@ -119,23 +125,52 @@ class TextBased(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {"entities": BUILTIN})]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        from audit import lang
+    # row-local: a caption's columns depend on that caption alone (streamed over the samples' parts, either engine)
+    row_columns = ("caption",)
 
-        spec = ctx.params.get("entities")
+    @classmethod
+    def complete_params(cls, params: dict) -> dict:
+        """Fail the run before it starts (not every batch) when the list cannot be used."""
+        spec = params.get("entities")
         if not spec:
             raise EntityError(ERR_NO_ENTITIES)
-        kind, entries = read_entities(spec)
-        caps = ctx.samples(["caption"])["caption"].tolist()
+        kind, entries = _entities(spec, params.get("entities_fingerprint"))
+        if kind == "wordnet":
+            wordnet_match([], entries, path=spec)          # raises the message when nltk/wordnet is missing
+        return params
+
+    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        self.run_description = self.run_descriptions(ctx.params)
+        return self.compute_rows(ctx.samples(list(self.row_columns)), ctx.params)
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
+        from audit import lang
+
+        spec = params["entities"]
+        kind, entries = _entities(spec, params.get("entities_fingerprint"))
+        caps = frame["caption"].tolist()
         ent = wordnet_match(caps, entries, path=spec) if kind == "wordnet" else word_match(caps, entries)
         eng = lang.is_english(caps)
+        return {"text_based": (ent & eng).astype(float), "text_based_english": eng.astype(float),
+                "text_based_entity": ent.astype(float)}
+
+    def run_descriptions(self, params: dict) -> dict[str, str]:
+        from audit import lang
+
+        spec = params["entities"]
+        kind, entries = _entities(spec, params.get("entities_fingerprint"))
         what = (f"{len(entries):,} WordNet ids (DataComp rule)" if kind == "wordnet" else
                 f"{len(entries):,} words from {'ImageNet-1k class names (stand-in for the 21k WordNet synsets)' if spec == BUILTIN else Path(spec).name}, "
                 "lower-cased whole-token match, no lemmatisation")
-        self.run_description = {
+        return {
             "text_based": f"{self.description}: {what}; language {lang.DETECTOR}",
             "text_based_english": f"text-based: 1 if the caption's top-1 language is English ({lang.DETECTOR})",
             "text_based_entity": f"text-based: 1 if a caption token is in the entity list ({what})",
         }
-        return {"text_based": (ent & eng).astype(float), "text_based_english": eng.astype(float),
-                "text_based_entity": ent.astype(float)}
+
+
+@functools.lru_cache(maxsize=4)
+def _entities(spec: str, fingerprint: str | None) -> tuple[str, tuple[str, ...]]:
+    """read_entities once per process and file version (every batch of a run uses the same list)."""
+    kind, entries = read_entities(spec)
+    return kind, tuple(entries)
