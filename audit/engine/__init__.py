@@ -1,9 +1,11 @@
 """Which engine runs a stage's per-batch work: ``local`` (this machine's processes, audit/store/streamed.py) or
 ``ray`` (Ray Data on a cluster or a local Ray, audit/engine/ray_data.py).
 
-Both engines call the same plug-in code through the same batch step (``streamed.run_batch``: the plug-in's
-``compute_rows`` on one batch, its outputs staged as Parquet parts of the store's own layout), and the stage then
-registers the staged parts in one short transaction. No plug-in knows which engine runs it; the engine is not a
+Both engines cut the input (the samples' parts, or a model's vector parts) into the same pieces
+(``streamed.slices``, or ``streamed.blocks`` for negclip) and call the same plug-in code through the same batch
+step (``streamed.run_batch``: the plug-in's ``compute_rows`` or ``compute_vectors`` on one batch, its outputs
+staged as Parquet parts of the store's own layout); the stage then registers the staged parts in one short
+transaction. No plug-in knows which engine runs it; the engine is not a
 parameter of the run (a rerun with the other engine is a no-op), only a note on it.
 """
 from __future__ import annotations
