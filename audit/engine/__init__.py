@@ -61,14 +61,15 @@ def from_args(a: argparse.Namespace) -> Engine:
 
 
 def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int):
-    """``streamed.run_over_samples`` on the chosen engine (same arguments, same result)."""
-    engine = engine or LOCAL
-    if engine.is_ray:
-        from audit.engine.ray_data import run_over_samples
-    else:
-        from audit.store.streamed import run_over_samples
-    return run_over_samples(store, fn, payload, columns=columns, table=table, run_id=run_id,
-                            batch_rows=engine.batch_rows, **({"engine": engine} if engine.is_ray else {}))
+    """``fn`` over every sample (``store``: a read-only Store of a parts-layout store): ``over_files`` on the
+    samples' registered parts. Raises when the rows read are not the store's samples (a part changed meanwhile)."""
+    from audit.store import parts
+    from audit.store.streamed import check_rows
+
+    out = over_files(engine, parts.part_files(store, "samples"), fn, payload, columns=columns,
+                     root=store.parts_dir(), table=table, run_id=run_id)
+    check_rows(out[2], int(store.count("samples")))
+    return out
 
 
 def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns, root, table: str, run_id: int,

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from audit.engine import Engine
 from audit.killpoints import checkpoint
-from audit.store import parts
-from audit.store.streamed import BATCH_ROWS, blocks, check_rows, merge, run_slice, slices
+from audit.store.streamed import BATCH_ROWS, blocks, merge, run_slice, slices
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
@@ -84,15 +83,6 @@ def workers(ray, engine: Engine) -> int:
                              f"{res.get('GPU', 0):g} GPUs")
         n = min(n, gpus)
     return n
-
-
-def run_over_samples(store, fn, payload, *, columns, table: str, run_id: int, batch_rows: int | None = None,
-                     engine: Engine) -> tuple:
-    """``streamed.run_over_samples`` on Ray Data: same arguments and the same (staged, infos, rows, rejects)."""
-    merged = run_over_files(parts.part_files(store, "samples"), fn, payload, columns=columns, root=store.parts_dir(),
-                            table=table, run_id=run_id, batch_rows=batch_rows, engine=engine)
-    check_rows(merged[2], int(store.count("samples")))
-    return merged
 
 
 def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, run_id: int,

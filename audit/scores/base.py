@@ -207,6 +207,20 @@ def _value_stats(v) -> dict:
             "max": float(ok.max()) if len(ok) else -np.inf}
 
 
+def _merged_stats(infos: list[dict]) -> dict[str, dict]:
+    """Per output column, the batches' statistics merged: min of ``min``, max of ``max``, sums of the others."""
+    stats: dict[str, dict] = {}
+    for info in infos:
+        for col, d in info.items():
+            if col not in stats:
+                stats[col] = dict(d)
+                continue
+            t = stats[col]
+            for key, v in d.items():
+                t[key] = min(t[key], v) if key == "min" else max(t[key], v) if key == "max" else t[key] + v
+    return stats
+
+
 def _echo_summary(out_name: str, stats: dict, n: int, random_weights: bool, echo) -> None:
     k = stats["n"]
     summary = (f"mean {stats['sum'] / k:.4f}, min {stats['min']:.4f}, max {stats['max']:.4f}" if k else "no values")
@@ -241,13 +255,7 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
         staged, infos, n, rejected = over_samples(engine, rd, _score_batch, (cls.name, params),
                                                   columns=[*cls.row_columns, "simulated"], table="scores",
                                                   run_id=run_id)
-    stats: dict[str, dict] = {}
-    for info in infos:
-        for col, d in info.items():
-            t = stats.setdefault(col, {"n": 0, "sum": 0.0, "min": np.inf, "max": -np.inf, "scored": 0, "simulated": 0})
-            t.update(n=t["n"] + d["n"], sum=t["sum"] + d["sum"], min=min(t["min"], d["min"]),
-                     max=max(t["max"], d["max"]), scored=t["scored"] + d["scored"],
-                     simulated=t["simulated"] + d["simulated"])
+    stats = _merged_stats(infos)
     names = [c for c in outputs if c in stats] + [c for c in stats if c not in outputs]
     scorer = cls()
     desc = scorer.run_descriptions(params) or {}
@@ -284,7 +292,7 @@ def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
     if not_samples:
         batch = batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=pa.array(sorted(not_samples)))))
     cls = SCORES.get(name)
-    vectors = {c: half_to_float32(half_matrix(_chunked(batch.column(c)))) for c in cls.vector_columns}
+    vectors = {c: half_to_float32(half_matrix(batch.column(c))) for c in cls.vector_columns}
     vectors["uid"] = batch.column("uid")
     values = cls().compute_vectors(vectors, prepared)
     out, info = {}, {}
@@ -295,12 +303,6 @@ def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
         info[col] = _value_stats(v)
     checkpoint("score.batch")
     return out, info
-
-
-def _chunked(column):
-    import pyarrow as pa
-
-    return column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
 
 
 def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
@@ -337,11 +339,7 @@ def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, ra
                                 "value": pa.array(np.full(len(uids), np.nan))})
                 staged.setdefault(col, []).append(parts.stage_part(root, "scores", col, nan, run_id=run_id))
         simulated = {col: all_scored_simulated(rd, [root / f for f, _ in staged.get(col, [])]) for col in outputs}
-    stats: dict[str, dict] = {}
-    for info in infos:
-        for col, d in info.items():
-            t = stats.setdefault(col, {"n": 0, "sum": 0.0, "min": np.inf, "max": -np.inf})
-            t.update(n=t["n"] + d["n"], sum=t["sum"] + d["sum"], min=min(t["min"], d["min"]), max=max(t["max"], d["max"]))
+    stats = _merged_stats(infos)
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
         for col in outputs:

@@ -155,6 +155,11 @@ def retire(store: "Store", table: str, key: str) -> None:
     cur.execute("DELETE FROM parts WHERE table_name = ? AND key = ?", [table, key])
 
 
+def sql_files(files) -> str:
+    """A DuckDB list literal of file paths, for ``read_parquet([...])``."""
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
 def refresh_view(store: "Store", table: str) -> None:
     """(Re)define the view ``table`` over its registered parts (a typed empty relation when there are none)."""
     cur = store.cursor()
@@ -162,8 +167,7 @@ def refresh_view(store: "Store", table: str) -> None:
         "SELECT file FROM parts WHERE table_name = ? ORDER BY created, file", [table]).fetchall()]
     cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, _, t in _COLUMNS[table])
     if files:
-        lst = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        body = f"SELECT {cols} FROM read_parquet([{lst}])"
+        body = f"SELECT {cols} FROM read_parquet({sql_files(files)})"
     else:
         body = "SELECT " + ", ".join(f'NULL::{t} AS "{c}"' for c, _, t in _COLUMNS[table]) + " WHERE false"
     cur.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")

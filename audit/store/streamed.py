@@ -3,7 +3,8 @@ results staged as part files of the output table (unregistered), several slices 
 in worker processes.
 
 A plug-in whose result for a sample depends on that sample's own columns alone (the caption and domain
-annotators, the basic score) never needs the pool in memory: ``run_over_samples`` hands ``fn(payload, frame)``
+annotators, the basic score) never needs the pool in memory: ``run_over_files`` (``engine.over_samples``
+for the samples' parts) hands ``fn(payload, frame)``
 one batch of ``uid`` plus the columns it asked for and stages what it returns; the caller registers the staged
 parts in one short transaction (``parts.register_parts``), so a killed stage leaves only orphans, which
 ``parts.collect_garbage`` removes. ``fn`` must be a module-level function (it is sent to spawned workers); kill points are its own.
@@ -162,17 +163,6 @@ def check_rows(rows: int, n_samples: int) -> None:
     if rows != n_samples:
         raise RuntimeError(f"read {rows:,} rows of {n_samples:,} samples (a part changed while the stage ran); "
                            "run it again")
-
-
-def run_over_samples(store, fn: BatchFn, payload, *, columns, table: str, run_id: int,
-                     batch_rows: int | None = None) -> Staged:
-    """Run ``fn`` over every sample (``store``: a read-only Store of a parts-layout store) and stage its outputs
-    as parts of ``table``. Returns (staged parts per key, the infos of every batch, samples read, rejects). Raises
-    when the rows read are not the store's samples (a part changed meanwhile)."""
-    out = run_over_files(parts.part_files(store, "samples"), fn, payload, columns=columns, root=store.parts_dir(),
-                         table=table, run_id=run_id, batch_rows=batch_rows)
-    check_rows(out[2], int(store.count("samples")))
-    return out
 
 
 def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,

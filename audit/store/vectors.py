@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from audit.store.parts import sql_files
 from audit.store.schema import StoreError
 from audit.store.store import Store
 
@@ -129,7 +130,7 @@ def half_matrix(column) -> np.ndarray:
     """A vector column (binary float16 rows, or the older FixedSizeList<float16>) -> (n, d) float16."""
     import pyarrow as pa
 
-    arr = column.combine_chunks()
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column   # a table's or a batch's
     if pa.types.is_fixed_size_binary(arr.type):
         d = arr.type.byte_width // 2
         if arr.null_count:
@@ -210,15 +211,11 @@ def iter_embedding_rows(store: Store, model: str, column: str = "img",
 
 
 # ---- what a vector-local score needs to know about the vectors it streams over (scores/base.py) ----------------
-def _sql_files(files) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-
-
 def vector_coverage(store: Store, model: str, files: list[str]) -> tuple[int, frozenset[str]]:
     """(vector rows in ``files``, the uids among them that are not samples). Raises for duplicate uids."""
     if not files:
         return 0, frozenset()
-    vec = _sql_files(files)
+    vec = sql_files(files)
     n_vec, n_uids = store.cursor().execute(f"SELECT count(*), count(DISTINCT uid) FROM read_parquet({vec})").fetchone()
     if n_vec != n_uids:
         raise StoreError(f"the vectors of {model} hold {n_vec - n_uids:,} duplicate uids; rebuild them with "
@@ -232,7 +229,7 @@ def samples_without_vectors(store: Store, files: list[str], batch_rows: int) -> 
     import pyarrow as pa
 
     sql = ("SELECT uid FROM samples" if not files else
-           f"SELECT uid FROM samples ANTI JOIN (SELECT uid FROM read_parquet({_sql_files(files)})) v USING (uid)")
+           f"SELECT uid FROM samples ANTI JOIN (SELECT uid FROM read_parquet({sql_files(files)})) v USING (uid)")
     cur = store.cursor()      # held while the reader streams
     for batch in cur.sql(sql).to_arrow_reader(batch_rows):
         yield batch.column("uid").cast(pa.string())
@@ -243,5 +240,5 @@ def all_scored_simulated(store: Store, files: list) -> bool:
     if not files:
         return False
     return bool(store.scalar(
-        f"SELECT count(*) > 0 AND bool_and(coalesce(s.simulated, false)) FROM read_parquet({_sql_files(files)}) p "
+        f"SELECT count(*) > 0 AND bool_and(coalesce(s.simulated, false)) FROM read_parquet({sql_files(files)}) p "
         "JOIN samples s USING (uid) WHERE NOT isnan(p.value)"))
