@@ -2,8 +2,8 @@
 
     python bench/bench_ray.py --store /work/scale/store-1000000/pool.duckdb --num-cpus 2
 
-For each row-local plug-in (score basic, annotate caption, annotate domain) and two vector-local scores (clip and
-laion-nsfw on the L/14 vectors) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
+For each row-local plug-in (score basic, annotate caption, annotate domain) and the vector-local ones (score clip,
+laion-nsfw and annotate zeroshot on the L/14 vectors) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
 alternating, --repeat times: `--engine local`; `--engine ray --num-cpus N` (a fresh local Ray of N CPUs started
 by the stage: its start-up and shut-down are in the time); and `--engine ray --address A` on a one-node cluster of
 N CPUs that `ray start --head` started before (how a cluster user runs it). Printed: rows/s, wall seconds, the
@@ -30,7 +30,8 @@ PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate"
            ("annotate domain", ["annotate", "domain"]),
            # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
            ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
-           ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"])]
+           ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),
+           ("annotate zeroshot (L/14)", ["annotate", "zeroshot", "--model", "datacomp_l14"])]
 MEDIUM = 128_000_000
 
 

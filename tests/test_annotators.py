@@ -247,3 +247,38 @@ def test_annotators_cli_on_photo_store(photo_store, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["audit", "annotate", "zeroshot", "--store", photo_store])
     assert main(["annotate", "zeroshot", "--store", photo_store]) == 1        # needs --model: a message, no traceback
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_streamed_zeroshot_equals_the_in_memory_computation(demo_store, tmp_path):
+    """The vector-local runner (the model's vector parts in small batches; a sample with a NaN vector, one with
+    no vector, a vector of a non-sample) writes exactly the rows the whole-pool computation gives."""
+    from audit.annotators.base import AnnotatorContext
+    from audit.annotators.zeroshot import AGE, GENDER, RACE_FAIRFACE7, run_zero_shot
+    from audit.engine import Engine
+    from audit.store import copy_store
+    from audit.store.vectors import load_matrix, write_vectors
+
+    path = str(tmp_path / "z.duckdb")
+    copy_store(demo_store, path)
+    with Store.writer(path) as st:
+        st.add_samples(pd.DataFrame({"uid": ["zz0", "zz1", "zz2"], "caption": "x", "source": "test"}))
+        uids, img = load_matrix(st, "datacomp_l14", column="img")
+        extra = np.stack([np.full(img.shape[1], np.nan), img[0], img[1]]).astype(np.float32)
+        write_vectors(st, "datacomp_l14", "extra", ["zz0", "zz1", "not-a-sample"], extra, extra)
+    run_annotator("zeroshot", path, model="datacomp_l14", params={"margin": 0.2, "race_set": "fairface7"},
+                  force=True, echo=lambda s: None, engine=Engine("local", batch_rows=97))
+    with Store.reader(path) as st:
+        got = st.df("SELECT uid, attribute, label, confidence, method FROM annotations "
+                    "WHERE attribute LIKE 'zeroshot_%' ORDER BY attribute, uid")
+        n = st.count("samples")
+        ctx = AnnotatorContext(store=st, params={}, rng=np.random.default_rng(0), model="datacomp_l14")
+        want, _, flagged = run_zero_shot(ctx, {"zeroshot_gender": GENDER, "zeroshot_age": AGE,
+                                               "zeroshot_race": RACE_FAIRFACE7}, margin=0.2)
+    want = want.sort_values(["attribute", "uid"]).reset_index(drop=True)
+    assert flagged and len(got) == 3 * n == len(want)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    by = got[got["attribute"] == "zeroshot_gender"].set_index("uid")
+    assert by.loc["zz0", "label"] == by.loc["zz2", "label"] == UNKNOWN
+    assert by.loc["zz0", "method"].endswith("; no embedding") and by.loc["zz2", "method"].endswith("; no embedding")
+    assert by.loc["zz1", "label"] == by.loc[uids[0], "label"]      # the same vector, the same label
+    assert "not-a-sample" not in set(got["uid"])

@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow
 RAY = Engine("ray", batch_rows=333)       # many batches per part, batches that end mid-part
 LOCAL = Engine("local", batch_rows=333)
 ON_RAY = [("score", c.name) for c in SCORES if c.row_columns or c.vector_columns] + [
-    ("annotate", c.name) for c in ANNOTATORS if c.row_columns]
-# a score runs as the demo runs it: its first (model, params) on the demo's two models
+    ("annotate", c.name) for c in ANNOTATORS if c.row_columns or c.vector_columns]
+# a plug-in runs as the demo runs it: its first (model, params) on the demo's two models
 DEMO_RUN = {n: SCORES.get(n).demo_runs(["datacomp_b32", "datacomp_l14"])[0] for k, n in ON_RAY if k == "score"}
+DEMO_ANNOTATE = {n: ANNOTATORS.get(n).demo_runs(["datacomp_b32", "datacomp_l14"])[0]
+                 for k, n in ON_RAY if k == "annotate" and ANNOTATORS.get(n).vector_columns}
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +78,14 @@ def _run(kind, name, path, engine):
     if kind == "score":
         model, params = DEMO_RUN.get(name, (None, None))
         return run_score(name, path, model=model, params=params, **quiet)
-    return sorted(run_annotator(name, path, **quiet)["attribute"].unique())
+    model, params = DEMO_ANNOTATE.get(name, (None, None))
+    return sorted(run_annotator(name, path, model=model, params=params, **quiet)["attribute"].unique())
 
 
 def test_the_row_and_vector_local_plug_ins_are_the_ones_on_ray():
     assert {("score", "basic"), ("score", "text-based"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
-            ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas")} <= set(ON_RAY)
+            ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas"),
+            ("annotate", "zeroshot")} <= set(ON_RAY)
     assert DEMO_RUN["normsim"][1]["classes"] and DEMO_RUN["clip"][0] == "datacomp_b32"
 
 

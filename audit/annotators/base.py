@@ -52,6 +52,25 @@ class Annotator(PlugIn):
         """The long frame (uid, attribute, label, confidence, method) of these samples (uid + row_columns)."""
         raise NotImplementedError
 
+    # Vector-local annotators (a sample's labels depend on its own stored vectors alone: zeroshot) name the vector
+    # columns they read; the runner streams the model's vector parts on either engine (``engine.over_vectors``).
+    vector_columns: ClassVar[tuple[str, ...]] = ()
+
+    def prepare_vectors(self, store: Store, model: str | None, params: dict, echo) -> tuple[dict, dict]:
+        """Once per run, before any batch: (what every batch needs, small and picklable, e.g. the prompts' text
+        embeddings; {"method": the catalogue's method string, "random_weights": whether to flag every attribute}).
+        Raise here for a run that cannot work at all."""
+        return {}, {}
+
+    def compute_vectors(self, vectors: dict, prepared: dict) -> pd.DataFrame:
+        """The long frame of these samples: ``vectors`` holds a float32 (n, d) matrix per vector_columns and their
+        uids (an Arrow string array) under ``uid``."""
+        raise NotImplementedError
+
+    def without_vectors(self, uids, prepared: dict) -> pd.DataFrame:
+        """The long frame of samples that have no stored vector (``uid``: an Arrow string array): ``unknown``."""
+        raise NotImplementedError
+
 
 ANNOTATORS: Registry[type[Annotator]] = Registry("annotator")
 
@@ -62,7 +81,7 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
     """Compute and store one annotator's attributes (row-local ones on ``engine``, default local); returns label
     counts per attribute."""
     cls = ANNOTATORS.get(name)
-    if not cls.row_columns:
+    if not (cls.row_columns or cls.vector_columns):
         require_local(engine, f"annotator {name}")
     full = {**(params or {}), "model": model, "seed": seed, "version": cls.version}
     with Store.writer(store_path) as st:
@@ -74,9 +93,11 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
         random_weights = bool(st.model_info(model)["random_weights"]) if model else False
         run_id = st.start_run("annotate", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-    if cls.row_columns:
+    if cls.row_columns or cls.vector_columns:
         with Store.detached(store_path) as rd:
             streamed = parts.is_parts_table(rd, "samples")
+        if streamed and cls.vector_columns:
+            return _run_vectors(cls, store_path, run_id, full, model, random_weights, echo, engine)
         if streamed:
             return _run_streamed(cls, store_path, run_id, full, random_weights, echo, engine)
     require_local(engine, f"annotator {name} on a store of the older layout")
@@ -111,14 +132,27 @@ def _echo_counts(counts: pd.DataFrame, echo) -> None:
         echo(f"{attr}: {top}")
 
 
-# ---- row-local annotators, streamed ----------------------------------------------------------------------------
+# ---- row-local annotators, streamed; vector-local ones over the model's vector parts ----------------------------
+def _by_attribute(out: pd.DataFrame) -> tuple[dict, tuple]:
+    """A batch's long frame: its part per attribute, and (label counts, frame attrs)."""
+    counts = {(a, lab): int(k) for (a, lab), k in out.groupby(["attribute", "label"]).size().items()}
+    return {a: sub for a, sub in out.groupby("attribute", sort=True)}, (counts, dict(out.attrs))
+
+
 def _annotate_batch(payload: tuple, frame: pd.DataFrame) -> tuple[dict, tuple]:
-    """One batch of samples (uid + row_columns): its long frame per attribute, and (label counts, frame attrs)."""
+    """One batch of samples (uid + row_columns)."""
     name, params = payload
     out = ANNOTATORS.get(name)().compute_rows(frame, params)
-    counts = {(a, lab): int(k) for (a, lab), k in out.groupby(["attribute", "label"]).size().items()}
     checkpoint("annotate.batch")
-    return {a: sub for a, sub in out.groupby("attribute", sort=True)}, (counts, dict(out.attrs))
+    return _by_attribute(out)
+
+
+def _annotate_vectors(payload: tuple, vectors: dict) -> tuple[dict, tuple]:
+    """One batch of vectors (``engine.over_vectors``)."""
+    name, prepared = payload
+    out = ANNOTATORS.get(name)().compute_vectors(vectors, prepared)
+    checkpoint("annotate.batch")
+    return _by_attribute(out)
 
 
 def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo,
@@ -128,15 +162,47 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weight
             found, infos, n_samples, rejected = over_samples(engine, rd, _annotate_batch, (cls.name, params),
                                                              columns=cls.row_columns, table="annotations",
                                                              run_id=run_id)
-        staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
-        for k, v in found.items():
-            staged.setdefault(k, []).extend(v)
-        counts: dict[tuple[str, str], int] = {}
-        attrs = {}
-        for c, a in infos:
-            for k, v in c.items():
-                counts[k] = counts.get(k, 0) + v
-            attrs = attrs or a
+    return _register(cls, store_path, run_id, found, infos, n_samples, rejected, random_weights, {}, echo, engine)
+
+
+def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool, echo,
+                 engine: Engine | None) -> pd.DataFrame:
+    """A vector-local annotator on ``engine``: the model's vector parts a batch at a time; every sample without a
+    vector gets the annotator's ``without_vectors`` rows (``unknown``), so each attribute has a row per sample."""
+    from audit.engine import over_vectors
+    from audit.store.streamed import BATCH_ROWS
+    from audit.store.vectors import samples_without_vectors
+
+    with failed_run_guard(store_path, run_id):
+        with Store.detached(store_path, memory_limit="1GB") as rd:
+            annotator = cls()
+            prepared, meta = annotator.prepare_vectors(rd, model, params, echo)
+            n_samples = int(rd.count("samples"))
+            checkpoint("annotate.computing")
+            found, infos, _, rejected, files = over_vectors(engine, rd, model, _annotate_vectors, (cls.name, prepared),
+                                                            columns=cls.vector_columns, table="annotations",
+                                                            run_id=run_id)
+            for uids in samples_without_vectors(rd, files, BATCH_ROWS):
+                groups, info = _by_attribute(annotator.without_vectors(uids.to_numpy(zero_copy_only=False), prepared))
+                for a, sub in groups.items():
+                    found.setdefault(a, []).append(parts.stage_part(rd.parts_dir(), "annotations", a, sub, run_id=run_id))
+                infos.append(info)
+    return _register(cls, store_path, run_id, found, infos, n_samples, rejected,
+                     random_weights or bool(meta.get("random_weights")), meta, echo, engine)
+
+
+def _register(cls, store_path: str, run_id: int, found: dict, infos: list, n_samples: int, rejected: list,
+              random_weights: bool, meta: dict, echo, engine: Engine | None) -> pd.DataFrame:
+    """Every staged attribute and the run's end in one transaction; returns the label counts."""
+    staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
+    for k, v in found.items():
+        staged.setdefault(k, []).extend(v)
+    counts: dict[tuple[str, str], int] = {}
+    attrs = dict(meta)
+    for c, a in infos:
+        for k, v in c.items():
+            counts[k] = counts.get(k, 0) + v
+        attrs = attrs or a
     checkpoint("annotate.computed")
     with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
         st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),

@@ -135,41 +135,68 @@ def encoder_flags(store, model: str, label: str) -> bool:
     return random_model or "simulated" in label or "RANDOM" in label
 
 
+def prepare_tasks(store, model: str, tasks: dict[str, dict[str, tuple[str, ...]]], *, margin: float,
+                  background=BACKGROUND, text_model: str | None = None) -> tuple[dict, str, bool]:
+    """Once per run: ({"margin", "tasks": {attribute: (class text embeddings, owners, labels, method base)}},
+    the text encoder's label, flagged). Small and picklable: what every batch of vectors needs."""
+    from audit.embed.textenc import text_encoder
+
+    encode, enc_label = text_encoder(store, model, text_model=text_model)
+    flagged = encoder_flags(store, model, enc_label)
+    tag = " [RANDOM/SIMULATED: not meaningful]" if flagged else ""
+    out = {}
+    for a, groups in tasks.items():
+        text, owners, labels, n_prompts = prepare(encode, groups, background)
+        out[a] = (text, owners, labels, f"CLIP zero-shot ({model}; {enc_label}; {n_prompts} prompts; margin {margin:g}){tag}")
+    return {"margin": margin, "tasks": out}, enc_label, flagged
+
+
+def label_vectors(uids, img: np.ndarray, prepared: dict) -> pd.DataFrame:
+    """The long frame (uid, attribute, label, confidence, method) of these image vectors (float32 (n, d), any
+    norm); a row that is not finite gets ``unknown`` with the reason "no embedding"."""
+    uids = np.asarray(uids, dtype=object)
+    n = len(uids)
+    finite = np.isfinite(img).all(axis=1)
+    f = img[finite]
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    frames = []
+    for a, (text, owners, labels, base) in prepared["tasks"].items():
+        lab, conf, why = np.full(n, UNKNOWN, dtype=object), np.zeros(n), np.full(n, "no embedding", dtype=object)
+        if len(f):
+            lab[finite], conf[finite], why[finite] = zero_shot_labels(f, text, owners, labels, prepared["margin"])
+        method = np.where(why == "", base, base + "; " + why.astype(str))
+        frames.append(pd.DataFrame({"uid": uids, "attribute": a, "label": lab, "confidence": conf, "method": method}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def without_vectors(uids, prepared: dict) -> pd.DataFrame:
+    """The long frame of samples that have no stored vector: ``unknown``, reason "no embedding"."""
+    return label_vectors(uids, np.full((len(uids), 1), np.nan, np.float32), prepared)
+
+
 def run_zero_shot(ctx: AnnotatorContext, tasks: dict[str, dict[str, tuple[str, ...]]], *, margin: float,
                   background=BACKGROUND, text_model: str | None = None) -> tuple[pd.DataFrame, str, bool]:
-    """Zero-shot labels for every sample: {attribute: groups} -> long frame, encoder label, flagged."""
-    from audit.embed.textenc import text_encoder
+    """Zero-shot labels for every sample, in memory (the copyright annotator's visual part): {attribute: groups}
+    -> long frame in the store's uid order, encoder label, flagged."""
     from audit.store.vectors import iter_vectors
 
-    model = ctx.model
     uids = np.asarray(ctx.store.sample_uids(), dtype=object)
-    n = len(uids)
-    encode, enc_label = text_encoder(ctx.store, model, text_model=text_model)
-    flagged = encoder_flags(ctx.store, model, enc_label)
-    prepared = {a: prepare(encode, g, background) for a, g in tasks.items()}
-    out = {a: (np.full(n, UNKNOWN, dtype=object), np.zeros(n), np.full(n, "no embedding", dtype=object))
-           for a in tasks}
-    pos = pd.Series(np.arange(n), index=pd.Index(uids))
-    for part_uids, cols in iter_vectors(ctx.store, model, columns=("img",)):
+    prepared, enc_label, flagged = prepare_tasks(ctx.store, ctx.model, tasks, margin=margin, background=background,
+                                                 text_model=text_model)
+    pos = pd.Series(np.arange(len(uids)), index=pd.Index(uids))
+    found = []
+    for part_uids, cols in iter_vectors(ctx.store, ctx.model, columns=("img",)):
         rows = pos.reindex(part_uids).to_numpy()
-        ok = ~np.isnan(rows)
-        img = cols["img"][ok]
-        finite = np.isfinite(img).all(axis=1)
-        rows, img = rows[ok][finite].astype(np.int64), img[finite]
-        if not len(rows):
-            continue
-        img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
-        for a, (text, owners, labels, _) in prepared.items():
-            lab, conf, why = zero_shot_labels(img, text, owners, labels, margin)
-            out[a][0][rows], out[a][1][rows], out[a][2][rows] = lab, conf, why
-    tag = " [RANDOM/SIMULATED: not meaningful]" if flagged else ""
-    parts = []
-    for a, (lab, conf, why) in out.items():
-        base = f"CLIP zero-shot ({model}; {enc_label}; {prepared[a][3]} prompts; margin {margin:g}){tag}"
-        method = np.where(why == "", base, base + "; " + why.astype(str))
-        parts.append(pd.DataFrame({"uid": uids, "attribute": a, "label": lab, "confidence": conf,
-                                   "method": method}))
-    return pd.concat(parts, ignore_index=True), enc_label, flagged
+        ok = ~np.isnan(rows)            # vectors of samples only
+        found.append((rows[ok].astype(np.int64), label_vectors(np.asarray(part_uids, dtype=object)[ok],
+                                                               cols["img"][ok], prepared)))
+    seen = np.zeros(len(uids), bool)
+    for rows, _ in found:
+        seen[rows] = True
+    frame = pd.concat([f for _, f in found] + [without_vectors(uids[~seen], prepared)], ignore_index=True)
+    order = pd.Categorical(frame["attribute"], categories=list(tasks), ordered=True)
+    frame = frame.assign(_a=order, _r=pos.reindex(frame["uid"]).to_numpy()).sort_values(["_a", "_r"], kind="stable")
+    return frame.drop(columns=["_a", "_r"]).reset_index(drop=True), enc_label, flagged
 
 
 @ANNOTATORS.register
@@ -204,14 +231,20 @@ class ZeroShot(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [("datacomp_l14", {"margin": 0.2, "race_set": "fairface7"})] if "datacomp_l14" in models else []
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        if not ctx.model:
+    vector_columns = ("img",)
+
+    def prepare_vectors(self, store, model: str | None, params: dict, echo) -> tuple[dict, dict]:
+        if not model:
             raise ValueError("zeroshot needs --model (an embedding model in the store, e.g. datacomp_l14)")
-        race = RACE_FAIRFACE4 if ctx.params.get("race_set") == "fairface4" else RACE_FAIRFACE7
+        race = RACE_FAIRFACE4 if params.get("race_set") == "fairface4" else RACE_FAIRFACE7
         tasks = {"zeroshot_gender": GENDER, "zeroshot_age": AGE, "zeroshot_race": race}
-        frame, enc_label, flagged = run_zero_shot(ctx, tasks, margin=float(ctx.params.get("margin", 0.2)),
-                                                  text_model=ctx.params.get("text_model"))
-        frame.attrs["random_weights"] = flagged
-        frame.attrs["method"] = f"{self.method}; {ctx.model}; {enc_label}" + (
-            " [RANDOM/SIMULATED: not meaningful]" if flagged else "")
-        return frame
+        prepared, enc_label, flagged = prepare_tasks(store, model, tasks, margin=float(params.get("margin", 0.2)),
+                                                     text_model=params.get("text_model"))
+        method = f"{self.method}; {model}; {enc_label}" + (" [RANDOM/SIMULATED: not meaningful]" if flagged else "")
+        return prepared, {"method": method, "random_weights": flagged}
+
+    def compute_vectors(self, vectors: dict, prepared: dict) -> pd.DataFrame:
+        return label_vectors(vectors["uid"].to_numpy(zero_copy_only=False), vectors["img"], prepared)
+
+    def without_vectors(self, uids, prepared: dict) -> pd.DataFrame:
+        return without_vectors(uids, prepared)

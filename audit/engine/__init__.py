@@ -72,6 +72,41 @@ def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: s
     return out
 
 
+def over_vectors(engine: Engine | None, store, model: str, fn, payload, *, columns, table: str, run_id: int,
+                 block_rows: int | None = None):
+    """``fn(payload, vectors)`` over every stored vector of ``model`` that belongs to a sample (``store``: a read-only
+    Store), on either engine: ``vectors`` holds a float32 (n, d) matrix per name in ``columns`` and the batch's uids
+    (an Arrow string array) under ``uid``. Vectors of uids that are not samples are left out. Returns
+    ``over_files``'s (staged, infos, rows read, rejects) and the vector files read (for the caller's rows of the
+    samples without a vector). Raises for duplicate uids and for rows that changed while the stage ran."""
+    from audit.store.streamed import check_rows
+    from audit.store.vectors import parts as vector_parts
+    from audit.store.vectors import vector_coverage
+
+    files = [str(f) for f in vector_parts(store, model)]
+    n_vec, not_samples = vector_coverage(store, model, files)
+    staged, infos, n, rejected = over_files(engine, files, _vector_step, (fn, tuple(columns), payload, not_samples),
+                                            columns=list(columns), root=store.parts_dir(), table=table,
+                                            run_id=run_id, arrow=True, block_rows=block_rows)
+    check_rows(n, n_vec)
+    return staged, infos, n, [(u, m) for u, m in rejected if u not in not_samples], files
+
+
+def _vector_step(payload: tuple, batch):
+    """One Arrow batch of a vector part: the non-samples dropped, the half-precision columns decoded, then ``fn``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from audit.store.vectors import half_matrix, half_to_float32
+
+    fn, columns, inner, not_samples = payload
+    if not_samples:
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=pa.array(sorted(not_samples)))))
+    vectors = {c: half_to_float32(half_matrix(batch.column(c))) for c in columns}
+    vectors["uid"] = batch.column("uid")
+    return fn(inner, vectors)
+
+
 def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
                arrow: bool = False, block_rows: int | None = None):
     """``streamed.run_over_files`` (any Parquet files with a uid column, e.g. a model's vector parts) on the
@@ -91,7 +126,7 @@ def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
         raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: the row-local plug-ins, "
-                         "the vector scores and negclip; see README, 'On a cluster')")
+                         "the vector scores, negclip and zeroshot; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

@@ -280,25 +280,17 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
 
 
 # ---- vector-local scores, streamed over the model's vector parts -----------------------------------------------
-def _vector_batch(payload: tuple, batch) -> tuple[dict, dict]:
-    """One Arrow batch of a vector part (uid + the score's vector columns): a (uid, name, value) table per output
-    column and the value statistics. Vectors of uids that are not samples (``payload[2]``) are left out."""
+def _vector_batch(payload: tuple, vectors: dict) -> tuple[dict, dict]:
+    """One batch of vectors (``engine.over_vectors``): a (uid, name, value) table per output column and the value
+    statistics."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from audit.store.vectors import half_matrix, half_to_float32
-
-    name, prepared, not_samples = payload
-    if not_samples:
-        batch = batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=pa.array(sorted(not_samples)))))
-    cls = SCORES.get(name)
-    vectors = {c: half_to_float32(half_matrix(batch.column(c))) for c in cls.vector_columns}
-    vectors["uid"] = batch.column("uid")
-    values = cls().compute_vectors(vectors, prepared)
+    name, prepared = payload
+    values = SCORES.get(name)().compute_vectors(vectors, prepared)
     out, info = {}, {}
     for col, v in values.items():
         v = np.asarray(v, dtype=np.float64)
-        out[col] = pa.table({"uid": batch.column("uid"), "name": pa.array([col] * len(v), pa.string()),
+        out[col] = pa.table({"uid": vectors["uid"], "name": pa.array([col] * len(v), pa.string()),
                              "value": pa.array(v)})
         info[col] = _value_stats(v)
     checkpoint("score.batch")
@@ -311,25 +303,19 @@ def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, ra
     engine), every sample without a vector a NaN row (as the in-memory path wrote), registered in one transaction."""
     import pyarrow as pa
 
-    from audit.engine import over_files
-    from audit.store.streamed import BATCH_ROWS, check_rows
-    from audit.store.vectors import all_scored_simulated, samples_without_vectors, vector_coverage
-    from audit.store.vectors import parts as vector_parts
+    from audit.engine import over_vectors
+    from audit.store.streamed import BATCH_ROWS
+    from audit.store.vectors import all_scored_simulated, samples_without_vectors
 
     outputs = cls.output_names(model, params)
     with failed_run_guard(store_path, run_id), Store.detached(store_path, memory_limit="1GB") as rd:
         scorer = cls()
         prepared, desc = scorer.prepare_vectors(rd, model, params, echo)
-        files = [str(f) for f in vector_parts(rd, model)]
         n_samples = int(rd.count("samples"))
-        n_vec, not_samples = vector_coverage(rd, model, files)
         checkpoint("score.computing")
-        staged, infos, n, rejected = over_files(engine, files, _vector_batch, (cls.name, prepared, not_samples),
-                                                columns=list(cls.vector_columns), root=rd.parts_dir(),
-                                                table="scores", run_id=run_id, arrow=True,
-                                                block_rows=cls.vector_block_rows(params))
-        check_rows(n, n_vec)
-        rejected = [(u, m) for u, m in rejected if u not in not_samples]
+        staged, infos, _, rejected, files = over_vectors(engine, rd, model, _vector_batch, (cls.name, prepared),
+                                                         columns=cls.vector_columns, table="scores", run_id=run_id,
+                                                         block_rows=cls.vector_block_rows(params))
         # samples without a vector (never embedded): a NaN value, as the in-memory path wrote; a rejected sample
         # has no row (as for the row-local scores)
         root = rd.parts_dir()
