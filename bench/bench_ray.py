@@ -31,7 +31,9 @@ PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate"
            # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
            ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
            ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),
-           ("annotate zeroshot (L/14)", ["annotate", "zeroshot", "--model", "datacomp_l14"])]
+           ("annotate zeroshot (L/14)", ["annotate", "zeroshot", "--model", "datacomp_l14",
+                                                      # random text weights (no hub here): the rate, not the labels
+                                                      "--text-model", "ViT-L-14:none"])]
 MEDIUM = 128_000_000
 
 

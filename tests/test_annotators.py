@@ -282,3 +282,15 @@ def test_streamed_zeroshot_equals_the_in_memory_computation(demo_store, tmp_path
     assert by.loc["zz0", "method"].endswith("; no embedding") and by.loc["zz2", "method"].endswith("; no embedding")
     assert by.loc["zz1", "label"] == by.loc[uids[0], "label"]      # the same vector, the same label
     assert "not-a-sample" not in set(got["uid"])
+
+
+def test_a_random_weight_text_model_is_labelled_so_and_flags_zero_shot_results(demo_store):
+    """--text-model ARCH:none embeds prompts with random weights: the label says so, so zero-shot is flagged."""
+    from audit.annotators.zeroshot import encoder_flags
+    from audit.embed.textenc import text_encoder
+
+    encode, label = text_encoder(None, "unused", text_model="ViT-B-32:none")
+    assert "RANDOM" in label and encode(["a photo of a dog"]).shape == (1, 512)
+    with Store.reader(demo_store) as st:
+        assert not st.model_info("datacomp_l14")["random_weights"]
+        assert encoder_flags(st, "datacomp_l14", label)

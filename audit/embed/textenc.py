@@ -97,7 +97,8 @@ def text_encoder(store: Store, model: str, *, text_model: str | None = None) -> 
 
         arch, _, tag = text_model.partition(":")
         emb = OpenClipEmbedder(arch, tag or "none", precision="fp32")
-        return (lambda texts: emb.encode_texts(texts)), f"open_clip {emb.key}"
+        label = f"open_clip {emb.key}" + (" (RANDOM weights)" if emb.random_weights else "")
+        return (lambda texts: emb.encode_texts(texts)), label
     info = store.model_info(model)
     backend = info["backend"]
     if backend == "datacomp-npz":
