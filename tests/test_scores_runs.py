@@ -254,6 +254,49 @@ def test_row_local_score_streams_over_parts_and_equals_the_whole_pool_computatio
         assert "language:" in cat.loc["basic", "description"] and not bool(cat.loc["basic", "simulated"])
 
 
+def test_laion_streams_the_samples_joined_with_the_b32_score_and_equals_the_whole_pool_computation(make_store,
+                                                                                                   monkeypatch):
+    """laion reads captions and a stored score: the runner joins them into one input file, streams it in batches
+    (several batches per part), and the values equal laion_columns on the whole pool; a sample without a B/32
+    value is not kept (laion_b32 NaN), as before."""
+    import pandas as pd
+
+    from audit import lang
+    from audit.scores import base
+    from audit.scores.laion import laion_columns
+    from audit.store import streamed
+
+    rng = np.random.default_rng(7)
+    words = ["a", "dog", "on", "the", "beach", "Hund", "am", "Strand", "photo"]
+    rows = [{"uid": f"{i:04d}", "caption": None if i == 3 else " ".join(rng.choice(words, rng.integers(1, 7)))}
+            for i in range(50)]
+    b32 = rng.uniform(0.2, 0.36, 50)
+    b32[5] = np.nan
+    path = make_store(rows[:30])
+    with Store.writer(path) as st:     # a second samples part; B/32 scores of every sample but the last
+        run = st.start_run("test", "more", params={})
+        st.add_samples(pd.DataFrame(rows[30:]).assign(source="test"))
+        st.write_scores("clip_b32_similarity_score", [r["uid"] for r in rows[:49]], b32[:49], run_id=run, kind="test")
+        st.end_run(run)
+    b32[49] = np.nan                   # no value at all
+    captions = [r["caption"] for r in rows]
+    want = laion_columns(b32, lang.is_english(captions))
+    monkeypatch.setattr(streamed, "BATCH_ROWS", 7)
+    assert base.run_score("laion", path, params={"clip_score": None}, echo=lambda s: None) == list(want)
+    with Store.reader(path) as st:
+        got = st.score_frame(list(want))
+        cat = st.score_catalog().set_index("name")
+        run = st.runs().iloc[-1]
+        n_parts = st.scalar("SELECT count(*) FROM parts WHERE table_name = 'scores' AND key = 'laion'")
+        left = list(st.parts_dir().glob("inputs/*"))
+    assert got["uid"].tolist() == [r["uid"] for r in rows]
+    for name, v in want.items():
+        np.testing.assert_array_equal(got[name].to_numpy(float), v, err_msg=name)
+    assert got["laion"].iloc[[5, 49]].tolist() == [0.0, 0.0] and np.isnan(got["laion_b32"].iloc[[5, 49]]).all()
+    assert n_parts == 8 and (run["rows_in"], run["rows_rejected"]) == (50, 0)   # ceil(50 / 7) batches of the one input file
+    assert "clip_b32_similarity_score" in cat.loc["laion", "description"] and not left   # the input file is gone
+
+
 # ---- vector-local scores stream over the vector parts -----------------------------------------------------------
 def test_clip_streams_over_vector_parts_with_missing_foreign_and_nan_rows(make_store):
     """Samples without a vector get a NaN row, a NaN vector a NaN value, a vector whose uid is not a sample is

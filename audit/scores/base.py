@@ -78,8 +78,14 @@ class Score(PlugIn):
     row_columns: ClassVar[tuple[str, ...]] = ()
 
     def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
-        """{column: values} for these samples (a frame of uid + row_columns), aligned with its rows."""
+        """{column: values} for these samples (a frame of uid + row_columns + row_scores), aligned with its rows."""
         raise NotImplementedError
+
+    def row_scores(self, store: Store, params: dict) -> dict[str, str]:
+        """Stored scores a row-local score reads beside its sample columns: {column of compute_rows's frame: stored
+        score name}, resolved once on the driver (NaN where a sample has no value); compute_rows and
+        run_descriptions then see the mapping as ``params["row_scores"]``. The run inherits their random-weight flag."""
+        return {}
 
     # Vector-local scores (a sample's value depends on its own stored vectors alone: clip, laion-nsfw, aesthetic)
     # name the vector columns they read; the runner streams them over the model's vector parts on either engine.
@@ -250,14 +256,19 @@ def _score_batch(payload: tuple, frame) -> tuple[dict, dict]:
 def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool,
                   echo, engine: Engine | None) -> list[str]:
     outputs = cls.output_names(model, params)
+    scorer = cls()
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
+        inputs = scorer.row_scores(rd, params)
+        if inputs:   # the batches see the resolved names; the run inherits the inputs' random-weight flag
+            params = {**params, "row_scores": inputs}
+            cat = rd.score_catalog().set_index("name").loc[[rd.check_score(n) for n in inputs.values()]]
+            random_weights = random_weights or bool(cat["random_weights"].fillna(False).astype(bool).any())
         checkpoint("score.computing")
         staged, infos, n, rejected = over_samples(engine, rd, _score_batch, (cls.name, params),
                                                   columns=[*cls.row_columns, "simulated"], table="scores",
-                                                  run_id=run_id)
+                                                  run_id=run_id, scores=inputs)
     stats = _merged_stats(infos)
     names = [c for c in outputs if c in stats] + [c for c in stats if c not in outputs]
-    scorer = cls()
     desc = scorer.run_descriptions(params) or {}
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 from audit.store import StoreError
 
 THRESHOLD = 0.28
@@ -64,15 +64,22 @@ class Laion(Score):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {"clip_score": None})] if "datacomp_b32" in models else []
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+    row_columns = ("caption",)
+
+    def row_scores(self, store, params: dict) -> dict[str, str]:
+        return {"b32": pick_clip_score(store.score_names(), params.get("clip_score"))}
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
         from audit import lang
 
-        name = pick_clip_score(ctx.store.score_names(), ctx.params.get("clip_score"))
-        b32 = ctx.score(name)
-        caps = ctx.samples(["caption"])["caption"].tolist()
-        self.run_description = {
+        return laion_columns(frame["b32"].to_numpy(dtype=float), lang.is_english(frame["caption"].tolist()))
+
+    def run_descriptions(self, params: dict) -> dict[str, str]:
+        from audit import lang
+
+        name = params["row_scores"]["b32"]
+        return {
             "laion": f"{self.description} ({name}; language: {lang.DETECTOR}, the reference uses gcld3)",
             "laion_b32": f"LAION filter: the B/32 CLIP score it used ({name}; rule ≥ {THRESHOLD})",
             "laion_english": f"LAION filter: 1 if the caption's top-1 language is English ({lang.DETECTOR})",
         }
-        return laion_columns(b32, lang.is_english(caps))

@@ -15,8 +15,10 @@ rows, so a sample the plug-in cannot handle becomes a reject ``(uid, message)`` 
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
@@ -182,3 +184,24 @@ def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, tab
     else:
         results = [_one_slice(t) for t in tasks]
     return merge(results)
+
+
+@contextlib.contextmanager
+def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: int, batch_rows: int | None):
+    """One Parquet file of every sample's uid + ``columns`` + each stored score of ``scores`` ({column: score name})
+    as a column (NaN where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read
+    stored scores too. DuckDB streams the join to disk; nothing of the pool is held here. The file is under the
+    parts folder (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is
+    killed."""
+    dest = store.parts_dir() / "inputs" / f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sel = ", ".join([*(f's."{c}"' for c in ["uid", *columns]), *(f'j{i}.value AS "{a}"' for i, a in enumerate(scores))])
+    joins = " ".join(f"LEFT JOIN (SELECT uid, value FROM scores WHERE name = ?) j{i} USING (uid)"
+                     for i in range(len(scores)))
+    target = "'" + str(dest).replace("'", "''") + "'"
+    try:
+        store.cursor().execute(f"COPY (SELECT {sel} FROM samples s {joins}) TO {target} "
+                               f"(FORMAT parquet, ROW_GROUP_SIZE {batch_rows or BATCH_ROWS})", list(scores.values()))
+        yield [str(dest)]
+    finally:
+        dest.unlink(missing_ok=True)
