@@ -2,7 +2,8 @@
 
     python bench/bench_ray.py --store /work/scale/store-1000000/pool.duckdb --num-cpus 2
 
-For each row-local plug-in (score basic, annotate caption, annotate domain) and the vector-local ones (score clip,
+For each row-local plug-in (score basic, annotate caption, annotate domain; score laion and annotate nsfw,
+which also read a stored score) and the vector-local ones (score clip,
 laion-nsfw and annotate zeroshot on the L/14 vectors) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
 alternating, --repeat times: `--engine local`; `--engine ray --num-cpus N` (a fresh local Ray of N CPUs started
 by the stage: its start-up and shut-down are in the time); and `--engine ray --address A` on a one-node cluster of
@@ -28,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate", "caption"]),
            ("annotate domain", ["annotate", "domain"]),
+           # row-local plug-ins that read a stored score too (joined to the samples in one input file first)
+           ("score laion (b32 score + caption)", ["score", "laion"]),
+           ("annotate nsfw (caption, url + laion_nsfw score)", ["annotate", "nsfw"]),
            # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
            ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
            ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),

@@ -257,3 +257,25 @@ def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store,
     assert "has no Ray form yet; run it with --engine local" in err and "Traceback" not in err
     with Store.reader(path) as st:
         assert len(st.runs()) == runs           # nothing started
+
+
+def test_nsfw_reads_the_stored_images_on_ray_workers_as_locally(local_ray, tmp_path):
+    """The image part of `annotate nsfw` (open_nsfw on each stored image) runs in the Ray workers, which open the
+    image references themselves (absolute paths, not the driver's working directory)."""
+    from audit.annotators.base import run_annotator
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
+
+    cap = write_photos(tmp_path / "photos")
+    base = str(tmp_path / "photos.duckdb")
+    ingest("folder", [str(cap.parent)], store_path=base, source="sample-photos", progress=False, echo=lambda s: None)
+    a, b = _copy(base, tmp_path, "local"), _copy(base, tmp_path, "ray")
+    params = {"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None}
+    for path, engine in ((a, LOCAL), (b, RAY)):
+        run_annotator("nsfw", path, params=params, force=True, echo=lambda s: None, engine=engine)
+    got_a, _, _ = _outputs(a, "annotate", "nsfw", ["nsfw", "nsfw_image"])
+    got_b, run_b, rej_b = _outputs(b, "annotate", "nsfw", ["nsfw", "nsfw_image"])
+    pd.testing.assert_frame_equal(got_a, got_b)
+    image = got_b[got_b["attribute"] == "nsfw_image"]
+    assert len(image) >= 5 and image["method"].str.contains("p_nsfw=").all()   # every photo was read and scored
+    assert "engine ray" in run_b["note"] and rej_b.empty

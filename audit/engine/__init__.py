@@ -137,7 +137,7 @@ def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
         raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: the row-local plug-ins, "
-                         "the vector scores, negclip and zeroshot; see README, 'On a cluster')")
+                         "the vector scores and annotators, negclip; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):
