@@ -252,8 +252,7 @@ def test_annotators_cli_on_photo_store(photo_store, monkeypatch, capsys):
 def test_streamed_zeroshot_equals_the_in_memory_computation(demo_store, tmp_path):
     """The vector-local runner (the model's vector parts in small batches; a sample with a NaN vector, one with
     no vector, a vector of a non-sample) writes exactly the rows the whole-pool computation gives."""
-    from audit.annotators.base import AnnotatorContext
-    from audit.annotators.zeroshot import AGE, GENDER, RACE_FAIRFACE7, run_zero_shot
+    from audit.annotators.zeroshot import AGE, GENDER, RACE_FAIRFACE7, label_vectors, prepare_tasks, without_vectors
     from audit.engine import Engine
     from audit.store import copy_store
     from audit.store.vectors import load_matrix, write_vectors
@@ -271,9 +270,14 @@ def test_streamed_zeroshot_equals_the_in_memory_computation(demo_store, tmp_path
         got = st.df("SELECT uid, attribute, label, confidence, method FROM annotations "
                     "WHERE attribute LIKE 'zeroshot_%' ORDER BY attribute, uid")
         n = st.count("samples")
-        ctx = AnnotatorContext(store=st, params={}, rng=np.random.default_rng(0), model="datacomp_l14")
-        want, _, flagged = run_zero_shot(ctx, {"zeroshot_gender": GENDER, "zeroshot_age": AGE,
-                                               "zeroshot_race": RACE_FAIRFACE7}, margin=0.2)
+        prepared, _, flagged = prepare_tasks(st, "datacomp_l14", {"zeroshot_gender": GENDER, "zeroshot_age": AGE,
+                                                                  "zeroshot_race": RACE_FAIRFACE7}, margin=0.2)
+        every, vec = load_matrix(st, "datacomp_l14", column="img")      # the whole pool's vectors at once
+        samples = set(st.sample_uids())
+    keep = np.array([u in samples for u in every])
+    missing = sorted(samples - set(every))
+    want = pd.concat([label_vectors(np.array(every, dtype=object)[keep], vec[keep], prepared),
+                      without_vectors(np.array(missing, dtype=object), prepared)], ignore_index=True)
     want = want.sort_values(["attribute", "uid"]).reset_index(drop=True)
     assert flagged and len(got) == 3 * n == len(want)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -85,7 +85,9 @@ def _run(kind, name, path, engine):
 def test_the_row_and_vector_local_plug_ins_are_the_ones_on_ray():
     assert {("score", "basic"), ("score", "text-based"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
             ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas"),
-            ("annotate", "zeroshot")} <= set(ON_RAY)
+            ("annotate", "zeroshot"), ("score", "laion"), ("annotate", "nsfw"), ("annotate", "faces"),
+            ("annotate", "copyright")} <= set(ON_RAY)
+    assert DEMO_ANNOTATE["copyright"][0] == "datacomp_l14"      # with its visual (vector) pass
     assert DEMO_RUN["normsim"][1]["classes"] and DEMO_RUN["clip"][0] == "datacomp_b32"
 
 
@@ -245,7 +247,8 @@ def test_negclip_blocks_are_the_same_on_both_engines_and_equal_an_independent_co
     assert np.isfinite(value.drop(["s00007", "zz-no-vector"])).all()
 
 
-@pytest.mark.parametrize("argv", [["embed"], ["score", "vas-d", "--model", "datacomp_l14"], ["annotate", "faces"]])
+@pytest.mark.parametrize("argv", [["embed"], ["score", "vas-d", "--model", "datacomp_l14"],
+                                  ["score", "metaclip"]])
 def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store, tmp_path, capsys, argv):
     from audit.cli import main
 
@@ -259,23 +262,35 @@ def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store,
         assert len(st.runs()) == runs           # nothing started
 
 
-def test_nsfw_reads_the_stored_images_on_ray_workers_as_locally(local_ray, tmp_path):
-    """The image part of `annotate nsfw` (open_nsfw on each stored image) runs in the Ray workers, which open the
-    image references themselves (absolute paths, not the driver's working directory)."""
-    from audit.annotators.base import run_annotator
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory):
     from audit.demo.builder import write_photos
     from audit.ingest.run import ingest
 
-    cap = write_photos(tmp_path / "photos")
-    base = str(tmp_path / "photos.duckdb")
-    ingest("folder", [str(cap.parent)], store_path=base, source="sample-photos", progress=False, echo=lambda s: None)
-    a, b = _copy(base, tmp_path, "local"), _copy(base, tmp_path, "ray")
-    params = {"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None}
+    d = tmp_path_factory.mktemp("ray_photos")
+    cap = write_photos(d / "photos")
+    path = str(d / "photos.duckdb")
+    ingest("folder", [str(cap.parent)], store_path=path, source="sample-photos", progress=False, echo=lambda s: None)
+    return path
+
+
+@pytest.mark.parametrize("name,params,attribute,read", [
+    ("nsfw", {"high": 0.8, "low": 0.2, "adult_domains": [], "embedding_score": None}, "nsfw_image", "p_nsfw="),
+    ("faces", {"detector": "haar", "min_gender_confidence": 80.0}, "face_count", "Haar")])
+def test_image_annotators_read_the_stored_images_on_ray_workers_as_locally(local_ray, photo_store, tmp_path, name,
+                                                                          params, attribute, read):
+    """The image annotators (open_nsfw; the face detector and age/gender model) run in the Ray workers, which open
+    the stored images themselves (absolute references, not the driver's working directory)."""
+    from audit.annotators.base import run_annotator
+
+    a, b = _copy(photo_store, tmp_path, "local"), _copy(photo_store, tmp_path, "ray")
     for path, engine in ((a, LOCAL), (b, RAY)):
-        run_annotator("nsfw", path, params=params, force=True, echo=lambda s: None, engine=engine)
-    got_a, _, _ = _outputs(a, "annotate", "nsfw", ["nsfw", "nsfw_image"])
-    got_b, run_b, rej_b = _outputs(b, "annotate", "nsfw", ["nsfw", "nsfw_image"])
+        run_annotator(name, path, params=params, force=True, echo=lambda s: None, engine=engine)
+    attrs = sorted(ANNOTATORS.get(name).attributes)
+    got_a, _, _ = _outputs(a, "annotate", name, attrs)
+    got_b, run_b, rej_b = _outputs(b, "annotate", name, attrs)
     pd.testing.assert_frame_equal(got_a, got_b)
-    image = got_b[got_b["attribute"] == "nsfw_image"]
-    assert len(image) >= 5 and image["method"].str.contains("p_nsfw=").all()   # every photo was read and scored
+    image = got_b[got_b["attribute"] == attribute]
+    assert len(image) >= 5 and image["method"].str.contains(read).all()
+    assert not image["method"].str.contains("unreadable|no stored image").any()   # every photo was read
     assert "engine ray" in run_b["note"] and rej_b.empty

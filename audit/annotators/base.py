@@ -103,10 +103,10 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
     if cls.row_columns or cls.vector_columns:
         with Store.detached(store_path) as rd:
             streamed = parts.is_parts_table(rd, "samples")
-        if streamed and cls.vector_columns:
+        if streamed and not cls.row_columns:
             return _run_vectors(cls, store_path, run_id, full, model, random_weights, echo, engine)
         if streamed:
-            return _run_streamed(cls, store_path, run_id, full, random_weights, echo, engine)
+            return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo, engine)
     require_local(engine, f"annotator {name} on a store of the older layout")
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
@@ -162,48 +162,68 @@ def _annotate_vectors(payload: tuple, vectors: dict) -> tuple[dict, tuple]:
     return _by_attribute(out)
 
 
-def _run_streamed(cls, store_path: str, run_id: int, params: dict, random_weights: bool, echo,
+def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool, echo,
                   engine: Engine | None) -> pd.DataFrame:
+    """A row-local annotator on ``engine``. One that declares ``vector_columns`` too (copyright: its visual part)
+    first runs its vector pass when given a model; the labels that pass staged join the samples as columns (named
+    by attribute), and ``params["vector_pass"]`` holds the pass's meta, so the row pass can combine them."""
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path) as rd:
+            found, infos, rejected, meta = {}, [], [], {}
+            if cls.vector_columns and model:
+                found, infos, rejected, meta = _vector_pass(cls, rd, model, params, run_id, engine, echo)
+                params = {**params, "vector_pass": meta}
             inputs = {a: rd.check_score(n) for a, n in cls().row_scores(rd, params).items()}
             if inputs:
                 params = {**params, "row_scores": inputs}
-            found, infos, n_samples, rejected = over_samples(engine, rd, _annotate_batch, (cls.name, params),
-                                                             columns=cls.row_columns, table="annotations",
-                                                             run_id=run_id, scores=inputs)
-    return _register(cls, store_path, run_id, found, infos, n_samples, rejected, random_weights, {}, echo, engine)
+            labels = {a: [str(rd.parts_dir() / f) for f, _ in v] for a, v in found.items()}
+            found_r, infos_r, n_samples, rejected_r = over_samples(engine, rd, _annotate_batch, (cls.name, params),
+                                                                   columns=cls.row_columns, table="annotations",
+                                                                   run_id=run_id, scores=inputs, labels=labels)
+    for a, v in found_r.items():
+        found.setdefault(a, []).extend(v)
+    seen = {u for u, _ in rejected}
+    rejected += [(u, m) for u, m in rejected_r if u not in seen]
+    return _register(cls, store_path, run_id, found, infos + infos_r, n_samples, rejected, random_weights, meta,
+                     echo, engine)
 
 
-def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool, echo,
-                 engine: Engine | None) -> pd.DataFrame:
-    """A vector-local annotator on ``engine``: the model's vector parts a batch at a time; every sample without a
-    vector gets the annotator's ``without_vectors`` rows (``unknown``), so each attribute has a row per sample."""
+def _vector_pass(cls, rd: Store, model: str, params: dict, run_id: int, engine: Engine | None, echo):
+    """The model's vector parts a batch at a time; every sample without a vector gets the annotator's
+    ``without_vectors`` rows (``unknown``), so each of these attributes has a row per sample. Returns (staged parts
+    per attribute, batch infos, rejects, the annotator's meta)."""
     from audit.engine import over_vectors
     from audit.store.streamed import BATCH_ROWS
     from audit.store.vectors import samples_without_vectors
 
+    annotator = cls()
+    prepared, meta = annotator.prepare_vectors(rd, model, params, echo)
+    checkpoint("annotate.computing")
+    found, infos, _, rejected, files = over_vectors(engine, rd, model, _annotate_vectors, (cls.name, prepared),
+                                                    columns=cls.vector_columns, table="annotations", run_id=run_id)
+    for uids in samples_without_vectors(rd, files, BATCH_ROWS):
+        groups, info = _by_attribute(annotator.without_vectors(uids.to_numpy(zero_copy_only=False), prepared))
+        for a, sub in groups.items():
+            found.setdefault(a, []).append(parts.stage_part(rd.parts_dir(), "annotations", a, sub, run_id=run_id))
+        infos.append(info)
+    return found, infos, rejected, meta
+
+
+def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool, echo,
+                 engine: Engine | None) -> pd.DataFrame:
+    """A vector-local annotator on ``engine`` (``_vector_pass``), registered in one transaction."""
     with failed_run_guard(store_path, run_id):
         with Store.detached(store_path, memory_limit="1GB") as rd:
-            annotator = cls()
-            prepared, meta = annotator.prepare_vectors(rd, model, params, echo)
             n_samples = int(rd.count("samples"))
-            checkpoint("annotate.computing")
-            found, infos, _, rejected, files = over_vectors(engine, rd, model, _annotate_vectors, (cls.name, prepared),
-                                                            columns=cls.vector_columns, table="annotations",
-                                                            run_id=run_id)
-            for uids in samples_without_vectors(rd, files, BATCH_ROWS):
-                groups, info = _by_attribute(annotator.without_vectors(uids.to_numpy(zero_copy_only=False), prepared))
-                for a, sub in groups.items():
-                    found.setdefault(a, []).append(parts.stage_part(rd.parts_dir(), "annotations", a, sub, run_id=run_id))
-                infos.append(info)
-    return _register(cls, store_path, run_id, found, infos, n_samples, rejected,
-                     random_weights or bool(meta.get("random_weights")), meta, echo, engine)
+            found, infos, rejected, meta = _vector_pass(cls, rd, model, params, run_id, engine, echo)
+    return _register(cls, store_path, run_id, found, infos, n_samples, rejected, random_weights, meta, echo, engine)
 
 
 def _register(cls, store_path: str, run_id: int, found: dict, infos: list, n_samples: int, rejected: list,
               random_weights: bool, meta: dict, echo, engine: Engine | None) -> pd.DataFrame:
-    """Every staged attribute and the run's end in one transaction; returns the label counts."""
+    """Every staged attribute and the run's end in one transaction; returns the label counts. ``meta``: the
+    catalogue's ``method`` and the attributes to flag as not meaningful (``random_weights``: True for all, or
+    their names), else what the batches' frames said in their attrs."""
     staged: dict[str, list[tuple[str, int]]] = {a: [] for a in cls.attributes}
     for k, v in found.items():
         staged.setdefault(k, []).extend(v)
@@ -213,10 +233,15 @@ def _register(cls, store_path: str, run_id: int, found: dict, infos: list, n_sam
         for k, v in c.items():
             counts[k] = counts.get(k, 0) + v
         attrs = attrs or a
+    flags = attrs.get("random_weights", False)
+    flagged = set(staged) if flags is True else set(flags or ())
     checkpoint("annotate.computed")
     with Store.writer(store_path) as st, st.transaction():   # every attribute and the run's end, or nothing
-        st.register_annotations(staged, run_id=run_id, method=attrs.get("method", cls.method),
-                                descriptions=cls.attributes, imputed=cls.imputed, random_weights=random_weights)
+        for group, rw in (({a: v for a, v in staged.items() if a not in flagged}, random_weights),
+                          ({a: v for a, v in staged.items() if a in flagged}, True)):
+            if group:
+                st.register_annotations(group, run_id=run_id, method=attrs.get("method", cls.method),
+                                        descriptions=cls.attributes, imputed=cls.imputed, random_weights=rw)
         st.replace_stage_rejects("annotate", f"{cls.name}: ", plugin_rejects("annotate", cls.name, rejected, run_id))
         checkpoint("annotate.written")
         st.end_run(run_id, rows_in=n_samples, rows_out=sum(counts.values()), rows_rejected=len(rejected),

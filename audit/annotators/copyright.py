@@ -26,7 +26,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator, AnnotatorContext
+from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator
 from audit.annotators.domain import by_host, host_of, parse_host
 
 STOCK_DOMAINS = frozenset({
@@ -121,8 +121,31 @@ class Copyright(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [("datacomp_l14" if "datacomp_l14" in models else None, {"margin": 0.2})]
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        frame = ctx.samples(["caption", "url"])
+    # Two passes on either engine: with --model, the visual zero-shot over the vector parts first; then the domain
+    # and caption rules row by row, with that pass's visual label joined to each sample, combined into one label.
+    row_columns = ("caption", "url")
+    vector_columns = ("img",)
+
+    def prepare_vectors(self, store, model: str | None, params: dict, echo) -> tuple[dict, dict]:
+        from audit.annotators.zeroshot import prepare_tasks
+
+        prepared, _, flagged = prepare_tasks(store, model, {"copyright_visual": VISUAL},
+                                             margin=float(params.get("margin", 0.2)), background=VISUAL_NONE,
+                                             text_model=params.get("text_model"))
+        method = self.method + (" [visual part: RANDOM/SIMULATED text encoder, not meaningful]" if flagged else "")
+        return prepared, {"method": method, "random_weights": ["copyright_visual", "copyright"] if flagged else False}
+
+    def compute_vectors(self, vectors: dict, prepared: dict) -> pd.DataFrame:
+        from audit.annotators.zeroshot import label_vectors
+
+        return _visual(label_vectors(vectors["uid"].to_numpy(zero_copy_only=False), vectors["img"], prepared))
+
+    def without_vectors(self, uids, prepared: dict) -> pd.DataFrame:
+        from audit.annotators.zeroshot import without_vectors
+
+        return _visual(without_vectors(uids, prepared))
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
         n = len(frame)
         uids = frame["uid"].to_numpy(dtype=object)
         pairs = by_host(frame["url"], host_kind)
@@ -131,21 +154,17 @@ class Copyright(Annotator):
         marks = [caption_marker(t) for t in frame["caption"].tolist()]
         cap = np.array([UNKNOWN if m is None else ("marker" if m else "none") for m in marks], dtype=object)
         mark_txt = np.array([m or "" for m in marks], dtype=object)
-        flagged = False
-        if ctx.model:
-            from audit.annotators.zeroshot import run_zero_shot
-
-            vis_frame, enc_label, flagged = run_zero_shot(
-                ctx, {"copyright_visual": VISUAL}, margin=float(ctx.params.get("margin", 0.2)),
-                background=VISUAL_NONE, text_model=ctx.params.get("text_model"))
-            vis_frame["label"] = vis_frame["label"].where(vis_frame["method"].str.endswith("no person") == False,  # noqa: E712
-                                                          "none")
-            vis_frame["method"] = vis_frame["method"].str.replace("; no person", "; everyday scene", regex=False)
-            vis = vis_frame["label"].to_numpy(dtype=object)
+        visual_pass = params.get("vector_pass")
+        parts = []
+        if visual_pass is not None:     # the vector pass's labels (a sample it rejected: unknown)
+            vis = frame["copyright_visual"].astype(object).where(frame["copyright_visual"].notna(), UNKNOWN)
+            vis = vis.to_numpy(dtype=object)
+            flagged = bool(visual_pass.get("random_weights"))
         else:
             vis = np.full(n, UNKNOWN, dtype=object)
-            vis_frame = pd.DataFrame({"uid": uids, "attribute": "copyright_visual", "label": vis, "confidence": 0.0,
-                                      "method": "CLIP zero-shot not run (no --model)"})
+            flagged = False
+            parts.append(pd.DataFrame({"uid": uids, "attribute": "copyright_visual", "label": vis, "confidence": 0.0,
+                                       "method": "CLIP zero-shot not run (no --model)"}))
         label = combine(dom, cap, vis)
         evidence = []
         for d, dn, c, m, v in zip(dom, dom_name, cap, mark_txt, vis):
@@ -169,10 +188,13 @@ class Copyright(Annotator):
             pd.DataFrame({"uid": uids, "attribute": "copyright_caption", "label": cap,
                           "confidence": np.where(cap == UNKNOWN, 0.0, np.where(cap == "marker", 0.9, 0.5)),
                           "method": ["caption markers" + (f"; '{m}'" if m else "") for m in mark_txt]}),
-            vis_frame[["uid", "attribute", "label", "confidence", "method"]],
+            *parts,
         ]
-        out = pd.concat(parts, ignore_index=True)
-        out.attrs["random_weights"] = ["copyright_visual", "copyright"] if flagged else False
-        if flagged:
-            out.attrs["method"] = self.method + " [visual part: RANDOM/SIMULATED text encoder, not meaningful]"
-        return out
+        return pd.concat(parts, ignore_index=True)
+
+
+def _visual(frame: pd.DataFrame) -> pd.DataFrame:
+    """Zero-shot rows as copyright_visual labels: the top class an everyday scene -> ``none`` ("everyday scene")."""
+    scene = frame["method"].str.endswith("no person")
+    return frame.assign(label=frame["label"].where(~scene, "none"),
+                        method=frame["method"].str.replace("; no person", "; everyday scene", regex=False))

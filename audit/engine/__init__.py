@@ -61,20 +61,21 @@ def from_args(a: argparse.Namespace) -> Engine:
 
 
 def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int,
-                 scores: dict[str, str] | None = None):
+                 scores: dict[str, str] | None = None, labels: dict[str, list[str]] | None = None):
     """``fn`` over every sample (``store``: a read-only Store of a parts-layout store): ``over_files`` on the
-    samples' registered parts; with ``scores`` ({column: stored score name}) on one file of the samples joined with
-    those scores (``streamed.joined_samples``). Raises when the rows read are not the store's samples (a part
-    changed meanwhile)."""
+    samples' registered parts; with ``scores`` ({column: stored score name}) or ``labels`` ({column: staged
+    annotation parts}) on one file of the samples joined with them (``streamed.joined_samples``). Raises when the
+    rows read are not the store's samples (a part changed meanwhile)."""
     import contextlib
 
     from audit.store import parts
     from audit.store.streamed import check_rows, joined_samples
 
     with contextlib.ExitStack() as stack:
-        if scores:
-            files = stack.enter_context(joined_samples(store, list(columns), scores, run_id, (engine or LOCAL).batch_rows))
-            columns = [*columns, *scores]
+        if scores or labels:
+            files = stack.enter_context(joined_samples(store, list(columns), scores or {}, run_id,
+                                                       (engine or LOCAL).batch_rows, labels))
+            columns = [*columns, *(scores or {}), *(labels or {})]
         else:
             files = parts.part_files(store, "samples")
         out = over_files(engine, files, fn, payload, columns=columns, root=store.parts_dir(), table=table,
@@ -136,8 +137,8 @@ def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns,
 def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
-        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: the row-local plug-ins, "
-                         "the vector scores and annotators, negclip; see README, 'On a cluster')")
+        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: every annotator, "
+                         "and the scores but vas-d, image-based, metaclip and semdedup; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

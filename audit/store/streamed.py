@@ -187,21 +187,26 @@ def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, tab
 
 
 @contextlib.contextmanager
-def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: int, batch_rows: int | None):
+def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: int, batch_rows: int | None,
+                   labels: dict[str, list[str]] | None = None):
     """One Parquet file of every sample's uid + ``columns`` + each stored score of ``scores`` ({column: score name})
-    as a column (NaN where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read
-    stored scores too. DuckDB streams the join to disk; nothing of the pool is held here. The file is under the
-    parts folder (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is
-    killed."""
+    and each staged label of ``labels`` ({column: annotation part files}, e.g. a first pass's) as a column (null
+    where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read more than the
+    samples. DuckDB streams the join to disk; nothing of the pool is held here. The file is under the parts folder
+    (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is killed."""
+    from audit.store.parts import sql_files
+
     dest = store.parts_dir() / "inputs" / f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sel = ", ".join([*(f's."{c}"' for c in ["uid", *columns]), *(f'j{i}.value AS "{a}"' for i, a in enumerate(scores))])
-    joins = " ".join(f"LEFT JOIN (SELECT uid, value FROM scores WHERE name = ?) j{i} USING (uid)"
-                     for i in range(len(scores)))
+    sources = [("(SELECT uid, value FROM scores WHERE name = ?)", a, [n]) for a, n in scores.items()]
+    sources += [(f"(SELECT uid, label AS value FROM read_parquet({sql_files(f)}))", a, []) for a, f in (labels or {}).items()]
+    sel = ", ".join([*(f's."{c}"' for c in ["uid", *columns]), *(f'j{i}.value AS "{a}"' for i, (_, a, _) in enumerate(sources))])
+    joins = " ".join(f"LEFT JOIN {rel} j{i} USING (uid)" for i, (rel, _, _) in enumerate(sources))
     target = "'" + str(dest).replace("'", "''") + "'"
     try:
         store.cursor().execute(f"COPY (SELECT {sel} FROM samples s {joins}) TO {target} "
-                               f"(FORMAT parquet, ROW_GROUP_SIZE {batch_rows or BATCH_ROWS})", list(scores.values()))
+                               f"(FORMAT parquet, ROW_GROUP_SIZE {batch_rows or BATCH_ROWS})",
+                               [v for _, _, args in sources for v in args])
         yield [str(dest)]
     finally:
         dest.unlink(missing_ok=True)
