@@ -32,6 +32,8 @@ PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate"
            # row-local plug-ins that read a stored score too (joined to the samples in one input file first)
            ("score laion (b32 score + caption)", ["score", "laion"]),
            ("annotate nsfw (caption, url + laion_nsfw score)", ["annotate", "nsfw"]),
+           # pool passes: the pool's own n-grams, the entries' counts, then the columns
+           ("score metaclip (pool n-grams, t=2,000)", ["score", "metaclip", "--t", "2000"]),
            # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
            ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
            ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),

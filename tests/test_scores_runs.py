@@ -297,6 +297,51 @@ def test_laion_streams_the_samples_joined_with_the_b32_score_and_equals_the_whol
     assert "clip_b32_similarity_score" in cat.loc["laion", "description"] and not left   # the input file is gone
 
 
+@pytest.mark.parametrize("metadata", [False, True], ids=["pool-ngrams", "metadata"])
+def test_metaclip_streams_in_pool_passes_and_equals_the_whole_pool_computation(make_store, monkeypatch, tmp_path,
+                                                                              metadata):
+    """MetaCLIP on the streamed runner (two samples parts, batches of 7): the pool passes (n-grams, entry counts)
+    see every caption, so p, matches and min count equal metaclip_columns on the whole pool; keep equals the keyed
+    draw on the whole pool."""
+    import pandas as pd
+
+    from audit.scores import base
+    from audit.scores.metaclip import draw_keyed, entry_probability, match, metaclip_columns, pool_ngrams
+    from audit.store import streamed
+
+    rng = np.random.default_rng(3)
+    words = ["a", "red", "car", "dog", "on", "the", "beach", "blue", "sky", ",", "."]
+    rows = [{"uid": f"{i:04d}", "caption": None if i == 4 else " ".join(rng.choice(words, rng.integers(1, 6)))}
+            for i in range(60)]
+    path = make_store(rows[:33])
+    with Store.writer(path) as st:
+        st.add_samples(pd.DataFrame(rows[33:]).assign(source="test"))
+    captions = [r["caption"] for r in rows]
+    params = {"t": 4.0, "min_count": 3, "entries_out": None}
+    entries = ["red car", "dog", "blue sky", "beach", "zebra"] if metadata else pool_ngrams(captions, min_count=3)
+    if metadata:
+        f = tmp_path / "meta.txt"
+        f.write_text("\n".join(entries))
+        params["metadata"] = str(f)
+    want, counts = metaclip_columns(captions, entries, t=4.0, rng=np.random.default_rng(0))
+    tids, eids = match(captions, entries)
+    want["metaclip_keep"] = draw_keyed([r["uid"] for r in rows], tids, eids, entry_probability(counts, 4.0),
+                                       seed=5).astype(float)
+    monkeypatch.setattr(streamed, "BATCH_ROWS", 7)
+    lines = []
+    assert base.run_score("metaclip", path, params=params, seed=5, echo=lines.append) == list(want)
+    with Store.reader(path) as st:
+        got = st.score_frame(list(want))
+        cat = st.score_catalog().set_index("name")
+        n_parts = st.scalar("SELECT count(*) FROM parts WHERE table_name = 'scores' AND key = 'metaclip_p'")
+    for name, v in want.items():
+        np.testing.assert_array_equal(got[name].to_numpy(float), v, err_msg=name)
+    assert n_parts == 5 + 4 and len(entries) > 4 and 0 < got["metaclip_keep"].sum() < 60
+    assert f"{len(entries):,} entries" in cat.loc["metaclip_p", "description"]
+    assert any(ln.startswith("head entries") for ln in lines)
+    assert ("no --metadata given" in " ".join(lines)) is not metadata
+
+
 # ---- vector-local scores stream over the vector parts -----------------------------------------------------------
 def test_clip_streams_over_vector_parts_with_missing_foreign_and_nan_rows(make_store):
     """Samples without a vector get a NaN row, a NaN vector a NaN value, a vector whose uid is not a sample is

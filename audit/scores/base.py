@@ -7,6 +7,8 @@ re-run with the same parameters a no-op. Score and decide are separate: threshol
 """
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator
 
@@ -79,6 +81,24 @@ class Score(PlugIn):
 
     def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
         """{column: values} for these samples (a frame of uid + row_columns + row_scores), aligned with its rows."""
+        raise NotImplementedError
+
+    # Row-local scores that also need sums over the pool (MetaCLIP's entry counts) declare pool passes: before the
+    # rows are scored, each pass maps every batch to a mergeable statistic (``+``: numpy arrays, Counters), and
+    # ``pool_finish`` turns the sum into what later passes and compute_rows see as ``params["pooled"]``.
+    def pool_passes(self, params: dict) -> int:
+        return 0
+
+    def pool_start(self, store: Store, params: dict, echo) -> dict:
+        """Once, on the driver, before the first pass: the first ``params["pooled"]`` (e.g. a metadata list)."""
+        return {}
+
+    def pool_statistics(self, frame, params: dict):
+        """One batch's statistic of the current pass (``params["pooled"]`` holds the earlier passes' results)."""
+        raise NotImplementedError
+
+    def pool_finish(self, total, params: dict, echo) -> dict:
+        """On the driver after a pass: its merged statistic -> entries added to ``params["pooled"]``."""
         raise NotImplementedError
 
     def row_scores(self, store: Store, params: dict) -> dict[str, str]:
@@ -253,6 +273,14 @@ def _score_batch(payload: tuple, frame) -> tuple[dict, dict]:
     return out, info
 
 
+def _pool_batch(payload: tuple, frame) -> tuple[dict, object]:
+    """One batch's statistic of a pool pass (nothing staged)."""
+    name, params = payload
+    stat = SCORES.get(name)().pool_statistics(frame, params)
+    checkpoint("score.pool_batch")
+    return {}, stat
+
+
 def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | None, random_weights: bool,
                   echo, engine: Engine | None) -> list[str]:
     outputs = cls.output_names(model, params)
@@ -264,6 +292,14 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
             cat = rd.score_catalog().set_index("name").loc[[rd.check_score(n) for n in inputs.values()]]
             random_weights = random_weights or bool(cat["random_weights"].fillna(False).astype(bool).any())
         checkpoint("score.computing")
+        passes = scorer.pool_passes(params)
+        if passes:
+            params = {**params, "pooled": scorer.pool_start(rd, params, echo)}
+        for _ in range(passes):   # sums over the pool, a batch at a time, on the same engine
+            stats = over_samples(engine, rd, _pool_batch, (cls.name, params), columns=list(cls.row_columns),
+                                 table="scores", run_id=run_id, scores=inputs)[1]
+            total = functools.reduce(operator.add, stats) if stats else None
+            params = {**params, "pooled": {**params["pooled"], **scorer.pool_finish(total, params, echo)}}
         staged, infos, n, rejected = over_samples(engine, rd, _score_batch, (cls.name, params),
                                                   columns=[*cls.row_columns, "simulated"], table="scores",
                                                   run_id=run_id, scores=inputs)

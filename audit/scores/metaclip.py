@@ -12,7 +12,10 @@ Matching uses one Aho-Corasick automaton (pyahocorasick) over all " e " strings,
 MetaCLIP's ``metadata.json``). Without one, a list is built from the pool's *own* frequent word n-grams
 (unigrams and bigrams of the spaced captions found in at least ``--min-count`` captions): a stand-in for
 MetaCLIP's 500,000 WordNet/Wikipedia entries, said so in the run's description. The reference's balancing
-draws with the unseeded global ``random``; here the draw is seeded.
+draws with the unseeded global ``random``; here U_{x,e} is a hash of (--seed, the sample's uid, e), so a sample's
+draw does not depend on which batch, worker or engine scores it (version 2; version 1 drew one seeded sequence in
+pool order). The score streams over the captions on either engine: a pass for the pool's own n-grams (without
+``--metadata``), one for the entries' counts, one for the columns.
 Stored columns: ``metaclip_p``, ``metaclip_keep``, ``metaclip_matches`` (number of matched entries) and
 ``metaclip_min_count`` (count of the rarest matched entry; NaN if none).
 """
@@ -25,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext, read_string_list
+from audit.scores.base import SCORES, Score, read_string_list
 
 DEFAULT_T = 20_000
 DEFAULT_MIN_COUNT = 3
@@ -105,8 +108,34 @@ def draw(text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray, n_tex
     return keep
 
 
-def pool_ngrams(captions: Sequence[str], *, min_count: int = DEFAULT_MIN_COUNT, max_n: int = 2) -> list[str]:
-    """Unigrams and bigrams of the spaced captions found in ≥ min_count captions (single punctuation dropped)."""
+def pair_uniforms(uids: Sequence[str], text_ids: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """U_{x,e} in [0, 1) for each (text, entry) pair, a function of (seed, the text's uid, the entry) alone: the
+    same for a sample whatever batch or engine scores it. SipHash of the uid (pandas' hash_array, keyed by the
+    seed), mixed with the entry id by splitmix64, top 53 bits."""
+    import pandas as pd
+
+    key = f"{int(seed) & (2**64 - 1):016x}"[:16]
+    h = pd.util.hash_array(np.asarray(uids, dtype=object), hash_key=key, categorize=False)
+    with np.errstate(over="ignore"):
+        x = h[text_ids] ^ (entry_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def draw_keyed(uids: Sequence[str], text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray,
+               seed: int) -> np.ndarray:
+    """``draw`` with ``pair_uniforms``: keep text x iff some matched e has U_{x,e} < p_e. -> (len(uids),) bool."""
+    hit = pair_uniforms(uids, text_ids, entry_ids, seed) < p_entry[entry_ids]
+    keep = np.zeros(len(uids), dtype=bool)
+    keep[text_ids[hit]] = True
+    return keep
+
+
+def caption_grams(captions: Sequence[str], max_n: int = 2) -> Counter:
+    """Per n-gram of the spaced captions, the number of captions holding it (pool_ngrams' counts)."""
     counts: Counter = Counter()
     for c in captions:
         if not isinstance(c, str):
@@ -116,9 +145,19 @@ def pool_ngrams(captions: Sequence[str], *, min_count: int = DEFAULT_MIN_COUNT, 
         if max_n >= 2:
             grams.update(" ".join(toks[i:i + 2]) for i in range(len(toks) - 1))
         counts.update(grams)
+    return counts
+
+
+def frequent_grams(counts: Counter, min_count: int) -> list[str]:
+    """The n-grams in at least ``min_count`` captions, single punctuation dropped, sorted."""
     drop = set(PUNCT)
     return sorted(g for g, n in counts.items() if n >= min_count and g not in drop
                   and not all(ch in "".join(PUNCT) for ch in g.replace(" ", "")))
+
+
+def pool_ngrams(captions: Sequence[str], *, min_count: int = DEFAULT_MIN_COUNT, max_n: int = 2) -> list[str]:
+    """Unigrams and bigrams of the spaced captions found in ≥ min_count captions (single punctuation dropped)."""
+    return frequent_grams(caption_grams(captions, max_n), min_count)
 
 
 def read_metadata(path: str) -> list[str]:
@@ -153,7 +192,7 @@ def metaclip_columns(captions: Sequence[str], entries: Sequence[str], *, t: floa
 @SCORES.register
 class MetaClip(Score):
     name = "metaclip"
-    version = 1
+    version = 2   # 2: streamed; the keep draw is one uniform per (seed, uid, entry), no longer a pool-order sequence
     uses_model = False
     description = "MetaCLIP curation: keep probability 1 − Π(1 − min(1, t/count_e)) over matched metadata entries"
 
@@ -188,39 +227,92 @@ class MetaClip(Score):
         # metadata from the pool's own n-grams.
         return [(None, {"t": 100.0, "min_count": DEFAULT_MIN_COUNT, "entries_out": None})]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        p = ctx.params
-        caps = ctx.samples(["caption"])["caption"].tolist()
-        if p.get("metadata"):
-            entries = read_metadata(p["metadata"])
-            source = f"{len(entries):,} entries from {Path(p['metadata']).name}"
-        else:
-            entries = pool_ngrams(caps, min_count=int(p.get("min_count", DEFAULT_MIN_COUNT)))
-            source = (f"{len(entries):,} entries built from the pool's OWN unigrams and bigrams (in ≥ "
-                      f"{p.get('min_count', DEFAULT_MIN_COUNT)} captions), not MetaCLIP's 500k WordNet/Wikipedia list")
-            ctx.echo(f"no --metadata given: {source}")
-        t = float(p.get("t", DEFAULT_T))
-        cols, counts = metaclip_columns(caps, entries, t=t, rng=ctx.rng)
+    # Streamed on either engine, in up to three passes over the captions: the pool's own n-grams (without
+    # --metadata), the entries' match counts, then each sample's columns from those counts.
+    row_columns = ("caption",)
+
+    def pool_passes(self, params: dict) -> int:
+        return 1 if params.get("metadata") else 2
+
+    def pool_start(self, store, params: dict, echo) -> dict:
+        if not params.get("metadata"):
+            return {}
+        entries = read_metadata(params["metadata"])
+        return {"entries": entries, "source": f"{len(entries):,} entries from {Path(params['metadata']).name}"}
+
+    def pool_statistics(self, frame, params: dict):
+        pooled = params["pooled"]
+        captions = frame["caption"].tolist()
+        if "entries" not in pooled:
+            return caption_grams(captions)
+        _, eids = match(captions, pooled["entries"], _automaton(pooled["entries"]))
+        return np.bincount(eids, minlength=len(pooled["entries"])).astype(np.int64)
+
+    def pool_finish(self, total, params: dict, echo) -> dict:
+        pooled = params["pooled"]
+        if "entries" not in pooled:
+            min_count = int(params.get("min_count", DEFAULT_MIN_COUNT))
+            entries = frequent_grams(total or Counter(), min_count)
+            source = (f"{len(entries):,} entries built from the pool's OWN unigrams and bigrams (in ≥ {min_count} "
+                      "captions), not MetaCLIP's 500k WordNet/Wikipedia list")
+            echo(f"no --metadata given: {source}")
+            return {"entries": entries, "source": source}
+        entries = pooled["entries"]
+        counts = total if total is not None else np.zeros(len(entries), np.int64)
+        t = float(params.get("t", DEFAULT_T))
         head = np.argsort(-counts, kind="stable")[:8]
-        ctx.echo("head entries (count): " + ", ".join(f"{entries[i]!r} ({counts[i]:,})" for i in head))
-        ctx.echo(f"entries matched at least once: {(counts > 0).sum():,} of {len(entries):,}; "
-                 f"above t={t:g}: {(counts > t).sum():,}")
+        echo("head entries (count): " + ", ".join(f"{entries[i]!r} ({counts[i]:,})" for i in head))
+        echo(f"entries matched at least once: {(counts > 0).sum():,} of {len(entries):,}; above t={t:g}: "
+             f"{(counts > t).sum():,}")
         if (counts > t).sum() == 0:
-            ctx.echo(f"warning: no entry is matched more than t={t:g} times in these {len(caps):,} captions, so "
-                     f"balancing removes nothing and every matched caption is kept; t = 20,000 was chosen for a "
-                     f"1.6B-row pool, scale it to the pool (the demo uses t = 100 on 100k rows)")
-        if p.get("entries_out"):
+            echo(f"warning: no entry is matched more than t={t:g} times in this pool, "
+                 f"so balancing removes nothing and every matched caption is kept; t = 20,000 was chosen for a "
+                 f"1.6B-row pool, scale it to the pool (the demo uses t = 100 on 100k rows)")
+        if params.get("entries_out"):
             import pandas as pd
 
             from audit.export.csvsafe import to_csv
 
             to_csv(pd.DataFrame({"entry": entries, "count": counts, "p": entry_probability(counts, t)}),
-                   p["entries_out"])
-            ctx.echo(f"entry counts -> {p['entries_out']}")
-        self.run_description = {
+                   params["entries_out"])
+            echo(f"entry counts -> {params['entries_out']}")
+        return {"counts": counts}
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
+        pooled = params["pooled"]
+        entries, counts = pooled["entries"], pooled["counts"]
+        captions = frame["caption"].tolist()
+        n = len(captions)
+        tids, eids = match(captions, entries, _automaton(entries))
+        p_e = entry_probability(counts, float(params.get("t", DEFAULT_T)))
+        n_match = np.bincount(tids, minlength=n).astype(float) if len(tids) else np.zeros(n)
+        min_count = np.full(n, np.inf)
+        if len(tids):
+            np.minimum.at(min_count, tids, counts[eids].astype(float))
+        min_count[np.isinf(min_count)] = np.nan
+        keep = draw_keyed(frame["uid"].tolist(), tids, eids, p_e, int(params.get("seed") or 0))
+        return {"metaclip_p": keep_probability(tids, eids, p_e, n), "metaclip_keep": keep.astype(float),
+                "metaclip_matches": n_match, "metaclip_min_count": min_count}
+
+    def run_descriptions(self, params: dict) -> dict[str, str]:
+        t = float(params.get("t", DEFAULT_T))
+        source = params["pooled"]["source"]
+        return {
             "metaclip_p": f"{self.description}; t={t:g}; metadata: {source}; case-sensitive space-delimited matching",
-            "metaclip_keep": f"MetaCLIP seeded draw (seed {p.get('seed')}): 1 if kept; unmatched captions never kept",
+            "metaclip_keep": f"MetaCLIP seeded draw (seed {params.get('seed')}; one uniform per (uid, entry)): 1 if "
+                             "kept; unmatched captions never kept",
             "metaclip_matches": "MetaCLIP: number of metadata entries the caption matches",
             "metaclip_min_count": "MetaCLIP: pool count of the caption's rarest matched entry (NaN: none matched)",
         }
-        return cols
+
+
+_AUTOMATA: dict = {}
+
+
+def _automaton(entries: Sequence[str]):
+    """The Aho-Corasick automaton of these entries, built once per process (the batches of a run share it)."""
+    key = (len(entries), hash(tuple(entries)))
+    if key not in _AUTOMATA:
+        _AUTOMATA.clear()
+        _AUTOMATA[key] = build_automaton(entries)
+    return _AUTOMATA[key]
