@@ -86,7 +86,7 @@ def test_the_row_and_vector_local_plug_ins_are_the_ones_on_ray():
     assert {("score", "basic"), ("score", "text-based"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
             ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas"),
             ("annotate", "zeroshot"), ("score", "laion"), ("annotate", "nsfw"), ("annotate", "faces"),
-            ("annotate", "copyright"), ("score", "metaclip")} <= set(ON_RAY)
+            ("annotate", "copyright"), ("score", "metaclip"), ("score", "image-based")} <= set(ON_RAY)
     assert DEMO_ANNOTATE["copyright"][0] == "datacomp_l14"      # with its visual (vector) pass
     assert DEMO_RUN["normsim"][1]["classes"] and DEMO_RUN["clip"][0] == "datacomp_b32"
 

@@ -342,6 +342,64 @@ def test_metaclip_streams_in_pool_passes_and_equals_the_whole_pool_computation(m
     assert ("no --metadata given" in " ".join(lines)) is not metadata
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_image_based_streams_in_passes_and_equals_the_whole_pool_computation(make_store, monkeypatch, tmp_path, ratio):
+    """image-based on the streamed runner (two vector parts, batches of 7; a NaN vector, a sample without one, a
+    caption that fails the rule): k-means trained on the same points as the whole-pool computation (all the
+    caption-passing finite vectors in part order, or their keyed sample), so every column equals it."""
+    import pandas as pd
+
+    from audit import lang
+    from audit.scores import base
+    from audit.scores.image_based import assign, caption_prefilter, kmeans, target_clusters
+    from audit.store import streamed
+    from audit.store.vectors import write_vectors
+
+    rng = np.random.default_rng(9)
+    n, d = 80, 6
+    uids = [f"s{i:03d}" for i in range(n)]
+    caps = ["a photo of a dog on the beach" if i % 5 else "dog" for i in range(n)]    # every 5th fails the rule
+    centers = rng.normal(size=(4, d))
+    img = (centers[rng.integers(0, 4, n)] + 0.1 * rng.normal(size=(n, d))).astype(np.float32)
+    img[3] = np.nan
+    path = make_store([{"uid": u, "caption": c} for u, c in zip(uids, caps)] + [{"uid": "zz", "caption": caps[1]}])
+    with Store.writer(path) as st:
+        run = st.start_run("test", "vectors", params={})
+        for k, sl in enumerate((slice(0, 45), slice(45, n))):
+            write_vectors(st, "m", str(k), uids[sl], img[sl], img[sl])
+        st.register_model("m", dim=d, backend="test", arch="m", pretrained=None, random_weights=False, run_id=run)
+        st.end_run(run)
+    target = tmp_path / "t.npy"
+    np.save(target, centers[:1])
+    monkeypatch.setattr(lang, "is_english", lambda texts: np.ones(len(texts), bool))
+    monkeypatch.setattr(streamed, "BATCH_ROWS", 7)
+    params = {"target": str(target), "clusters": 3, "niter": 20, "sample_ratio": ratio, "assign": "ip"}
+    out = base.run_score("image-based", path, model="m", params=params, seed=2, echo=lambda s: None)
+    with Store.reader(path) as st:
+        got = st.score_frame(out).set_index("uid")
+    # the whole pool at once
+    cap_ok = caption_prefilter(caps, np.ones(n, bool))
+    finite = np.isfinite(img).all(axis=1)
+    unit = img[finite] / np.linalg.norm(img[finite], axis=1, keepdims=True)
+    train = unit[cap_ok[finite]]
+    if ratio < 1:
+        tu = np.array(uids)[finite][cap_ok[finite]]
+        train = train[base.keyed_uniforms(tu, np.arange(len(tu)), np.zeros(len(tu), np.int64), 2) < ratio]
+    centroids = kmeans(train, 3, niter=20, seed=2)
+    t = np.load(target)
+    cluster = np.full(n, np.nan)
+    cluster[finite] = assign(unit, centroids)
+    in_target = np.where(np.isnan(cluster), np.nan, np.isin(cluster, target_clusters(t / np.linalg.norm(t), centroids)))
+    keep = np.where(np.isnan(in_target), np.nan, (in_target == 1) & cap_ok)
+    np.testing.assert_array_equal(got.loc[uids, "image_based_cluster_m"].to_numpy(float), cluster)
+    np.testing.assert_array_equal(got.loc[uids, "image_based_target_m"].to_numpy(float), in_target)
+    np.testing.assert_array_equal(got.loc[uids, "image_based_m"].to_numpy(float), keep)
+    np.testing.assert_array_equal(got.loc[uids, "image_based_caption_m"].to_numpy(float), cap_ok.astype(float))
+    assert np.isnan(got.loc["zz", ["image_based_m", "image_based_target_m", "image_based_cluster_m"]].to_numpy(float)).all()
+    assert got.loc["zz", "image_based_caption_m"] == 1.0 and 0 < np.nansum(keep) < n
+    assert bool(len(train) < cap_ok[finite].sum()) is (ratio < 1)
+
+
 # ---- vector-local scores stream over the vector parts -----------------------------------------------------------
 def test_clip_streams_over_vector_parts_with_missing_foreign_and_nan_rows(make_store):
     """Samples without a vector get a NaN row, a NaN vector a NaN value, a vector whose uid is not a sample is

@@ -53,7 +53,8 @@ def test_any_of_probability_matches_a_direct_simulation():
 def test_keyed_draw_is_a_function_of_seed_uid_and_entry_and_keeps_at_the_exact_rate():
     """draw_keyed's uniforms depend on (seed, uid, entry) only: a sample's decision is the same in any batch; over
     many seeds each text is kept at keep_probability (the same oracle as the sequential draw above)."""
-    from audit.scores.metaclip import draw_keyed, pair_uniforms
+    from audit.scores.base import keyed_uniforms
+    from audit.scores.metaclip import draw_keyed
 
     p = np.array([0.25, 0.5, 0.1])
     tids = np.array([0, 0, 1, 2, 2, 2])
@@ -63,11 +64,11 @@ def test_keyed_draw_is_a_function_of_seed_uid_and_entry_and_keeps_at_the_exact_r
     trials = 20_000
     freq = sum(draw_keyed(uids, tids, eids, p, seed).astype(int) for seed in range(trials)) / trials
     assert np.abs(freq - exact).max() < 0.011 and freq[3] == 0.0        # 3 SE at 20k trials; unmatched never kept
-    u = pair_uniforms(uids, tids, eids, 7)
+    u = keyed_uniforms(uids, tids, eids, 7)
     # "c" alone in a batch of its own (text id 0 there): the same uniforms for its pairs
-    assert pair_uniforms(["c"], np.array([0, 0, 0]), np.array([0, 1, 2]), 7).tolist() == u[3:].tolist()
-    assert not np.array_equal(u, pair_uniforms(uids, tids, eids, 8))       # another seed, another draw
-    big = pair_uniforms([f"u{i}" for i in range(50_000)], np.arange(50_000), np.zeros(50_000, np.int64), 1)
+    assert keyed_uniforms(["c"], np.array([0, 0, 0]), np.array([0, 1, 2]), 7).tolist() == u[3:].tolist()
+    assert not np.array_equal(u, keyed_uniforms(uids, tids, eids, 8))       # another seed, another draw
+    big = keyed_uniforms([f"u{i}" for i in range(50_000)], np.arange(50_000), np.zeros(50_000, np.int64), 1)
     assert 0 <= big.min() and big.max() < 1 and abs(big.mean() - 0.5) < 0.005    # uniform: SE 0.0013
     assert np.histogram(big, bins=10, range=(0, 1))[0].min() > 4_700               # each tenth ~5,000 ± 67
 

@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
-from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local
+from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local, stage
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, failed_run_guard, param_key, parts
@@ -103,10 +103,10 @@ def run_annotator(name: str, store_path: str, *, params: dict | None = None, mod
     if cls.row_columns or cls.vector_columns:
         with Store.detached(store_path) as rd:
             streamed = parts.is_parts_table(rd, "samples")
-        if streamed and not cls.row_columns:
-            return _run_vectors(cls, store_path, run_id, full, model, random_weights, echo, engine)
         if streamed:
-            return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo, engine)
+            with stage(engine):
+                run = _run_streamed if cls.row_columns else _run_vectors
+                return run(cls, store_path, run_id, full, model, random_weights, echo, engine)
     require_local(engine, f"annotator {name} on a store of the older layout")
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = AnnotatorContext(store=rd, params=full, rng=np.random.default_rng(seed), model=model, echo=echo)
@@ -176,10 +176,10 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
             inputs = {a: rd.check_score(n) for a, n in cls().row_scores(rd, params).items()}
             if inputs:
                 params = {**params, "row_scores": inputs}
-            labels = {a: [str(rd.parts_dir() / f) for f, _ in v] for a, v in found.items()}
+            labels = {a: ([str(rd.parts_dir() / f) for f, _ in v], "label") for a, v in found.items()}
             found_r, infos_r, n_samples, rejected_r = over_samples(engine, rd, _annotate_batch, (cls.name, params),
                                                                    columns=cls.row_columns, table="annotations",
-                                                                   run_id=run_id, scores=inputs, labels=labels)
+                                                                   run_id=run_id, scores=inputs, staged=labels)
     for a, v in found_r.items():
         found.setdefault(a, []).extend(v)
     seen = {u for u, _ in rejected}

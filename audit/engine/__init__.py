@@ -11,6 +11,7 @@ parameter of the run (a rerun with the other engine is a no-op), only a note on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 
 ENGINES = ("local", "ray")
@@ -60,22 +61,33 @@ def from_args(a: argparse.Namespace) -> Engine:
     return Engine(a.engine, a.address, a.num_cpus, a.num_gpus_per_worker, a.batch_rows)
 
 
-def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int,
-                 scores: dict[str, str] | None = None, labels: dict[str, list[str]] | None = None):
-    """``fn`` over every sample (``store``: a read-only Store of a parts-layout store): ``over_files`` on the
-    samples' registered parts; with ``scores`` ({column: stored score name}) or ``labels`` ({column: staged
-    annotation parts}) on one file of the samples joined with them (``streamed.joined_samples``). Raises when the
-    rows read are not the store's samples (a part changed meanwhile)."""
-    import contextlib
+@contextlib.contextmanager
+def stage(engine: Engine | None):
+    """The engine for a whole stage: on Ray, one session (the connection, or a local Ray started once) shared by
+    all of the stage's passes (metaclip has three, image-based four), instead of one per pass."""
+    if engine is None or not engine.is_ray:
+        yield
+        return
+    from audit.engine.ray_data import session
 
+    with session(engine):
+        yield
+
+
+def over_samples(engine: Engine | None, store, fn, payload, *, columns, table: str, run_id: int,
+                 scores: dict[str, str] | None = None, staged: dict[str, tuple[list[str], str]] | None = None):
+    """``fn`` over every sample (``store``: a read-only Store of a parts-layout store): ``over_files`` on the
+    samples' registered parts; with ``scores`` ({column: stored score name}) or ``staged`` ({column: (staged
+    part files, their column)}) on one file of the samples joined with them (``streamed.joined_samples``). Raises when the
+    rows read are not the store's samples (a part changed meanwhile)."""
     from audit.store import parts
     from audit.store.streamed import check_rows, joined_samples
 
     with contextlib.ExitStack() as stack:
-        if scores or labels:
+        if scores or staged:
             files = stack.enter_context(joined_samples(store, list(columns), scores or {}, run_id,
-                                                       (engine or LOCAL).batch_rows, labels))
-            columns = [*columns, *(scores or {}), *(labels or {})]
+                                                       (engine or LOCAL).batch_rows, staged))
+            columns = [*columns, *(scores or {}), *(staged or {})]
         else:
             files = parts.part_files(store, "samples")
         out = over_files(engine, files, fn, payload, columns=columns, root=store.parts_dir(), table=table,
@@ -138,7 +150,7 @@ def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
         raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: every annotator, "
-                         "and the scores but vas-d, image-based and semdedup; see README, 'On a cluster')")
+                         "and the scores but vas-d and semdedup; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
-from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local
+from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejects, require_local, stage
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, StoreError, failed_run_guard, slug
@@ -122,6 +122,16 @@ class Score(PlugIn):
         their uids (an Arrow string array) under ``uid``."""
         raise NotImplementedError
 
+    # A score of several passes (image-based: the caption rule, k-means on a sample, each vector's cluster, the
+    # combined rule) sets multi_pass and implements stream(), built from the engine's passes (engine.over_samples,
+    # vector_pass); the runner registers what it staged. Its batch steps are compute_rows / compute_vectors.
+    multi_pass: ClassVar[bool] = False
+
+    def stream(self, store: Store, run_id: int, params: dict, model: str | None, engine: Engine | None,
+               echo) -> tuple[dict, list, list, dict[str, str]]:
+        """(staged parts per output column, batch infos, rejects, {column: description})."""
+        raise NotImplementedError
+
     @classmethod
     def vector_block_rows(cls, params: dict) -> int | None:
         """None: any batch of samples is scored on its own. A number: the score draws from a whole block of
@@ -170,7 +180,7 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
               engine: Engine | None = None) -> list[str]:
     """Compute and store one score (row-local scores on ``engine``, default local). Returns the stored names."""
     cls = SCORES.get(name)
-    if not (cls.row_columns or cls.vector_columns):
+    if not (cls.row_columns or cls.vector_columns or cls.multi_pass):
         require_local(engine, f"score {name}")
     params = cls.complete_params(dict(params or {}))
     with Store.writer(store_path) as st:
@@ -187,14 +197,14 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
             return outputs
         run_id = st.start_run("score", name, params=full, version=cls.version, model=model,
                               random_weights=random_weights)
-        streamed = bool(cls.row_columns or cls.vector_columns) and parts.is_parts_table(st, "samples")
+        streamed = bool(cls.row_columns or cls.vector_columns or cls.multi_pass) and parts.is_parts_table(st, "samples")
         if not streamed:
             require_local(engine, f"score {name} on a store of the older layout")
         uids = None if streamed else st.sample_uids()
-    if streamed and cls.vector_columns:
-        return _run_vectors(cls, store_path, run_id, full, model, random_weights, echo, engine)
     if streamed:
-        return _run_streamed(cls, store_path, run_id, full, model, random_weights, echo, engine)
+        run = _run_passes if cls.multi_pass else _run_vectors if cls.vector_columns else _run_streamed
+        with stage(engine):
+            return run(cls, store_path, run_id, full, model, random_weights, echo, engine)
     # compute without holding the write lock
     with failed_run_guard(store_path, run_id), Store.detached(store_path) as rd:
         ctx = ScoreContext(store=rd, uids=uids, model=model, params=full, rng=np.random.default_rng(seed), echo=echo)
@@ -344,34 +354,69 @@ def _vector_batch(payload: tuple, vectors: dict) -> tuple[dict, dict]:
     return out, info
 
 
-def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
-                 echo, engine: Engine | None) -> list[str]:
-    """A vector-local score on ``engine``: the model's vector parts a batch at a time (bounded memory on either
-    engine), every sample without a vector a NaN row (as the in-memory path wrote), registered in one transaction."""
+def vector_pass(name: str, rd: Store, model: str, prepared: dict, outputs: list[str], *, run_id: int,
+                engine: Engine | None, block_rows: int | None = None) -> tuple[dict, list, list]:
+    """Score ``name``'s compute_vectors over the model's vector parts a batch at a time (bounded memory on either
+    engine); every sample without a vector gets a NaN row in each of ``outputs`` (as the in-memory path wrote; a
+    rejected sample has no row, as for the row-local scores). -> (staged parts per column, infos, rejects)."""
     import pyarrow as pa
 
     from audit.engine import over_vectors
     from audit.store.streamed import BATCH_ROWS
-    from audit.store.vectors import all_scored_simulated, samples_without_vectors
+    from audit.store.vectors import samples_without_vectors
 
+    staged, infos, _, rejected, files = over_vectors(engine, rd, model, _vector_batch, (name, prepared),
+                                                     columns=SCORES.get(name).vector_columns, table="scores",
+                                                     run_id=run_id, block_rows=block_rows)
+    root = rd.parts_dir()
+    for uids in samples_without_vectors(rd, files, BATCH_ROWS):
+        for col in outputs:
+            nan = pa.table({"uid": uids, "name": pa.array([col] * len(uids), pa.string()),
+                            "value": pa.array(np.full(len(uids), np.nan))})
+            staged.setdefault(col, []).append(parts.stage_part(root, "scores", col, nan, run_id=run_id))
+    return staged, infos, rejected
+
+
+def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
+                 echo, engine: Engine | None) -> list[str]:
+    """A vector-local score on ``engine`` (``vector_pass``), registered in one transaction."""
     outputs = cls.output_names(model, params)
     with failed_run_guard(store_path, run_id), Store.detached(store_path, memory_limit="1GB") as rd:
         scorer = cls()
         prepared, desc = scorer.prepare_vectors(rd, model, params, echo)
         n_samples = int(rd.count("samples"))
         checkpoint("score.computing")
-        staged, infos, _, rejected, files = over_vectors(engine, rd, model, _vector_batch, (cls.name, prepared),
-                                                         columns=cls.vector_columns, table="scores", run_id=run_id,
-                                                         block_rows=cls.vector_block_rows(params))
-        # samples without a vector (never embedded): a NaN value, as the in-memory path wrote; a rejected sample
-        # has no row (as for the row-local scores)
-        root = rd.parts_dir()
-        for uids in samples_without_vectors(rd, files, BATCH_ROWS):
-            for col in outputs:
-                nan = pa.table({"uid": uids, "name": pa.array([col] * len(uids), pa.string()),
-                                "value": pa.array(np.full(len(uids), np.nan))})
-                staged.setdefault(col, []).append(parts.stage_part(root, "scores", col, nan, run_id=run_id))
-        simulated = {col: all_scored_simulated(rd, [root / f for f, _ in staged.get(col, [])]) for col in outputs}
+        staged, infos, rejected = vector_pass(cls.name, rd, model, prepared, outputs, run_id=run_id, engine=engine,
+                                              block_rows=cls.vector_block_rows(params))
+        simulated = _simulated(rd, staged, outputs)
+    return _register(cls, store_path, run_id, outputs, staged, infos, rejected, n_samples, model, random_weights,
+                     desc, simulated, engine, echo)
+
+
+def _run_passes(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,
+                echo, engine: Engine | None) -> list[str]:
+    """A multi-pass score (``Score.stream``: e.g. image-based's caption rule, k-means, assignment), registered in
+    one transaction."""
+    outputs = cls.output_names(model, params)
+    with failed_run_guard(store_path, run_id), Store.detached(store_path, memory_limit="1GB") as rd:
+        n_samples = int(rd.count("samples"))
+        checkpoint("score.computing")
+        staged, infos, rejected, desc = cls().stream(rd, run_id, params, model, engine, echo)
+        simulated = _simulated(rd, staged, outputs)
+    return _register(cls, store_path, run_id, outputs, staged, infos, rejected, n_samples, model, random_weights,
+                     desc, simulated, engine, echo)
+
+
+def _simulated(rd: Store, staged: dict, outputs: list[str]) -> dict[str, bool]:
+    from audit.store.vectors import all_scored_simulated
+
+    return {col: all_scored_simulated(rd, [rd.parts_dir() / f for f, _ in staged.get(col, [])]) for col in outputs}
+
+
+def _register(cls, store_path: str, run_id: int, outputs: list[str], staged: dict, infos: list, rejected: list,
+              n_samples: int, model: str, random_weights: bool, desc: dict, simulated: dict, engine: Engine | None,
+              echo) -> list[str]:
+    """Every output column's staged parts, the rejects and the run's end, in one transaction; then the summary."""
     stats = _merged_stats(infos)
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
@@ -401,6 +446,23 @@ def _description(scorer: Score, column: str) -> str:
     if isinstance(desc, dict):
         desc = desc.get(column)
     return desc or type(scorer).description
+
+
+def keyed_uniforms(uids, rows: np.ndarray, keys: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform in [0, 1) for each pair (``uids[rows[i]]``, ``keys[i]``), a function of (seed, uid, key) alone: the
+    same for a sample whatever batch, worker or engine draws it. SipHash of the uid (pandas' hash_array, keyed by
+    the seed), mixed with the integer key by splitmix64, top 53 bits."""
+    import pandas as pd
+
+    key = f"{int(seed) & (2**64 - 1):016x}"
+    h = pd.util.hash_array(np.asarray(uids, dtype=object), hash_key=key, categorize=False)
+    with np.errstate(over="ignore"):
+        x = h[rows] ^ (np.asarray(keys).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
 def read_string_list(path: str, what: str, *, error: type[Exception] = ValueError) -> list[str]:

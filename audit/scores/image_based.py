@@ -4,7 +4,7 @@ set falls into.
 1. Caption pre-filter: English (py3langid here, fastText there), more than 1 token (whitespace split here,
    ``fasttext.tokenize`` there) and more than 5 characters.
 2. k-means over the image embeddings of the caption-filtered pool (scikit-learn Lloyd, random init from the
-   data as faiss does, ``--niter`` 20 iterations exactly, ``--seed``); ``--sample-ratio`` trains on a random
+   data as faiss does, ``--niter`` 20 iterations exactly, ``--seed``); ``--sample-ratio`` trains on a keyed random
    part of it (DataComp: 0.3 at large, 0.03 at xlarge).
 3. Target clusters: each target row goes to ``argmax_c (t · c)`` (inner product with the *unnormalised*
    centroids, DataComp's semantics even though k-means is trained with L2); T = the set of those clusters.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, ScoreContext
+from audit.scores.base import SCORES, Score
 from audit.scores.normsim import describe_target
 from audit.scores.targets import DEMO_CLASSES, add_target_arguments, finite_unit_rows, load_target, target_params
 from audit.store import slug
@@ -92,7 +92,7 @@ def target_clusters(target: np.ndarray, centroids: np.ndarray, *, how: str = "ip
 @SCORES.register
 class ImageBased(Score):
     name = "image-based"
-    version = 1
+    version = 2   # 2: streamed in passes; --sample-ratio draws a keyed sample (uniform of (seed, uid) < ratio)
     description = ("DataComp image-based filter: English caption (> 1 token, > 5 chars) and image in a k-means "
                    "cluster that the target set falls into")
 
@@ -138,51 +138,116 @@ class ImageBased(Score):
         return [(m, {**target, "clusters": 0, "niter": DEFAULT_NITER, "sample_ratio": 0.25, "assign": "ip"})
                 for m in models if m == "datacomp_l14"]
 
-    def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
-        from audit import lang
+    # Four passes on either engine: the caption rule over the samples; k-means on the driver over the vectors of a
+    # keyed sample of the caption-filtered pool; each vector's cluster (the centroids sent to every worker); the
+    # combined rule over the samples joined with the first and third passes' staged values.
+    multi_pass = True
+    vector_columns = ("img",)
 
-        p = ctx.params
-        target = load_target(ctx.store, ctx.model, p)
-        caps = ctx.samples(["caption"])["caption"].tolist()
-        cap_ok = caption_prefilter(caps, lang.is_english(caps))
-        rows_all, vecs = [], []
-        for rows, cols in ctx.iter_vectors(("img",)):
-            ok, f = finite_unit_rows(cols["img"])
-            rows_all.append(rows[ok])
-            vecs.append(f)
-        rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
-        f = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, 1), np.float32)
-        train = np.flatnonzero(cap_ok[rows])
-        ratio = float(p.get("sample_ratio", 1.0))
-        if ratio < 1.0:
-            train = np.sort(ctx.rng.choice(train, size=max(1, int(len(train) * ratio)), replace=False))
+    def stream(self, store, run_id: int, params: dict, model: str | None, engine, echo):
+        from audit import lang
+        from audit.engine import over_samples
+        from audit.scores.base import _score_batch, vector_pass
+
+        p = params
+        keep_n, cap_n, tgt_n, cl_n = self.output_names(model, p)
+        root = store.parts_dir()
+        target = load_target(store, model, p)
+        staged, infos, rejected = {}, [], []
+
+        def take(result):
+            st, inf, rej = result[0], result[1], result[-1]
+            for k, v in st.items():
+                staged.setdefault(k, []).extend(v)
+            infos.extend(inf)
+            seen = {u for u, _ in rejected}
+            rejected.extend((u, m) for u, m in rej if u not in seen)
+            return st
+
+        cap = take(over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "caption"}),
+                                columns=["caption", "simulated"], table="scores", run_id=run_id))
+        cap_files = [str(root / f) for f, _ in cap.get(cap_n, [])]
+        dim = int(store.model_info(model)["dim"])
         if p.get("centroids"):
-            centroids = read_centroids(p["centroids"], f.shape[1])
-            k, train = len(centroids), np.zeros(0, np.int64)
+            centroids, n_train = read_centroids(p["centroids"], dim), 0
         else:
-            k = int(p.get("clusters") or 0) or int(np.clip(len(train) // POINTS_PER_CLUSTER, 2, MAX_CLUSTERS))
-            centroids = kmeans(f[train], k, niter=int(p.get("niter", DEFAULT_NITER)), seed=int(p.get("seed") or 0))
+            train = training_vectors(store, model, cap_files, float(p.get("sample_ratio", 1.0)), int(p.get("seed") or 0))
+            n_train = len(train)
+            k = int(p.get("clusters") or 0) or int(np.clip(n_train // POINTS_PER_CLUSTER, 2, MAX_CLUSTERS))
+            centroids = kmeans(train, k, niter=int(p.get("niter", DEFAULT_NITER)), seed=int(p.get("seed") or 0))
+            del train
+        k = len(centroids)
         how = p.get("assign", "ip")
         tclusters = target_clusters(target.vectors, centroids, how=how)
-        cluster = assign(f, centroids, how=how)
-        in_target = np.isin(cluster, tclusters)
-        n = len(ctx.uids)
-        out = {name: np.full(n, np.nan) for name in self.output_names(ctx.model, p)}
-        keep_n, cap_n, tgt_n, cl_n = self.output_names(ctx.model, p)
-        out[cap_n][:] = cap_ok.astype(float)          # the caption rule applies to every sample
-        out[tgt_n][rows] = in_target.astype(float)
-        out[cl_n][rows] = cluster.astype(float)
-        out[keep_n][:] = 0.0
-        out[keep_n][rows] = (in_target & cap_ok[rows]).astype(float)
-        out[keep_n][~np.isin(np.arange(n), rows)] = np.nan   # no embedding: not decided
-        ctx.echo(f"{'given' if p.get('centroids') else 'k-means'}: {k} clusters on {len(train):,} points; target "
-                 f"({target.label}) falls in {len(tclusters)} cluster(s)")
+        echo(f"{'given' if p.get('centroids') else 'k-means'}: {k} clusters on {n_train:,} points; target "
+             f"({target.label}) falls in {len(tclusters)} cluster(s)")
+        prepared = {"centroids": centroids, "targets": tclusters, "how": how, "names": (tgt_n, cl_n)}
+        vec = take(vector_pass(self.name, store, model, prepared, [tgt_n, cl_n], run_id=run_id, engine=engine))
+        joined = {"caption_ok": (cap_files, "value"), "in_target": ([str(root / f) for f, _ in vec.get(tgt_n, [])], "value")}
+        take(over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "keep"}), columns=["simulated"],
+                          table="scores", run_id=run_id, staged=joined))
         base = (f"{k} centroids from {Path(p['centroids']).name}, assign {how}" if p.get("centroids") else
-                f"{k} k-means clusters ({len(train):,} training points, {p.get('niter')} iterations, assign {how})")
-        self.run_description = {
+                f"{k} k-means clusters ({n_train:,} training points, {p.get('niter')} iterations, assign {how})")
+        desc = {
             keep_n: f"{self.description}. {base}; target: {describe_target(target)}",
             cap_n: f"image-based caption pre-filter: English ({lang.DETECTOR}), > 1 token, > 5 characters",
             tgt_n: f"image-based: 1 if the image's cluster is one of the {len(tclusters)} target clusters ({base})",
             cl_n: f"image-based: k-means cluster id of the image ({base})",
         }
-        return out
+        return staged, infos, rejected, desc
+
+    def compute_rows(self, frame, params: dict) -> dict[str, np.ndarray]:
+        from audit import lang
+
+        keep_n, cap_n, _, _ = self.output_names(params.get("model"), params)
+        if params["pass"] == "caption":   # the caption rule applies to every sample
+            caps = frame["caption"].tolist()
+            return {cap_n: caption_prefilter(caps, lang.is_english(caps)).astype(float)}
+        t = frame["in_target"].to_numpy(dtype=float)          # NaN: no (finite) vector, so not decided
+        c = frame["caption_ok"].to_numpy(dtype=float)
+        return {keep_n: np.where(np.isnan(t), np.nan, ((t == 1) & (c == 1)).astype(float))}
+
+    def compute_vectors(self, vectors: dict, prepared: dict) -> dict[str, np.ndarray]:
+        tgt_n, cl_n = prepared["names"]
+        ok, f = finite_unit_rows(vectors["img"])
+        cluster = np.full(len(ok), np.nan)
+        cluster[ok] = assign(f, prepared["centroids"], how=prepared["how"])
+        in_target = np.full(len(ok), np.nan)
+        in_target[ok] = np.isin(cluster[ok], prepared["targets"]).astype(float)
+        return {tgt_n: in_target, cl_n: cluster}
+
+
+def training_vectors(store, model: str, caption_files: list[str], ratio: float, seed: int) -> np.ndarray:
+    """k-means's training points: the finite unit image vectors of the samples that pass the caption rule (their
+    staged ``caption_files``), in vector-part order; with ``ratio`` < 1 a keyed sample of them (a uid is drawn iff
+    its uniform of (seed, uid) is below ``ratio``, so the sample does not depend on batches or engines). Only the
+    sample is held in memory; the set of passing uids is looked up one vector part at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from audit.scores.base import keyed_uniforms
+    from audit.store.parts import sql_files
+    from audit.store.streamed import BATCH_ROWS
+    from audit.store.vectors import half_matrix, half_to_float32
+    from audit.store.vectors import parts as vector_parts
+
+    passing = f"(SELECT uid FROM read_parquet({sql_files(caption_files)}) WHERE value = 1)" if caption_files else None
+    out = []
+    for path in vector_parts(store, model):
+        if passing is None:
+            break
+        ok_uids = store.cursor().sql(f"SELECT v.uid FROM read_parquet({sql_files([path])}) v SEMI JOIN {passing} c "
+                                     "USING (uid)").to_arrow_table().column("uid")
+        if not len(ok_uids):
+            continue
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["uid", "img"]):
+            batch = batch.filter(pc.is_in(batch.column("uid"), value_set=ok_uids.combine_chunks()))
+            if not batch.num_rows:
+                continue
+            ok, f = finite_unit_rows(half_to_float32(half_matrix(batch.column("img"))))
+            if ratio < 1.0:
+                uids = batch.column("uid").to_numpy(zero_copy_only=False)[ok]
+                f = f[keyed_uniforms(uids, np.arange(len(uids)), np.zeros(len(uids), np.int64), seed) < ratio]
+            out.append(f)
+    dim = int(store.model_info(model)["dim"])
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)

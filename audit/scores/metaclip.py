@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.scores.base import SCORES, Score, read_string_list
+from audit.scores.base import SCORES, Score, keyed_uniforms, read_string_list
 
 DEFAULT_T = 20_000
 DEFAULT_MIN_COUNT = 3
@@ -108,27 +108,10 @@ def draw(text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray, n_tex
     return keep
 
 
-def pair_uniforms(uids: Sequence[str], text_ids: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
-    """U_{x,e} in [0, 1) for each (text, entry) pair, a function of (seed, the text's uid, the entry) alone: the
-    same for a sample whatever batch or engine scores it. SipHash of the uid (pandas' hash_array, keyed by the
-    seed), mixed with the entry id by splitmix64, top 53 bits."""
-    import pandas as pd
-
-    key = f"{int(seed) & (2**64 - 1):016x}"[:16]
-    h = pd.util.hash_array(np.asarray(uids, dtype=object), hash_key=key, categorize=False)
-    with np.errstate(over="ignore"):
-        x = h[text_ids] ^ (entry_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-
-
 def draw_keyed(uids: Sequence[str], text_ids: np.ndarray, entry_ids: np.ndarray, p_entry: np.ndarray,
                seed: int) -> np.ndarray:
-    """``draw`` with ``pair_uniforms``: keep text x iff some matched e has U_{x,e} < p_e. -> (len(uids),) bool."""
-    hit = pair_uniforms(uids, text_ids, entry_ids, seed) < p_entry[entry_ids]
+    """``draw`` with ``keyed_uniforms`` (one per (seed, uid, entry)): keep text x iff some matched e has U_{x,e} < p_e. -> (len(uids),) bool."""
+    hit = keyed_uniforms(uids, text_ids, entry_ids, seed) < p_entry[entry_ids]
     keep = np.zeros(len(uids), dtype=bool)
     keep[text_ids[hit]] = True
     return keep

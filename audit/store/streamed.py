@@ -188,10 +188,10 @@ def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, tab
 
 @contextlib.contextmanager
 def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: int, batch_rows: int | None,
-                   labels: dict[str, list[str]] | None = None):
+                   staged: dict[str, tuple[list[str], str]] | None = None):
     """One Parquet file of every sample's uid + ``columns`` + each stored score of ``scores`` ({column: score name})
-    and each staged label of ``labels`` ({column: annotation part files}, e.g. a first pass's) as a column (null
-    where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read more than the
+    and each staged column of ``staged`` ({column: (part files, their column)}, e.g. an earlier pass's labels or
+    values) as a column (null where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read more than the
     samples. DuckDB streams the join to disk; nothing of the pool is held here. The file is under the parts folder
     (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is killed."""
     from audit.store.parts import sql_files
@@ -199,7 +199,8 @@ def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: in
     dest = store.parts_dir() / "inputs" / f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     sources = [("(SELECT uid, value FROM scores WHERE name = ?)", a, [n]) for a, n in scores.items()]
-    sources += [(f"(SELECT uid, label AS value FROM read_parquet({sql_files(f)}))", a, []) for a, f in (labels or {}).items()]
+    sources += [(f'(SELECT uid, "{col}" AS value FROM read_parquet({sql_files(f)}))', a, [])
+                for a, (f, col) in (staged or {}).items()]
     sel = ", ".join([*(f's."{c}"' for c in ["uid", *columns]), *(f'j{i}.value AS "{a}"' for i, (_, a, _) in enumerate(sources))])
     joins = " ".join(f"LEFT JOIN {rel} j{i} USING (uid)" for i, (rel, _, _) in enumerate(sources))
     target = "'" + str(dest).replace("'", "''") + "'"
