@@ -72,3 +72,16 @@ def make_store(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory) -> str:
+    """A store of the real photos that ship in wheels (scikit-image, matplotlib, ...), ingested as a folder."""
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
+
+    d = tmp_path_factory.mktemp("photos")
+    cap = write_photos(d / "photos")
+    store = str(d / "photos.duckdb")
+    ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: None)
+    return store

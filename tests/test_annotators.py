@@ -182,16 +182,7 @@ def test_every_annotator_ran_in_the_demo(demo_store):
 
 
 # ---- the real photos from the wheels --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def photo_store(tmp_path_factory):
-    from audit.demo.builder import write_photos
-    from audit.ingest.run import ingest
-
-    d = tmp_path_factory.mktemp("photos")
-    cap = write_photos(d / "photos")
-    store = str(d / "photos.duckdb")
-    ingest("folder", [str(cap.parent)], store_path=store, source="sample-photos", progress=False, echo=lambda s: None)
-    return store
+# photo_store: tests/conftest.py (real photos shipped in wheels, ingested as a folder)
 
 
 def _labels(store, attribute):

@@ -262,16 +262,7 @@ def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store,
         assert len(st.runs()) == runs           # nothing started
 
 
-@pytest.fixture(scope="module")
-def photo_store(tmp_path_factory):
-    from audit.demo.builder import write_photos
-    from audit.ingest.run import ingest
-
-    d = tmp_path_factory.mktemp("ray_photos")
-    cap = write_photos(d / "photos")
-    path = str(d / "photos.duckdb")
-    ingest("folder", [str(cap.parent)], store_path=path, source="sample-photos", progress=False, echo=lambda s: None)
-    return path
+# photo_store: tests/conftest.py
 
 
 @pytest.mark.parametrize("name,params,attribute,read", [
