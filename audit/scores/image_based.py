@@ -226,22 +226,17 @@ def training_vectors(store, model: str, caption_files: list[str], ratio: float, 
     import pyarrow.parquet as pq
 
     from audit.scores.base import keyed_uniforms
-    from audit.store.parts import sql_files
     from audit.store.streamed import BATCH_ROWS
-    from audit.store.vectors import half_matrix, half_to_float32
+    from audit.store.vectors import half_matrix, half_to_float32, uids_with_value_one
     from audit.store.vectors import parts as vector_parts
 
-    passing = f"(SELECT uid FROM read_parquet({sql_files(caption_files)}) WHERE value = 1)" if caption_files else None
     out = []
-    for path in vector_parts(store, model):
-        if passing is None:
-            break
-        ok_uids = store.cursor().sql(f"SELECT v.uid FROM read_parquet({sql_files([path])}) v SEMI JOIN {passing} c "
-                                     "USING (uid)").to_arrow_table().column("uid")
+    for path in vector_parts(store, model) if caption_files else []:
+        ok_uids = uids_with_value_one(store, path, caption_files)
         if not len(ok_uids):
             continue
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["uid", "img"]):
-            batch = batch.filter(pc.is_in(batch.column("uid"), value_set=ok_uids.combine_chunks()))
+            batch = batch.filter(pc.is_in(batch.column("uid"), value_set=ok_uids))
             if not batch.num_rows:
                 continue
             ok, f = finite_unit_rows(half_to_float32(half_matrix(batch.column("img"))))

@@ -224,6 +224,18 @@ def vector_coverage(store: Store, model: str, files: list[str]) -> tuple[int, fr
     return int(n_vec), frozenset(r[0] for r in foreign)
 
 
+def uids_with_value_one(store: Store, vector_file, value_files: list[str]):
+    """The uids (an Arrow string array) of one vector part whose value in the staged score parts ``value_files`` is
+    1 (e.g. the samples that pass image-based's caption rule): a per-part set, never the pool's."""
+    import pyarrow as pa
+
+    if not value_files:
+        return pa.array([], pa.string())
+    sql = (f"SELECT v.uid FROM read_parquet({sql_files([str(vector_file)])}) v SEMI JOIN "
+           f"(SELECT uid FROM read_parquet({sql_files(value_files)}) WHERE value = 1) c USING (uid)")
+    return store.cursor().sql(sql).to_arrow_table().column("uid").combine_chunks().cast(pa.string())
+
+
 def samples_without_vectors(store: Store, files: list[str], batch_rows: int) -> Iterator:
     """The uids (Arrow string arrays of at most ``batch_rows``) of samples with no row in ``files``."""
     import pyarrow as pa
