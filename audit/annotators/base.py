@@ -16,6 +16,7 @@ from audit.engine import LOCAL, Engine, echo_rejects, over_samples, plugin_rejec
 from audit.killpoints import checkpoint
 from audit.registry import PlugIn, Registry
 from audit.store import Store, failed_run_guard, param_key, parts
+from audit.store.streamed import merge
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"
@@ -180,12 +181,8 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
             found_r, infos_r, n_samples, rejected_r = over_samples(engine, rd, _annotate_batch, (cls.name, params),
                                                                    columns=cls.row_columns, table="annotations",
                                                                    run_id=run_id, scores=inputs, staged=labels)
-    for a, v in found_r.items():
-        found.setdefault(a, []).extend(v)
-    seen = {u for u, _ in rejected}
-    rejected += [(u, m) for u, m in rejected_r if u not in seen]
-    return _register(cls, store_path, run_id, found, infos + infos_r, n_samples, rejected, random_weights, meta,
-                     echo, engine)
+    found, infos, _, rejected = merge([(found, infos, 0, rejected), (found_r, infos_r, n_samples, rejected_r)])
+    return _register(cls, store_path, run_id, found, infos, n_samples, rejected, random_weights, meta, echo, engine)
 
 
 def _vector_pass(cls, rd: Store, model: str, params: dict, run_id: int, engine: Engine | None, echo):

@@ -213,9 +213,7 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
         values = scorer.compute(ctx)
     if ctx.inputs:   # a score computed from a random-weight or simulated score carries that flag on
         with Store.reader(store_path) as rd:
-            cat = rd.score_catalog().set_index("name")
-        used = cat.loc[[n for n in dict.fromkeys(ctx.inputs) if n in cat.index]]
-        random_weights = random_weights or bool(used["random_weights"].fillna(False).astype(bool).any())
+            random_weights = random_weights or inputs_random_weights(rd, ctx.inputs)
     checkpoint("score.computed")
     with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
         sim = samples_simulated(st, uids)   # the run's samples (others may have been ingested meanwhile)
@@ -233,6 +231,13 @@ def run_score(name: str, store_path: str, *, model: str | None = None, params: d
     for out_name, v in values.items():
         _echo_summary(out_name, _value_stats(v), len(v), random_weights, echo)
     return list(values)
+
+
+def inputs_random_weights(store: Store, names: list[str]) -> bool:
+    """Whether any of these stored scores (a computation's inputs) came from a random-weight model."""
+    cat = store.score_catalog().set_index("name")
+    used = cat.loc[[n for n in dict.fromkeys(names) if n in cat.index]]
+    return bool(used["random_weights"].fillna(False).astype(bool).any())
 
 
 def _value_stats(v) -> dict:
@@ -299,8 +304,7 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
         inputs = scorer.row_scores(rd, params)
         if inputs:   # the batches see the resolved names; the run inherits the inputs' random-weight flag
             params = {**params, "row_scores": inputs}
-            cat = rd.score_catalog().set_index("name").loc[[rd.check_score(n) for n in inputs.values()]]
-            random_weights = random_weights or bool(cat["random_weights"].fillna(False).astype(bool).any())
+            random_weights = random_weights or inputs_random_weights(rd, [rd.check_score(n) for n in inputs.values()])
         checkpoint("score.computing")
         passes = scorer.pool_passes(params)
         if passes:
@@ -315,25 +319,9 @@ def _run_streamed(cls, store_path: str, run_id: int, params: dict, model: str | 
                                                   run_id=run_id, scores=inputs)
     stats = _merged_stats(infos)
     names = [c for c in outputs if c in stats] + [c for c in stats if c not in outputs]
-    desc = scorer.run_descriptions(params) or {}
-    checkpoint("score.computed")
-    with Store.writer(store_path) as st, st.transaction():   # every output column and the run's end, or nothing
-        for col in names:
-            t = stats[col]
-            st.register_scores(col, staged.get(col, []), run_id=run_id, kind=cls.name, model=model,
-                               random_weights=random_weights, simulated=bool(t["scored"] and t["simulated"] == t["scored"]),
-                               description=desc.get(col) or cls.description)
-        st.replace_stage_rejects("score", f"{cls.name}: ", plugin_rejects("score", cls.name, rejected, run_id))
-        checkpoint("score.written")
-        st.end_run(run_id, rows_in=n, rows_out=n - len(rejected), rows_rejected=len(rejected),
-                   note=f"{sum(n - stats[c]['n'] for c in names)} missing values; engine {(engine or LOCAL).describe()}")
-    from audit.store.columns import refresh
-
-    refresh(store_path, scores=names, echo=echo)
-    echo_rejects(cls.name, rejected, echo)
-    for col in names:
-        _echo_summary(col, stats[col], n, random_weights, echo)
-    return names
+    simulated = {c: bool(stats[c]["scored"] and stats[c]["simulated"] == stats[c]["scored"]) for c in names}
+    return _register(cls, store_path, run_id, names, staged, infos, rejected, n, model, random_weights,
+                     scorer.run_descriptions(params) or {}, simulated, engine, echo)
 
 
 # ---- vector-local scores, streamed over the model's vector parts -----------------------------------------------

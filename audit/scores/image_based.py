@@ -148,24 +148,14 @@ class ImageBased(Score):
         from audit import lang
         from audit.engine import over_samples
         from audit.scores.base import _score_batch, vector_pass
+        from audit.store.streamed import merge
 
         p = params
         keep_n, cap_n, tgt_n, cl_n = self.output_names(model, p)
         root = store.parts_dir()
         target = load_target(store, model, p)
-        staged, infos, rejected = {}, [], []
-
-        def take(result):
-            st, inf, rej = result[0], result[1], result[-1]
-            for k, v in st.items():
-                staged.setdefault(k, []).extend(v)
-            infos.extend(inf)
-            seen = {u for u, _ in rejected}
-            rejected.extend((u, m) for u, m in rej if u not in seen)
-            return st
-
-        cap = take(over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "caption"}),
-                                columns=["caption", "simulated"], table="scores", run_id=run_id))
+        cap, cap_infos, _, cap_rej = over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "caption"}),
+                                                  columns=["caption", "simulated"], table="scores", run_id=run_id)
         cap_files = [str(root / f) for f, _ in cap.get(cap_n, [])]
         dim = int(store.model_info(model)["dim"])
         if p.get("centroids"):
@@ -182,10 +172,12 @@ class ImageBased(Score):
         echo(f"{'given' if p.get('centroids') else 'k-means'}: {k} clusters on {n_train:,} points; target "
              f"({target.label}) falls in {len(tclusters)} cluster(s)")
         prepared = {"centroids": centroids, "targets": tclusters, "how": how, "names": (tgt_n, cl_n)}
-        vec = take(vector_pass(self.name, store, model, prepared, [tgt_n, cl_n], run_id=run_id, engine=engine))
+        vec, vec_infos, vec_rej = vector_pass(self.name, store, model, prepared, [tgt_n, cl_n], run_id=run_id,
+                                              engine=engine)
         joined = {"caption_ok": (cap_files, "value"), "in_target": ([str(root / f) for f, _ in vec.get(tgt_n, [])], "value")}
-        take(over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "keep"}), columns=["simulated"],
-                          table="scores", run_id=run_id, staged=joined))
+        keep = over_samples(engine, store, _score_batch, (self.name, {**p, "pass": "keep"}), columns=["simulated"],
+                            table="scores", run_id=run_id, staged=joined)
+        staged, infos, _, rejected = merge([(cap, cap_infos, 0, cap_rej), (vec, vec_infos, 0, vec_rej), keep])
         base = (f"{k} centroids from {Path(p['centroids']).name}, assign {how}" if p.get("centroids") else
                 f"{k} k-means clusters ({n_train:,} training points, {p.get('niter')} iterations, assign {how})")
         desc = {

@@ -68,15 +68,19 @@ def run_batch(fn: BatchFn, payload, frame, root, table: str, run_id: int) -> Sta
 
 
 def merge(results) -> Staged:
-    """One Staged from many (batches or files)."""
+    """One Staged from many (batches or files, or a stage's passes): one reject per uid, its first message (a sample
+    two passes rejected counts once)."""
     staged: dict[str, list[tuple[str, int]]] = {}
-    infos, rows, rejects = [], 0, []
+    infos, rows, rejects, seen = [], 0, [], set()
     for st_files, inf, n, rej in results:
         for k, v in st_files.items():
             staged.setdefault(k, []).extend(v)
         infos.extend(inf)
         rows += n
-        rejects.extend(rej)
+        for u, m in rej:
+            if u not in seen:
+                seen.add(u)
+                rejects.append((u, m))
     return staged, infos, rows, rejects
 
 
