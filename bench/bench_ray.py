@@ -14,6 +14,12 @@ worker keeps the per-CPU rate measured here on the cluster (the stage is CPU-bou
 filesystem is not the limit; the fixed cost of a stage is in the measured rate, so the projection is pessimistic
 for large pools).
 The store is changed (each run replaces the plug-in's output): use a bench copy.
+
+    python bench/bench_ray.py --embed-images 2000 --work /work/scale/embed --num-cpus 2
+
+`embed` the same way, on a folder store of N distinct JPEGs (random crops of the photos that ship in wheels, at
+256 px) with open_clip ViT-B-32 at random weights (the cost of the real architecture; no hub here): each run
+starts from an empty model folder; the rate counts images embedded per wall second of the whole process.
 """
 from __future__ import annotations
 
@@ -65,7 +71,10 @@ def ray_startup(num_cpus: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", help="the store of the score/annotate stages")
+    ap.add_argument("--embed-images", type=int, help="bench embed instead, on a folder store of this many images")
+    ap.add_argument("--work", default="/tmp/bench-ray", help="where --embed-images writes its store")
+    ap.add_argument("--embed-model", default="ViT-B-32", help="open_clip architecture of the embed bench")
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workers", default="16,64,256", help="Ray worker counts of the 128M projection")
@@ -74,6 +83,10 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from audit.store import Store
 
+    if a.embed_images:
+        a.store = image_store(Path(a.work), a.embed_images)
+    elif not a.store:
+        ap.error("--store (or --embed-images) is required")
     with Store.reader(a.store) as st:
         n = int(st.count("samples"))
     start = ray_startup(a.num_cpus)
@@ -87,25 +100,90 @@ def main() -> int:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     try:
-        for label, cmd in PLUGINS:
+        stages = PLUGINS
+        if a.embed_images:
+            stages = [(f"embed ({a.embed_model}, random weights, {a.embed_images:,} JPEGs)",
+                       ["embed", "--model", a.embed_model, "--pretrained", "none", "--precision", "fp32"])]
+        for label, cmd in stages:
             if a.only and cmd[1] not in a.only.split(","):
                 continue
-            base = [*cmd, "--store", a.store, "--force"]
+            base = [*cmd, "--store", a.store] + ([] if cmd[0] == "embed" else ["--force"])
+            fresh_start = (lambda: empty_model(a.store, f"{a.embed_model}:random")) if cmd[0] == "embed" else (lambda: None)
             loc, fresh, clus = [], [], []
             for _ in range(a.repeat):      # alternating, so a noisy minute hits all three
-                loc.append(run(base))
-                fresh.append(run([*base, "--engine", "ray", "--num-cpus", str(a.num_cpus)]))
-                clus.append(run([*base, "--engine", "ray", "--address", address]))
+                for out, args in ((loc, base), (fresh, [*base, "--engine", "ray", "--num-cpus", str(a.num_cpus)]),
+                                  (clus, [*base, "--engine", "ray", "--address", address])):
+                    fresh_start()
+                    out.append(run(args))
             ls, fs, cs = (statistics.median(s for s, _ in r) for r in (loc, fresh, clus))
             lm, rm = max(m for _, m in loc), max(m for _, m in fresh + clus)
             per_cpu = n / cs / a.num_cpus      # rows/s one worker sustains on a running cluster
-            proj = "".join(f"| {(MEDIUM / (per_cpu * w)) / 60:,.1f} min " for w in workers)
+            proj = "".join(f"| {duration(MEDIUM / (per_cpu * w))} " for w in workers)
             print(f"| {label} | {n / ls:,.0f} | {n / fs:,.0f} | {ls / fs:.2f} | {n / cs:,.0f} | {ls / cs:.2f} "
                   f"| {ls:.1f} | {fs:.1f} | {cs:.1f} | {lm:.2f} GB | {rm:.2f} GB {proj}|", flush=True)
     finally:
         subprocess.run([str(Path(PY).with_name("ray")), "stop", "--force"], capture_output=True,
                        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     return 0
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:,.1f} min" if seconds < 7200 else f"{seconds / 3600:,.0f} h"
+
+
+def image_store(work: Path, n: int) -> str:
+    """A folder store of ``n`` distinct 256 px JPEGs cut from the wheel photos (built once per size)."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from audit.demo.builder import write_photos
+    from audit.ingest.run import ingest
+
+    store = work / f"images-{n}" / "pool.duckdb"
+    if store.exists():
+        return str(store)
+    photos = work / f"images-{n}" / "wheel"
+    cap = write_photos(photos)
+    sources = [Image.open(f).convert("RGB") for f in sorted(photos.iterdir()) if f.suffix in (".png", ".jpg")
+               and _opens(f)]
+    folder = work / f"images-{n}" / "jpegs"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        im = sources[i % len(sources)]
+        w, h = im.size
+        side = int(min(w, h) * rng.uniform(0.4, 1.0))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        im.crop((x, y, x + side, y + side)).resize((256, 256)).save(folder / f"{i:07d}.jpg", quality=90)
+        rows.append({"file": f"{i:07d}.jpg", "caption": f"a crop of picture {i % len(sources)}, number {i}"})
+    pd.DataFrame(rows).to_csv(folder / "captions.csv", index=False)
+    del cap
+    ingest("folder", [str(folder)], store_path=str(store), source="bench-jpegs", progress=False, echo=lambda s: None)
+    return str(store)
+
+
+def _opens(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:   # noqa: BLE001 (the wheel set holds deliberately broken files)
+        return False
+
+
+def empty_model(store: str, key: str) -> None:
+    """Remove a model's vector folder, so the next embed run computes every vector again."""
+    import shutil
+
+    from audit.store import Store
+
+    with Store.reader(store) as st:
+        folder = st.model_dir(key)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_cluster(num_cpus: int) -> str:

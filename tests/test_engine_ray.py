@@ -247,7 +247,7 @@ def test_negclip_blocks_are_the_same_on_both_engines_and_equal_an_independent_co
     assert np.isfinite(value.drop(["s00007", "zz-no-vector"])).all()
 
 
-@pytest.mark.parametrize("argv", [["embed"], ["score", "vas-d", "--model", "datacomp_l14"],
+@pytest.mark.parametrize("argv", [["score", "vas-d", "--model", "datacomp_l14"],
                                   ["score", "semdedup", "--model", "datacomp_l14"]])
 def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store, tmp_path, capsys, argv):
     from audit.cli import main
@@ -285,3 +285,65 @@ def test_image_annotators_read_the_stored_images_on_ray_workers_as_locally(local
     assert len(image) >= 5 and image["method"].str.contains(read).all()
     assert not image["method"].str.contains("unreadable|no stored image").any()   # every photo was read
     assert "engine ray" in run_b["note"] and rej_b.empty
+
+
+def _vectors(path, key="tiny-clip:random"):
+    """Every stored vector of ``key`` (uid order) and the embed rejects."""
+    import pyarrow.parquet as pq
+
+    from audit.store.vectors import half_matrix, half_to_float32
+
+    with Store.reader(path) as st:
+        folder = st.model_dir(key)
+        rejects = st.df("SELECT uid, reason, detail FROM rejects WHERE stage = 'embed' ORDER BY uid")
+        runs = st.runs()
+    tables = [pq.read_table(f) for f in sorted(folder.glob("part-*.parquet"))]
+    uids = np.concatenate([t.column("uid").to_numpy(zero_copy_only=False) for t in tables]) if tables else np.array([])
+    order = np.argsort(uids, kind="stable")
+    mats = {c: np.concatenate([half_to_float32(half_matrix(t.column(c))) for t in tables])[order] for c in ("img", "txt")}
+    return uids[order], mats, rejects, runs.iloc[-1], len(tables)
+
+
+def test_embed_on_ray_equals_local_vector_for_vector_and_resumes_what_is_missing(local_ray, photo_store, tmp_path):
+    """embed --engine ray: the same vectors as locally (the same open_clip code on the same decoded images, in
+    other batches), the same corrupt-image rejects, url-only samples skipped alike; with parts removed (what a
+    killed job leaves: whole parts), the rerun embeds exactly the missing samples."""
+    from pathlib import Path
+
+    from audit.embed.runner import embed
+
+    tiny = str(Path(__file__).with_name("data") / "tiny-clip.json")
+    bad = tmp_path / "broken-after-ingest.png"
+    bad.write_bytes(b"not a png at all")
+    extra = pd.DataFrame({"uid": ["zz-bad", "zz-url-only"], "source": "odd", "caption": ["a broken file", "far away"],
+                          "image_ref": [str(bad), None], "url": [None, "http://example.invalid/x.jpg"]})
+    a, b = _copy(photo_store, tmp_path, "local"), _copy(photo_store, tmp_path, "ray")
+    for path in (a, b):
+        with Store.writer(path) as st:
+            st.add_samples(extra)
+    quiet = {"model": tiny, "pretrained": "none", "precision": "fp32", "batch_size": 3, "progress": False,
+             "echo": lambda s: None}
+    rep_a = embed(a, workers=0, **quiet)
+    rep_b = embed(b, engine=Engine("ray", batch_rows=4), **quiet)
+    ua, va, rej_a, _, _ = _vectors(a)
+    ub, vb, rej_b, run_b, n_parts = _vectors(b)
+    assert len(ua) >= 20 and ua.tolist() == ub.tolist() and "zz-bad" not in ua and "zz-url-only" not in ua
+    for c in ("img", "txt"):     # float16 storage: one unit in the last place at most, where a batch's sums differ
+        np.testing.assert_allclose(va[c], vb[c], atol=1e-3, rtol=0)
+        assert np.allclose(np.linalg.norm(vb[c], axis=1), 1.0, atol=2e-3)
+    pd.testing.assert_frame_equal(rej_a, rej_b)
+    assert rej_b["uid"].tolist() == ["zz-bad"] and rej_b["reason"].tolist() == ["corrupt_image"]
+    assert (rep_a.embedded, rep_a.failed, rep_a.no_image) == (rep_b.embedded, rep_b.failed, rep_b.no_image)
+    assert rep_b.no_image == 1 and n_parts >= len(ub) // 4 and "engine ray" in run_b["note"]
+    with Store.reader(b) as st:
+        assert st.count("embeddings") == len(ub) and bool(st.model_info("tiny-clip:random")["random_weights"])
+
+    parts_b = sorted(Path(b).with_name("s.vectors").rglob("part-*.parquet"))
+    for f in parts_b[::2]:
+        f.unlink()
+    left, _, _, _, _ = _vectors(b)
+    rep = embed(b, engine=Engine("ray", batch_rows=4), **quiet)
+    assert rep.skipped_done == len(left) and rep.embedded == len(ub) - len(left) > 0
+    uc, vc, rej_c, _, _ = _vectors(b)
+    assert uc.tolist() == ua.tolist() and rej_c["uid"].tolist() == ["zz-bad"]
+    np.testing.assert_allclose(vc["img"], va["img"], atol=1e-3, rtol=0)

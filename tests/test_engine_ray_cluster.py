@@ -79,3 +79,51 @@ def test_a_killed_ray_run_resumes_to_the_local_result_on_two_nodes(two_nodes, de
     assert got.equals(want)
     last = runs.iloc[-1]
     assert last["status"] == "done" and f"cluster {two_nodes}" in last["note"]
+
+
+def test_embed_killed_on_the_cluster_resumes_to_the_local_vectors(two_nodes, photo_store, tmp_path):
+    """`embed --engine ray --address`: each worker writes whole vector parts into the model's folder; the driver
+    killed after two slices leaves only whole parts, and the rerun embeds just the samples no part holds, ending
+    with the vectors a local run computes (same uids, same float16 values, each uid once)."""
+    import time
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from audit.embed.runner import embed
+    from test_engine_ray import _vectors
+
+    tiny = str(ROOT / "tests" / "data" / "tiny-clip.json")
+    local, on_ray = tmp_path / "local" / "s.duckdb", tmp_path / "ray" / "s.duckdb"
+    copy_store(photo_store, local)
+    copy_store(photo_store, on_ray)
+    embed(str(local), model=tiny, pretrained="none", precision="fp32", batch_size=2, workers=0, progress=False,
+          echo=lambda s: None)
+    want_u, want, _, _, _ = _vectors(str(local))
+
+    cmd = [sys.executable, "-m", "audit", "embed", "--store", str(on_ray), "--model", tiny, "--pretrained", "none",
+           "--precision", "fp32", "--batch-size", "2", "--engine", "ray", "--address", two_nodes, "--batch-rows", "3"]
+    killed = subprocess.run(cmd, cwd=ROOT, env={**ENV, "AUDIT_KILL_AT": "ray.batch_collected:2"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    folder = on_ray.with_name("s.vectors") / "tiny_clip_random"
+    seen, deadline = None, time.time() + 60      # Ray ends the dead driver's workers; wait till no part lands
+    while time.time() < deadline:
+        now = sorted(folder.glob("part-*.parquet"))
+        if now == seen:
+            break
+        seen = now
+        time.sleep(2)
+    kept = [u for f in seen for u in pq.read_table(f, columns=["uid"]).column("uid").to_pylist()]  # whole parts
+    assert 2 * 3 <= len(kept) < len(want_u) and len(set(kept)) == len(kept)
+    with Store.reader(str(on_ray)) as st:
+        assert st.runs().iloc[-1]["status"] in ("running", "interrupted")
+
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"already embedded: {len(kept)}" in done.stdout
+    got_u, got, _, last, _ = _vectors(str(on_ray))
+    assert got_u.tolist() == want_u.tolist() and len(set(got_u)) == len(got_u)
+    np.testing.assert_allclose(got["img"], want["img"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(got["txt"], want["txt"], atol=1e-3, rtol=0)
+    assert last["status"] == "done" and f"cluster {two_nodes}" in last["note"]

@@ -149,7 +149,7 @@ def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns,
 def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
-        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: every annotator, "
+        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: embed, every annotator, "
                          "and the scores but vas-d and semdedup; see README, 'On a cluster')")
 
 
