@@ -166,6 +166,14 @@ def group_examples(store: Store, score: str, group: str, per_group: int = 2000) 
     return store.group_examples(score, group, per_group)
 
 
+@st.cache_resource(max_entries=16, show_spinner=False, hash_funcs=HASH)
+def group_drawn(store: Store, score: str, group: str, label: str) -> pd.DataFrame:
+    """The sample rows of one group's whole draw (``group_examples``), indexed by uid: looked up once, and keyed
+    by the group, not by its 2,000 uids (hashing them cost a slider move ~5 ms). Held, not copied: read-only."""
+    ex = group_examples(store, score, group)
+    return store.samples_page(ex.loc[ex["grp"] == label, "uid"].tolist()).set_index("uid")
+
+
 @st.cache_data(max_entries=32, show_spinner=False, hash_funcs=HASH)
 def more_examples(store: Store, score: str, group: str, label: str, tau: float, kept: bool, k: int = 8) -> pd.DataFrame:
     """Examples of one side of τ in one group when the draw of group_examples has too few (a rare side)."""
@@ -506,12 +514,13 @@ def keep_mask(store: Store, specs: tuple[str, ...]) -> np.ndarray:
     return rule_selection(store, specs).keep
 
 
-@st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
-def blur_uids(store: Store) -> set[str]:
-    """uids whose imputed nsfw label is 'nsfw': their thumbnails are blurred until the user reveals them."""
+@st.cache_resource(max_entries=8, show_spinner=False, hash_funcs=HASH)
+def blur_uids(store: Store) -> frozenset[str]:
+    """uids whose imputed nsfw label is 'nsfw': their thumbnails are blurred until the user reveals them. Held,
+    not copied per call (a copied set of every flagged uid cost each rerun time proportional to the pool)."""
     from audit.store.labels import uids_with_label
 
-    return uids_with_label(store, "nsfw", "nsfw") if "nsfw" in store.attributes() else set()
+    return frozenset(uids_with_label(store, "nsfw", "nsfw") if "nsfw" in store.attributes() else ())
 
 
 @st.cache_data(max_entries=16, show_spinner=False, hash_funcs=HASH)

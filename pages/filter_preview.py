@@ -68,244 +68,257 @@ data = ui.preview_data(store, score, group)
 if len(data.sorted_desc) == 0:
     st.warning(f"No sample has a value for {score}.")
     st.stop()
-rule = None if mode == "off" else ui.rule_widget(store, score, mode, top_key="top_fraction", threshold_key="threshold",
-                                                  values=data.sorted_desc, top_default=None)
-
-# ---- combine rules into a recipe ------------------------------------------------------------------------
-active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
-    st.session_state.get("then_score", NONE) != NONE
-with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons for every exclusion", expanded=active):
-    if PRESETS:
-        st.selectbox("Paper recipe", ["(choose to fill the controls)"] + list(PRESETS), key="preset",
-                     on_change=_apply_preset)
-    a1, a2 = st.columns(2)
-    and_terms = a1.multiselect(
-        "AND named filters (each rule is its own exclusion reason)", filters, key="and_terms", format_func=_title,
-        help="basic: words > 2, chars > 5, English, min side ≥ 200, aspect ≤ 3. laion: B/32 ≥ 0.28 and English. "
-             "image_based: caption pre-filter and target clusters. text_based: English and an entity word. "
-             "metaclip: a metadata entry matched and the seeded draw kept it.")
-    and_rules = a1.text_input("AND more rules", key="and_rules", placeholder="clip_b32_similarity_score>=0.28 & basic_aspect<=2",
-                              help="SCORE>=V, SCORE<=V, SCORE:top=P or named filters, joined with &")
-    then_score = a2.selectbox("THEN, among the samples left: keep the top of", [NONE] + names, key="then_score",
-                              format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
-                              help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
-                                   "NormSim∞ top 20% keeps 20% of the pool).")
-    then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
-                         disabled=then_score == NONE)
-    recipe_text = st.text_input(
-        "Or type a whole recipe (replaces the controls above)", key="recipe_text",
-        placeholder="negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2")
-
-step1 = ([exact_spec(rule)] if rule is not None else []) + list(and_terms) + ([and_rules] if and_rules.strip() else [])
-spec = " & ".join(step1)
-if then_score != NONE:
-    if not spec:
-        st.error("A THEN step needs a first step: set a rule on the score, or add named filters.")
-        st.stop()
-    spec += f" then {then_score}:top={float(then_top)!r}"
-if recipe_text.strip():
-    spec = recipe_text.strip()
-simple = spec == (exact_spec(rule) if rule is not None else None)
-
 min_n = st.sidebar.number_input("Minimum n per group (smaller groups are greyed)", 1, 10_000, ui.MIN_N)
-ev = None
-if simple:  # one rule on one score: the fast path (no other columns are read)
-    table, tau = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
-    keep = None   # the sketch counts; no per-sample mask is made on a slider move
-    st.session_state["keep_specs"] = [str(rule)] if rule.op == "top" else [exact_spec(rule)]
-    st.session_state["keep_recipe"] = None
-    shown = rule.reason
-    keeps_a = rule.keeps
-else:
-    if not spec:
-        st.info("No rule: pick a rule on the score, or add named filters or a recipe under **Combine rules**.")
-        st.session_state["keep_specs"] = []
-        st.stop()
-    try:
-        recipe = Recipe.parse(spec, names=names)
-        ev = recipe.evaluate(ui.score_columns(store, recipe.scores()), n=data.n)
-    except RuleError as exc:
-        st.error(str(exc))
-        st.stop()
-    keep = ev.keep
-    codes, labels = ui.group_codes(store, group)
-    table = rates_from_codes(keep, codes, labels, min_n=int(min_n))
-    tau = ev.thresholds.get(str(rule), float("nan")) if rule is not None else float("nan")
-    st.session_state["keep_specs"] = ev.as_rules()
-    st.session_state["keep_recipe"] = str(recipe)
-    shown = str(recipe)
-    keeps_a = str(recipe)
 
-kept = int(table.attrs["kept"])
-if simple and rule.op == "top":
-    target = min(int(data.n * rule.value) + 1, len(data.sorted_desc))
-    if kept > target:
-        extra = kept - target
-        st.info(f"Ties at the threshold: {extra:,} {'sample shares' if extra == 1 else 'samples share'} the cut-off "
-                f"value {tau:.6g} with the last one in the top fraction, so the rule "
-                f"keeps {kept:,} ({kept / data.n:.1%}) for a top {rule.value:.0%} (DataComp keeps ties; a score with "
-                f"few distinct values cannot hit every fraction).")
-m = st.columns(4)
-m[0].metric("Kept", f"{kept:,}", help="samples the filter keeps")
-m[1].metric("Excluded", f"{data.n - kept:,}")
-m[2].metric("Kept share", f"{kept / data.n:.1%}")
-if ev is None or np.isfinite(tau):
-    m[3].metric("Threshold τ", f"{tau:.4f}", help=f"on {score}")
-else:
-    m[3].metric("Steps", f"{len(ev.step_kept)}", help="ordered steps of the recipe")
-if ev is not None:
-    st.markdown(f"**Recipe**: `{shown}`" + (
-        "  ·  kept after each step: " + " → ".join(f"{x:,}" for x in ev.step_kept) if ev.recipe.ordered else ""))
-    st.caption("Export uses the equivalent plain rules over the whole pool: "
-               + ", ".join(f"`{r}`" for r in ev.as_rules()))
-if data.n_missing and (ev is None or score in ev.recipe.scores()):
-    st.caption(f"{data.n_missing:,} samples have no {score} value (no embedding for that model): they are "
-               f"excluded by this rule and counted in their groups.")
-used = [score] if ev is None else ev.recipe.scores()
-rw = [s for s in used if s in names and bool(cat.loc[cat["name"] == s, "random_weights"].iloc[0])]
-if rw:
-    st.warning(f"{', '.join(rw)} come(s) from a model with RANDOM weights: this preview exercises the pipeline only.")
-proxy = [s for s in used if "TEXT PROXY" in str(cat.loc[cat["name"] == s, "description"].iloc[0] if s in names else "")]
-if proxy:
-    st.info(f"{', '.join(proxy)}: the target set is a **text proxy** (class-name prompts through the text "
-            "encoder), not image embeddings; see the score's description on the Overview page.")
 
-left, right = st.columns([3, 2])
-with left:
-    glabel = ui.group_label(store, group)
-    fig = charts.rate_chart(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n))
-    st.plotly_chart(fig, width="stretch")
-    if group in store.attributes():
-        st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
-                   "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden)."
-                   + ui.accuracy_note(store, group))
-with right:
-    counts, edges = data.histogram()
-    st.plotly_chart(charts.histogram_bins(counts, edges, title=f"{score}", tau=tau if np.isfinite(tau) else None),
-                    width="stretch")
-    if ev is None:
-        st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
+# Everything below the score, rule and group pickers depends on the slider: a fragment, so that a slider move
+# (or any control below) reruns this part only, not the page's header, sidebar and pickers (fixed costs that do
+# not depend on the move). A preset that changes a picker reruns the whole page.
+@st.fragment
+def live() -> None:
+    if (st.session_state.get("score"), st.session_state.get("mode"), st.session_state.get("group")) != \
+            (score, mode, group):
+        st.rerun()
+    rule = None if mode == "off" else ui.rule_widget(store, score, mode, top_key="top_fraction", threshold_key="threshold",
+                                                      values=data.sorted_desc, top_default=None)
 
-show = table[["group", "n", "kept", "rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share",
-              "small"]].sort_values("rate")
-st.dataframe(show, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
-                            ("rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share")})
+    # ---- combine rules into a recipe ------------------------------------------------------------------------
+    active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
+        st.session_state.get("then_score", NONE) != NONE
+    with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons for every exclusion", expanded=active):
+        if PRESETS:
+            st.selectbox("Paper recipe", ["(choose to fill the controls)"] + list(PRESETS), key="preset",
+                         on_change=_apply_preset)
+        a1, a2 = st.columns(2)
+        and_terms = a1.multiselect(
+            "AND named filters (each rule is its own exclusion reason)", filters, key="and_terms", format_func=_title,
+            help="basic: words > 2, chars > 5, English, min side ≥ 200, aspect ≤ 3. laion: B/32 ≥ 0.28 and English. "
+                 "image_based: caption pre-filter and target clusters. text_based: English and an entity word. "
+                 "metaclip: a metadata entry matched and the seeded draw kept it.")
+        and_rules = a1.text_input("AND more rules", key="and_rules", placeholder="clip_b32_similarity_score>=0.28 & basic_aspect<=2",
+                                  help="SCORE>=V, SCORE<=V, SCORE:top=P or named filters, joined with &")
+        then_score = a2.selectbox("THEN, among the samples left: keep the top of", [NONE] + names, key="then_score",
+                                  format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
+                                  help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
+                                       "NormSim∞ top 20% keeps 20% of the pool).")
+        then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
+                             disabled=then_score == NONE)
+        recipe_text = st.text_input(
+            "Or type a whole recipe (replaces the controls above)", key="recipe_text",
+            placeholder="negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2")
 
-# ---- why excluded: counts per reason and one sample's reasons ---------------------------------------------
-if ev is not None and ev.failed:
-    st.subheader("Why excluded")
-    reasons = ev.reason_table()
-    st.plotly_chart(charts.reason_chart(reasons, title="Exclusions per reason (a sample can fail several rules)"),
-                    width="stretch")
-    r1, r2 = st.columns([3, 2]) if ev.recipe.ordered else (st.container(), None)
-    r1.dataframe(reasons.sort_values("excluded", ascending=False), hide_index=True, width="stretch",
-                 column_config={"pool_share": st.column_config.NumberColumn(format="%.3f"),
-                                "only_reason": st.column_config.NumberColumn(help="excluded by this rule alone")})
-    if r2 is not None:
-        r2.dataframe(ev.funnel(), hide_index=True, width="stretch")
-        r2.caption("Samples left after each step; a sample excluded at one step is not tested by later steps.")
-    excluded_idx = np.flatnonzero(~keep)
-    if len(excluded_idx):
-        pick = np.random.default_rng(0).choice(excluded_idx, size=min(200, len(excluded_idx)), replace=False)
-        pick_uids = ui.uids_at(store, tuple(int(x) for x in np.sort(pick)))
-        w1, w2 = st.columns([1, 2])
-        chosen = w1.selectbox("An excluded sample", pick_uids, key="why_pick")
-        typed = w1.text_input("…or any uid", key="why_uid").strip()
-        uid = typed or chosen
-        pos = ui.uid_row(store, uid)
-        if pos is None:
-            w2.error(f"No sample with uid {uid!r} in this store.")
-        else:
-            frame = ui.samples(store, (uid,))
-            why = ev.why(int(pos))
-            with w2:
-                cap = frame["caption"].iloc[0] if len(frame) else ""
-                st.markdown(f"**{ui.md(uid)}** — {ui.md(cap.strip())}")
-                if why:
-                    st.markdown("Excluded because:\n" + "\n".join(f"- {r}" for r in why))
-                else:
-                    st.success("Kept by this recipe.")
-                rt = ev.rule_table(ui.score_columns(store, ev.recipe.scores()), int(pos))
-                st.dataframe(rt, hide_index=True, width="stretch",
-                             column_config={"value": st.column_config.NumberColumn(format="%.4f"),
-                                            "passed": st.column_config.CheckboxColumn(
-                                                help="empty: an earlier step had already excluded it")})
+    step1 = ([exact_spec(rule)] if rule is not None else []) + list(and_terms) + ([and_rules] if and_rules.strip() else [])
+    spec = " & ".join(step1)
+    if then_score != NONE:
+        if not spec:
+            st.error("A THEN step needs a first step: set a rule on the score, or add named filters.")
+            st.stop()
+        spec += f" then {then_score}:top={float(then_top)!r}"
+    if recipe_text.strip():
+        spec = recipe_text.strip()
+    simple = spec == (exact_spec(rule) if rule is not None else None)
 
-# ---- compare two filters --------------------------------------------------------------------------------
-st.subheader("Compare two filters")
-st.caption("Filter A is the filter above. Filter B: the top fraction of another score (or a typed recipe). "
-           "Overlap of the kept sets, and how the two scores rank the pool: Spearman ρ of the **Score** picked "
-           "at the top and the **Filter B score**.")
-compare = st.toggle("Compare with filter B", value=data.n <= ui.COMPARE_DEFAULT_MAX_ROWS, key="cmp_on",
-                    help="Off by default above 2M samples: ranking both scores, binning their density and applying "
-                         "B over the whole pool takes seconds there (once; it is cached).")
-if not compare:
-    st.caption(f"Switch on to compare; with {data.n:,} samples the first comparison takes a few seconds.")
-else:
-    b1, b2, b3 = st.columns([2, 1.5, 2.5])
-    others = [n for n in names if n != score] or names
-    bdefault = next((others.index(n) for n in (neg, clip, nsi) if n in others), 0)
-    cmp_score = b1.selectbox("Filter B score", others, index=bdefault, key="cmp_score",
-                             format_func=lambda n: ui.score_label(cat, n))
-    cmp_top = b2.slider("B: keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="cmp_top")
-    cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder="basic & laion")
-    spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
-    try:
-        rb = Recipe.parse(spec_b, names=names)
-        keep_b = ui.recipe_keep(store, spec_b)
-    except RuleError as exc:
-        st.error(f"Filter B: {exc}")
-        st.stop()
-    if keep is not None:
-        ov = overlap(keep, keep_b)
-    else:   # A is one rule: its kept set is a prefix of the sketch's order, and B's count along it is indexed
-        ov = overlap_counts(kept, int(keep_b.sum()), int(ui.overlap_index(store, score, group, spec_b)[data.n_kept(tau)]))
-    rho, n_rho = ui.spearman(store, score, cmp_score)
-    mc = st.columns(5)
-    mc[0].metric("A keeps", f"{ov['kept_a']:,}")
-    mc[1].metric("B keeps", f"{ov['kept_b']:,}")
-    mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only {ov['only_b']:,}")
-    mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
-    mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
-                 help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
-    table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
-    g1, g2 = st.columns([3, 2])
-    g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
-                                     label_a="A keeps " + _short(keeps_a),
-                                     label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
-                                                                else str(rb))), width="stretch")
-    g2.plotly_chart(ui.density_figure(store, score, cmp_score), width="stretch")
+    ev = None
+    if simple:  # one rule on one score: the fast path (no other columns are read)
+        table, tau = data.table("top" if rule.op == "top" else "threshold", rule.value, min_n=int(min_n))
+        keep = None   # the sketch counts; no per-sample mask is made on a slider move
+        st.session_state["keep_specs"] = [str(rule)] if rule.op == "top" else [exact_spec(rule)]
+        st.session_state["keep_recipe"] = None
+        shown = rule.reason
+        keeps_a = rule.keeps
+    else:
+        if not spec:
+            st.info("No rule: pick a rule on the score, or add named filters or a recipe under **Combine rules**.")
+            st.session_state["keep_specs"] = []
+            st.stop()
+        try:
+            recipe = Recipe.parse(spec, names=names)
+            ev = recipe.evaluate(ui.score_columns(store, recipe.scores()), n=data.n)
+        except RuleError as exc:
+            st.error(str(exc))
+            st.stop()
+        keep = ev.keep
+        codes, labels = ui.group_codes(store, group)
+        table = rates_from_codes(keep, codes, labels, min_n=int(min_n))
+        tau = ev.thresholds.get(str(rule), float("nan")) if rule is not None else float("nan")
+        st.session_state["keep_specs"] = ev.as_rules()
+        st.session_state["keep_recipe"] = str(recipe)
+        shown = str(recipe)
+        keeps_a = str(recipe)
 
-st.subheader("Samples of a group")
-gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")
-reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagged NSFW are blurred until revealed.")
-blur = ui.blur_uids(store)
-if keep is None:   # examples from a draw made once per (score, group): a move picks among them
-    ex = ui.group_examples(store, score, group)
-    ex = ex[ex["grp"] == gsel]
-    # the rows of the whole draw of this group in one lookup, held: a move that changes which examples show
-    # picks among them instead of looking up new uids in every part of the pool (1.4 s a lookup at 12.8M)
-    drawn = ui.samples(store, tuple(ex["uid"])).set_index("uid")
-    side = {"Kept": ex[ex["value"] >= tau], "Excluded": ex[ex["value"] < tau]}
-    n_side = dict(zip(("Kept", "Excluded"), (int(x) for x in (
-        table.loc[table["group"] == gsel, "kept"].iloc[0],
-        table.loc[table["group"] == gsel, "n"].iloc[0] - table.loc[table["group"] == gsel, "kept"].iloc[0]))))
-    for title, part in side.items():
-        if len(part) < 8:
-            part = ui.more_examples(store, score, group, gsel, float(tau), title == "Kept")
-        uids = part["uid"].head(8).tolist()
-        st.markdown(f"**{title}** ({n_side[title]:,} in {ui.md(gsel)}; showing {len(uids)})")
-        rows = (drawn.loc[uids].reset_index() if drawn.index.isin(uids).sum() == len(uids)
-                else ui.samples(store, tuple(uids)))   # a rare side's extra examples are not in the draw
-        ui.show_samples(store, rows, reveal=reveal, blur_uids=blur)
-else:
-    codes, labels = ui.group_codes(store, group)
-    in_group = codes == int(np.flatnonzero(labels == gsel)[0])
-    rng = np.random.default_rng(0)
-    for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
-        idx = np.flatnonzero(mask)
-        pick = np.sort(rng.choice(idx, size=min(8, len(idx)), replace=False)) if len(idx) else idx
-        st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
-        frame = ui.samples(store, tuple(ui.uids_at(store, tuple(int(x) for x in pick))))
-        ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)
+    kept = int(table.attrs["kept"])
+    if simple and rule.op == "top":
+        target = min(int(data.n * rule.value) + 1, len(data.sorted_desc))
+        if kept > target:
+            extra = kept - target
+            st.info(f"Ties at the threshold: {extra:,} {'sample shares' if extra == 1 else 'samples share'} the cut-off "
+                    f"value {tau:.6g} with the last one in the top fraction, so the rule "
+                    f"keeps {kept:,} ({kept / data.n:.1%}) for a top {rule.value:.0%} (DataComp keeps ties; a score with "
+                    f"few distinct values cannot hit every fraction).")
+    m = st.columns(4)
+    m[0].metric("Kept", f"{kept:,}", help="samples the filter keeps")
+    m[1].metric("Excluded", f"{data.n - kept:,}")
+    m[2].metric("Kept share", f"{kept / data.n:.1%}")
+    if ev is None or np.isfinite(tau):
+        m[3].metric("Threshold τ", f"{tau:.4f}", help=f"on {score}")
+    else:
+        m[3].metric("Steps", f"{len(ev.step_kept)}", help="ordered steps of the recipe")
+    if ev is not None:
+        st.markdown(f"**Recipe**: `{shown}`" + (
+            "  ·  kept after each step: " + " → ".join(f"{x:,}" for x in ev.step_kept) if ev.recipe.ordered else ""))
+        st.caption("Export uses the equivalent plain rules over the whole pool: "
+                   + ", ".join(f"`{r}`" for r in ev.as_rules()))
+    if data.n_missing and (ev is None or score in ev.recipe.scores()):
+        st.caption(f"{data.n_missing:,} samples have no {score} value (no embedding for that model): they are "
+                   f"excluded by this rule and counted in their groups.")
+    used = [score] if ev is None else ev.recipe.scores()
+    rw = [s for s in used if s in names and bool(cat.loc[cat["name"] == s, "random_weights"].iloc[0])]
+    if rw:
+        st.warning(f"{', '.join(rw)} come(s) from a model with RANDOM weights: this preview exercises the pipeline only.")
+    proxy = [s for s in used if "TEXT PROXY" in str(cat.loc[cat["name"] == s, "description"].iloc[0] if s in names else "")]
+    if proxy:
+        st.info(f"{', '.join(proxy)}: the target set is a **text proxy** (class-name prompts through the text "
+                "encoder), not image embeddings; see the score's description on the Overview page.")
+
+    left, right = st.columns([3, 2])
+    with left:
+        glabel = ui.group_label(store, group)
+        fig = charts.rate_chart(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n))
+        st.plotly_chart(fig, width="stretch")
+        if group in store.attributes():
+            st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
+                       "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden)."
+                       + ui.accuracy_note(store, group))
+    with right:
+        counts, edges = data.histogram()
+        st.plotly_chart(charts.histogram_bins(counts, edges, title=f"{score}", tau=tau if np.isfinite(tau) else None),
+                        width="stretch")
+        if ev is None:
+            st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
+
+    show = table[["group", "n", "kept", "rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share",
+                  "small"]].sort_values("rate")
+    st.dataframe(show, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                ("rate", "ci_low", "ci_high", "diff_to_overall", "ratio_to_overall", "pool_share", "kept_share")})
+
+    # ---- why excluded: counts per reason and one sample's reasons ---------------------------------------------
+    if ev is not None and ev.failed:
+        st.subheader("Why excluded")
+        reasons = ev.reason_table()
+        st.plotly_chart(charts.reason_chart(reasons, title="Exclusions per reason (a sample can fail several rules)"),
+                        width="stretch")
+        r1, r2 = st.columns([3, 2]) if ev.recipe.ordered else (st.container(), None)
+        r1.dataframe(reasons.sort_values("excluded", ascending=False), hide_index=True, width="stretch",
+                     column_config={"pool_share": st.column_config.NumberColumn(format="%.3f"),
+                                    "only_reason": st.column_config.NumberColumn(help="excluded by this rule alone")})
+        if r2 is not None:
+            r2.dataframe(ev.funnel(), hide_index=True, width="stretch")
+            r2.caption("Samples left after each step; a sample excluded at one step is not tested by later steps.")
+        excluded_idx = np.flatnonzero(~keep)
+        if len(excluded_idx):
+            pick = np.random.default_rng(0).choice(excluded_idx, size=min(200, len(excluded_idx)), replace=False)
+            pick_uids = ui.uids_at(store, tuple(int(x) for x in np.sort(pick)))
+            w1, w2 = st.columns([1, 2])
+            chosen = w1.selectbox("An excluded sample", pick_uids, key="why_pick")
+            typed = w1.text_input("…or any uid", key="why_uid").strip()
+            uid = typed or chosen
+            pos = ui.uid_row(store, uid)
+            if pos is None:
+                w2.error(f"No sample with uid {uid!r} in this store.")
+            else:
+                frame = ui.samples(store, (uid,))
+                why = ev.why(int(pos))
+                with w2:
+                    cap = frame["caption"].iloc[0] if len(frame) else ""
+                    st.markdown(f"**{ui.md(uid)}** — {ui.md(cap.strip())}")
+                    if why:
+                        st.markdown("Excluded because:\n" + "\n".join(f"- {r}" for r in why))
+                    else:
+                        st.success("Kept by this recipe.")
+                    rt = ev.rule_table(ui.score_columns(store, ev.recipe.scores()), int(pos))
+                    st.dataframe(rt, hide_index=True, width="stretch",
+                                 column_config={"value": st.column_config.NumberColumn(format="%.4f"),
+                                                "passed": st.column_config.CheckboxColumn(
+                                                    help="empty: an earlier step had already excluded it")})
+
+    # ---- compare two filters --------------------------------------------------------------------------------
+    st.subheader("Compare two filters")
+    st.caption("Filter A is the filter above. Filter B: the top fraction of another score (or a typed recipe). "
+               "Overlap of the kept sets, and how the two scores rank the pool: Spearman ρ of the **Score** picked "
+               "at the top and the **Filter B score**.")
+    compare = st.toggle("Compare with filter B", value=data.n <= ui.COMPARE_DEFAULT_MAX_ROWS, key="cmp_on",
+                        help="Off by default above 2M samples: ranking both scores, binning their density and applying "
+                             "B over the whole pool takes seconds there (once; it is cached).")
+    if not compare:
+        st.caption(f"Switch on to compare; with {data.n:,} samples the first comparison takes a few seconds.")
+    else:
+        b1, b2, b3 = st.columns([2, 1.5, 2.5])
+        others = [n for n in names if n != score] or names
+        bdefault = next((others.index(n) for n in (neg, clip, nsi) if n in others), 0)
+        cmp_score = b1.selectbox("Filter B score", others, index=bdefault, key="cmp_score",
+                                 format_func=lambda n: ui.score_label(cat, n))
+        cmp_top = b2.slider("B: keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="cmp_top")
+        cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder="basic & laion")
+        spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
+        try:
+            rb = Recipe.parse(spec_b, names=names)
+            keep_b = ui.recipe_keep(store, spec_b)
+        except RuleError as exc:
+            st.error(f"Filter B: {exc}")
+            st.stop()
+        if keep is not None:
+            ov = overlap(keep, keep_b)
+        else:   # A is one rule: its kept set is a prefix of the sketch's order, and B's count along it is indexed
+            ov = overlap_counts(kept, int(keep_b.sum()), int(ui.overlap_index(store, score, group, spec_b)[data.n_kept(tau)]))
+        rho, n_rho = ui.spearman(store, score, cmp_score)
+        mc = st.columns(5)
+        mc[0].metric("A keeps", f"{ov['kept_a']:,}")
+        mc[1].metric("B keeps", f"{ov['kept_b']:,}")
+        mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only {ov['only_b']:,}")
+        mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
+        mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
+                     help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
+        table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
+        g1, g2 = st.columns([3, 2])
+        g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
+                                         label_a="A keeps " + _short(keeps_a),
+                                         label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
+                                                                    else str(rb))), width="stretch")
+        g2.plotly_chart(ui.density_figure(store, score, cmp_score), width="stretch")
+
+    st.subheader("Samples of a group")
+    gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")
+    reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagged NSFW are blurred until revealed.")
+    blur = ui.blur_uids(store)
+    if keep is None:   # examples from a draw made once per (score, group): a move picks among them
+        ex = ui.group_examples(store, score, group)
+        ex = ex[ex["grp"] == gsel]
+        # the rows of the whole draw of this group in one lookup, held: a move that changes which examples show
+        # picks among them instead of looking up new uids in every part of the pool (1.4 s a lookup at 12.8M)
+        drawn = ui.group_drawn(store, score, group, gsel)
+        side = {"Kept": ex[ex["value"] >= tau], "Excluded": ex[ex["value"] < tau]}
+        n_side = dict(zip(("Kept", "Excluded"), (int(x) for x in (
+            table.loc[table["group"] == gsel, "kept"].iloc[0],
+            table.loc[table["group"] == gsel, "n"].iloc[0] - table.loc[table["group"] == gsel, "kept"].iloc[0]))))
+        for title, part in side.items():
+            if len(part) < 8:
+                part = ui.more_examples(store, score, group, gsel, float(tau), title == "Kept")
+            uids = part["uid"].head(8).tolist()
+            st.markdown(f"**{title}** ({n_side[title]:,} in {ui.md(gsel)}; showing {len(uids)})")
+            rows = (drawn.loc[uids].reset_index() if drawn.index.isin(uids).sum() == len(uids)
+                    else ui.samples(store, tuple(uids)))   # a rare side's extra examples are not in the draw
+            ui.show_samples(store, rows, reveal=reveal, blur_uids=blur)
+    else:
+        codes, labels = ui.group_codes(store, group)
+        in_group = codes == int(np.flatnonzero(labels == gsel)[0])
+        rng = np.random.default_rng(0)
+        for title, mask in (("Kept", in_group & keep), ("Excluded", in_group & ~keep)):
+            idx = np.flatnonzero(mask)
+            pick = np.sort(rng.choice(idx, size=min(8, len(idx)), replace=False)) if len(idx) else idx
+            st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
+            frame = ui.samples(store, tuple(ui.uids_at(store, tuple(int(x) for x in pick))))
+            ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)
+
+
+live()
