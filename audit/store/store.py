@@ -645,15 +645,17 @@ class Store:
             rows = np.flatnonzero((np.asarray(codes) == hit[0]) & finite & side)
             rows = rows[rng.permutation(len(rows))[:int(per_group)]]
         else:
+            # the scored rows grouped (a radix sort of the small codes, pool order within a group), then up to
+            # per_group of each group drawn without replacement in random order: O(N) once, not a permutation and
+            # a gather of the whole pool (1.7 s of the first render at 12.8M rows)
             rows = np.flatnonzero(finite)
-            rows = rows[rng.permutation(len(rows))]                      # random order …
             grp = np.asarray(codes)[rows]
-            by = np.argsort(grp, kind="stable")                           # … kept within each group
+            by = np.argsort(grp, kind="stable")
             counts = np.bincount(grp, minlength=len(labels))
             start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            take = np.concatenate([by[a:a + min(c, int(per_group))] for a, c in zip(start, counts)] or
-                                  [np.zeros(0, dtype=np.int64)])
-            rows = rows[take]
+            take = [by[a + rng.choice(c, size=min(c, int(per_group)), replace=False)] for a, c in zip(start, counts)
+                    if c]
+            rows = rows[np.concatenate(take)] if take else rows[:0]
         rows = rows.astype(np.int64)
         return pd.DataFrame({"uid": self.uids_at(rows), "value": np.asarray(values)[rows],
                              "grp": np.asarray(labels, dtype=object)[np.asarray(codes)[rows]]})
