@@ -82,6 +82,24 @@ def test_regression_hand_computed_and_polyfit():
     assert amplification_regression(group_table(keep, labels, min_n=600)) is None   # < 3 groups
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_line_fit_equals_scipy_linregress(seed):
+    from scipy.stats import linregress
+
+    from audit.measure.fairness import line_fit
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 40))
+    x = rng.normal(size=n) * 3
+    y = 0.2 * x + rng.normal(size=n) * float(rng.uniform(0.01, 2))
+    want = linregress(x, y)
+    got = line_fit(x, y)
+    np.testing.assert_allclose(got, [want.slope, want.intercept, want.rvalue, want.pvalue, want.stderr],
+                               rtol=1e-9, atol=1e-12)
+    exact = line_fit(np.array([1.0, 2, 3]), np.array([2.0, 4, 6]))   # a perfect line: r = 1, p = 0, no error
+    assert exact == pytest.approx((2.0, 0.0, 1.0, 0.0, 0.0))
+
+
 def test_flag_rates_hand_computed():
     keep = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
     flagged = np.array([1, 0, 0, 0, 1, 1, 1, 1, 0, 0], bool)
