@@ -250,6 +250,12 @@ def group_label(store: Store, col: str) -> str:
     return col
 
 
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
+def top_thresholds(store: Store, rules: tuple) -> dict[str, float]:
+    """{str(rule): τ} of the top-fraction rules among ``rules`` (Rule objects), read off the stored sorted order."""
+    return {str(r): store.top_fraction_threshold(r.score, r.value) for r in rules if r.op == "top"}
+
+
 @st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)
 def attributes(store: Store) -> tuple[str, ...]:
     return tuple(store.attributes())

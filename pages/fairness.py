@@ -84,7 +84,7 @@ min_n = int(g3.number_input("Minimum n", 1, 100_000, ui.MIN_N, key="fz_min_n",
 by = [by1] + ([by2] if by2 != "(none)" else [])
 
 frame = ui.fairness_frame(store, tuple(dict.fromkeys(r.score for r in rules)), tuple(by))
-rep = table_from_frame(frame, rules, by, min_n=min_n)
+rep = table_from_frame(frame, rules, by, min_n=min_n, thresholds=ui.top_thresholds(store, tuple(rules)))
 table, sel = rep.table, rep.selection
 keep = sel.keep
 n_all, kept = len(keep), int(keep.sum())

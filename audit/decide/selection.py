@@ -117,8 +117,10 @@ class Selection:
         return {r: int(m.sum()) for r, m in self.failed.items()}
 
 
-def select(rules: Sequence[Rule], columns: dict[str, np.ndarray], n: int | None = None) -> Selection:
-    """Intersect rules; every threshold is computed over the whole pool (all N rows)."""
+def select(rules: Sequence[Rule], columns: dict[str, np.ndarray], n: int | None = None,
+           thresholds: dict[str, float] | None = None) -> Selection:
+    """Intersect rules; every threshold is computed over the whole pool (all N rows), or taken from
+    ``thresholds`` ({str(rule): τ}, e.g. ``Store.top_fraction_threshold``, the same number without a partition)."""
     if n is None:
         n = len(next(iter(columns.values()))) if columns else 0
     keep = np.ones(n, dtype=bool)
@@ -127,7 +129,8 @@ def select(rules: Sequence[Rule], columns: dict[str, np.ndarray], n: int | None 
         if rule.score not in columns:
             raise RuleError(f"unknown score {rule.score!r}; known: {', '.join(sorted(columns)) or 'none'}")
         s = columns[rule.score]
-        tau = threshold_for(rule, s)
+        tau = (thresholds or {}).get(str(rule))
+        tau = threshold_for(rule, s) if tau is None else tau
         ok = apply_rule(rule, s, tau=tau)
         sel.thresholds[str(rule)] = tau
         sel.failed[rule.reason] = ~ok

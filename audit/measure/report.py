@@ -68,13 +68,15 @@ def load_frame(store, scores: Sequence[str], by: Sequence[str]):
     return pd.DataFrame(data, index=pd.RangeIndex(n))
 
 
-def table_from_frame(frame, rules, by: Sequence[str], *, min_n: int = 30) -> Report:
-    """Apply the rules (intersected) and tabulate inclusion by the (intersection of the) attributes."""
+def table_from_frame(frame, rules, by: Sequence[str], *, min_n: int = 30,
+                     thresholds: dict[str, float] | None = None) -> Report:
+    """Apply the rules (intersected) and tabulate inclusion by the (intersection of the) attributes.
+    ``thresholds``: precomputed top-fraction thresholds ({str(rule): τ}), as ``selection.select`` takes them."""
     from audit.measure.fairness import amplification_regression, combine_labels, group_table
     from audit.decide.selection import select
 
     columns = {r.score: frame[r.score].to_numpy(dtype=float) for r in rules}
-    sel = select(rules, columns, n=len(frame))
+    sel = select(rules, columns, n=len(frame), thresholds=thresholds)
     labels = combine_labels(*[frame[f"by:{c}"].array for c in by])
     table = group_table(sel.keep, labels, min_n=min_n)
     return Report(table[REPORT_COLUMNS], sel, labels, amplification_regression(table, min_n=min_n), list(rules))
