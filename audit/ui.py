@@ -253,7 +253,10 @@ def group_label(store: Store, col: str) -> str:
 @st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
 def top_thresholds(store: Store, rules: tuple) -> dict[str, float]:
     """{str(rule): τ} of the top-fraction rules among ``rules`` (Rule objects), read off the stored sorted order."""
-    return {str(r): store.top_fraction_threshold(r.score, r.value) for r in rules if r.op == "top"}
+    from audit.decide.selection import top_fraction_threshold_sorted
+
+    return {str(r): top_fraction_threshold_sorted(store.score_array(r.score), store.score_order(r.score), r.value)
+            for r in rules if r.op == "top"}
 
 
 @st.cache_data(max_entries=8, show_spinner=False, hash_funcs=HASH)

@@ -110,10 +110,11 @@ def test_store_aggregates_equal_numpy(make_store):
         assert not bad, bad[:3]
         few = st.group_examples("s", "source", 8, label="b", tau=2.0, kept=True)
         assert len(few) == min(8, int(((vs >= 2.0) & (srcs == "b")).sum())) and (few["value"] >= 2.0).all()
-        from audit.decide.selection import top_fraction_threshold
+        from audit.decide.selection import top_fraction_threshold, top_fraction_threshold_sorted
 
         for frac in (1e-6, 0.01, 0.3, 0.5, 0.97, 1.0):   # read off the stored order = a partition of the values
-            assert st.top_fraction_threshold("s", frac) == top_fraction_threshold(vs, frac), frac
+            got = top_fraction_threshold_sorted(st.score_array("s"), st.score_order("s"), frac)
+            assert got == top_fraction_threshold(vs, frac), frac
         rows = [0, 5, n - 1, 1234]
         assert st.uids_at(rows) == [us[r] for r in rows]
         assert st.uid_row(us[777]) == 777 and st.uid_row("not-a-uid") is None

@@ -628,15 +628,6 @@ class Store:
         """Rows (uid order) of the score's finite values, value descending, equal values in row order."""
         return pool_columns.score_order(self, name)
 
-    def top_fraction_threshold(self, name: str, fraction: float) -> float:
-        """DataComp's top-fraction threshold of a stored score (``selection.top_fraction_threshold`` of its values)
-        read off the pool-order sorted order: O(1) instead of a partition of the pool."""
-        from audit.decide.selection import top_fraction_rank
-
-        values, order = self.score_array(name), self.score_order(name)
-        rank = top_fraction_rank(len(values), len(order), fraction)
-        return float("-inf") if rank is None else float(values[order[rank]])
-
     def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
                        tau: float | None = None, kept: bool = True, seed: int = 0) -> pd.DataFrame:
         """uid, value, grp: a seeded uniform draw of up to ``per_group`` scored samples of each group, in random
