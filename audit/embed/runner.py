@@ -236,7 +236,6 @@ def _embed_local(store_path: str, emb: Embedder, folder: Path, run_id: int, batc
     no_image = int(work["image_ref"].isna().sum())
     work = work[work["image_ref"].notna()]
     done = embedded_uids(folder) if folder.exists() else set()
-    settings = folder / "embedder.json"
     todo = work[~work["uid"].isin(done)].reset_index(drop=True)
     if limit is not None:
         todo = todo.iloc[:limit]
@@ -251,9 +250,7 @@ def _embed_local(store_path: str, emb: Embedder, folder: Path, run_id: int, batc
     def flush() -> None:
         nonlocal seq, buf_u, buf_i, buf_t
         if buf_u:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not settings.exists():
-                settings.write_text(json.dumps({"autocast_bf16": bool(emb.autocast), "key": emb.key}))
+            _record_settings(folder, emb)
             write_vectors(_FolderStore(folder), emb.key, f"r{run_id:05d}-{seq:06d}", buf_u,
                           np.concatenate(buf_i), np.concatenate(buf_t))
             checkpoint("embed.part_written")
@@ -279,6 +276,14 @@ def _embed_local(store_path: str, emb: Embedder, folder: Path, run_id: int, batc
             "no_image": no_image}, rejects
 
 
+def _record_settings(folder: Path, emb: Embedder) -> None:
+    """embedder.json beside the model's first parts: the precision they were computed with (a resumed run keeps it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "embedder.json"
+    if not settings.exists():
+        settings.write_text(json.dumps({"autocast_bf16": bool(emb.autocast), "key": emb.key}))
+
+
 RAY_MIN_SLICES = 16
 
 
@@ -291,10 +296,7 @@ def _embed_on_ray(store_path: str, emb: Embedder, spec: EmbedderSpec, folder: Pa
     from audit.engine import over_samples, plugin_rejects
     from audit.store import Store
 
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = folder / "embedder.json"
-    if not settings.exists():
-        settings.write_text(json.dumps({"autocast_bf16": bool(emb.autocast), "key": emb.key}))
+    _record_settings(folder, emb)
     with Store.detached(store_path) as rd:
         # default: a part per flush_rows samples, but at least RAY_MIN_SLICES slices, so a small pool still
         # keeps every worker of a small cluster busy
