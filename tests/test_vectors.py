@@ -97,3 +97,40 @@ def test_row_norms_and_normalised_half_agree_on_both_paths(monkeypatch):
         got = v.normalised_half(x, rows, norms)
         assert got.dtype == np.float16
         assert np.mean(got != ref) < 1e-3 and np.abs(got.astype(np.float32) - ref.astype(np.float32)).max() <= 1e-3
+
+
+def test_unit_rows_are_kept_as_given_and_gather_rows_equals_fancy_indexing(tmp_path):
+    """normalised_half keeps a float16 row whose norm is within 2^-11 of 1 bit for bit (dividing would move a number
+    by less than one float16 step) and divides the others; gather_rows (run-by-run copies, or a view of a single
+    run) equals x[rows], for a memmap as for an array."""
+    import numpy as np
+
+    from audit.store import vectors as v
+
+    rng = np.random.default_rng(5)
+    x32 = rng.normal(size=(400, 48)).astype(np.float32)
+    # 3e-4 off unit: within the tolerance, yet dividing would change many numbers (the check below could fail)
+    x = (x32 / np.linalg.norm(x32, axis=1, keepdims=True) * (1 + 3e-4)).astype(np.float16)
+    x[7] *= 3                                    # far from unit
+    x[9] = 0                                     # zero norm: divided (a NaN row, which ingest rejects)
+    norms = v.row_norms(x)
+    assert abs(norms[0] - 1) <= v.UNIT_TOL and norms[7] > 2.9
+    rows = np.array([0, 1, 2, 7, 8, 10, 11, 12, 300])
+    got = v.normalised_half(x, rows, norms)
+    keep = rows != 7
+    np.testing.assert_array_equal(got[keep], x[rows[keep]])
+    divided = (x[rows[keep]].astype(np.float32) / norms[rows[keep]][:, None]).astype(np.float16)
+    assert (divided != x[rows[keep]]).sum() > 20   # what the check above tells apart
+    ref = v.l2_normalise(x[[7]]).astype(np.float16)
+    assert np.abs(got[3].astype(np.float32) - ref[0].astype(np.float32)).max() <= 1e-3
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for r in (np.arange(400), np.arange(5, 9), np.array([4]), np.array([], int), rows,
+              np.sort(rng.choice(400, 390, replace=False)), np.sort(rng.choice(400, 30, replace=False))):
+        for src in (x, mm):
+            for copy in (True, False):
+                g = v.gather_rows(src, r, copy=copy)
+                assert type(g) is np.ndarray and g.shape == (len(r), 48)
+                np.testing.assert_array_equal(g, x[r])
+    view = v.gather_rows(mm, np.arange(5, 9), copy=False)
+    assert np.shares_memory(view, mm) and not np.shares_memory(v.gather_rows(mm, np.arange(5, 9)), mm)

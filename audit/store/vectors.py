@@ -32,9 +32,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 TORCH_MIN_ROWS = 100_000   # row_norms / normalised_half: numpy below this many rows, torch above
 
 
-def row_norms(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+def row_norms(x: np.ndarray, chunk: int = 8_192) -> np.ndarray:
     """(n,) float32 L2 norm of each row of a float16/float32 matrix, in chunks (no full-size float32 copy), through
-    torch (F16C conversion, both cores): the ingest check (NaN/inf/zero) and the normalisation share it."""
+    torch (F16C conversion, both cores): the ingest check (NaN/inf/zero) and the normalisation share it. Chunks of
+    8,192 rows keep the float32 copy in cache: 0.04 s for a 250k × 768 float16 array here, 0.26 s in chunks of
+    65,536 (a fresh 200 MB buffer per chunk), 0.4 s through numpy."""
     out = np.empty(len(x), dtype=np.float32)
     if len(x) < TORCH_MIN_ROWS:   # importing torch (~3 s) costs more than it saves on a small input
         for s in range(0, len(x), chunk):
@@ -49,16 +51,55 @@ def row_norms(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     return out
 
 
+UNIT_TOL = 2.0 ** -11   # a float16 row whose norm is this close to 1 is already unit (see normalised_half)
+
+
 def normalised_half(x: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """x[rows] / norms[rows] as float16: what l2_normalise then the float16 write do, in one pass (the norms are
-    the ones ingest checked)."""
+    the ones ingest checked).
+
+    A float16 row already of unit norm within 2^-11 (DataComp's npz rows are: 1 ± 1e-5) is kept as given: dividing
+    it would move each number by less than one float16 step (2^-11 to 2^-10 of its size), so the stored row
+    differs from divide-then-round by at most one step in a number (99.95% of the numbers are bit-identical on
+    the simulated pool) and ingest skips a float32 round trip of every vector. Other rows are divided."""
+    n = norms[rows]
+    if x.dtype == np.float16:
+        off = np.flatnonzero(~(np.abs(n - 1) <= UNIT_TOL))   # NaN norms too (callers reject those rows)
+        out = gather_rows(x, rows, copy=bool(len(off)))
+        if len(off):
+            out[off] = _divided_half(out[off], n[off])
+        return out
+    return _divided_half(x[rows], n)
+
+
+def gather_rows(x: np.ndarray, rows: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """x[rows] for sorted ``rows``, copied run by run of consecutive rows: a slice copies at memory speed where
+    fancy indexing goes row by row (0.06 s vs 0.31 s for 250k × 768 float16 rows of a memmap here). With
+    ``copy=False`` a single run comes back as a read-only view (a memmap's pages, no copy)."""
+    if len(rows) == 0:
+        return np.empty((0,) + x.shape[1:], x.dtype)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(breaks) > len(rows) // 64:   # scattered rows: runs too short to pay
+        out = x[rows]
+        return out.view(np.ndarray) if isinstance(out, np.memmap) else out
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    if len(starts) == 1 and not copy:
+        view = x[rows[0]:rows[0] + len(rows)]
+        return view.view(np.ndarray) if isinstance(view, np.memmap) else view
+    out = np.empty((len(rows),) + x.shape[1:], x.dtype)
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        out[a:b] = x[rows[a]:rows[a] + (b - a)]
+    return out
+
+
+def _divided_half(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     if len(x) < TORCH_MIN_ROWS:
-        c = np.asarray(x[rows], dtype=np.float32)
-        return (c / norms[rows][:, None]).astype(np.float16)
+        return (np.asarray(x, dtype=np.float32) / n[:, None]).astype(np.float16)
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(x[rows])).float()
-    t /= torch.from_numpy(norms[rows]).unsqueeze(1)
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    t /= torch.from_numpy(np.ascontiguousarray(n)).unsqueeze(1)
     return t.half().numpy()
 
 
