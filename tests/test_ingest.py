@@ -218,3 +218,71 @@ def test_npz_members_are_memory_mapped_and_equal_np_load(tmp_path):
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(Exception):
         npz_arrays(tmp_path / "cut.npz", ("a", "b"))
+
+
+def test_datacomp_read_ahead_keeps_cross_input_duplicates_repeats_and_unit_rows_exact(tmp_path):
+    """Ingest reads the next shard on a thread while it writes the one before: a uid of shard 0 repeated in shard
+    2 is still a duplicate (checked at write time), a shard listed twice is skipped once, and the accounting holds.
+    Vectors already of unit norm (DataComp's) are stored bit for bit as given; the others are divided by their
+    norm, as l2_normalise then a float16 cast would (within one float16 step)."""
+    import pyarrow.parquet as pq
+
+    from audit.store.vectors import iter_vectors
+
+    rng = np.random.default_rng(3)
+    d = tmp_path / "pool"
+    d.mkdir()
+    u0 = datacomp_shard(d, "00000000", 5, rng=rng)
+    datacomp_shard(d, "00000001", 4, rng=rng)
+    u2 = datacomp_shard(d, "00000002", 3, rng=rng)
+    frame = pq.read_table(d / "00000002.parquet").to_pandas()
+    frame.loc[1, "uid"] = u0[3]                    # repeats a uid of shard 0
+    frame.to_parquet(d / "00000002.parquet")
+    with np.load(d / "00000000.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    raw = arrays["l14_img"].astype(np.float32)
+    unit = (raw / np.linalg.norm(raw, axis=1, keepdims=True) * (1 + 3e-4)).astype(np.float16)   # within 2^-11
+    unit[4] = arrays["l14_img"][4]                 # one row left far from unit norm
+    arrays["l14_img"] = unit
+    np.savez(d / "00000000.npz", **arrays)
+    store = str(tmp_path / "dc.duckdb")
+    rep = ingest("datacomp", [str(d), str(d / "00000001.parquet")], store_path=store, progress=False,
+                 echo=lambda s: None)
+    n, rej = counts(store)
+    assert rej == {"duplicate_uid": 1} and n == 5 + 4 + 2
+    assert rep.rows_in == 12 == n + 1 and rep.skipped_inputs == [str(d / "00000001.parquet")]
+    with Store.reader(store) as st:
+        assert st.scalar("SELECT detail FROM rejects") == f"uid {u0[3]} already in store"
+        got = {}
+        for uids, cols in iter_vectors(st, "datacomp_l14"):
+            got.update(zip(uids, cols["img"]))
+    assert u2[1] not in got and len(got) == n
+    for i in range(4):   # unit rows: exactly the given float16 numbers
+        np.testing.assert_array_equal(got[u0[i]], unit[i].astype(np.float32))
+    u = unit[:4].astype(np.float32)
+    assert np.abs(np.linalg.norm(u, axis=1) - 1).max() <= 2.0 ** -11
+    assert ((u / np.linalg.norm(u, axis=1, keepdims=True)).astype(np.float16) != unit[:4]).sum() > 10   # dividing: not
+    want = (raw[4] / np.linalg.norm(raw[4])).astype(np.float16).astype(np.float32)
+    assert np.abs(got[u0[4]] - want).max() <= 1e-3 and abs(np.linalg.norm(got[u0[4]]) - 1) < 2e-3
+
+
+def test_domains_of_equals_domain_of_per_url_and_memmap_pages_can_be_released(tmp_path):
+    """domains_of looks each host up once; checked against domain_of called on every url by itself. Text that is
+    not a url is looked up by its own value: "" must not take the domain of an earlier url whose host is ""."""
+    from audit.ingest.accounting import domain_of, domains_of
+    from audit.ingest.datacomp import npz_arrays, release_pages
+
+    urls = ["https://a.b.co.uk/x", "http://Foo.com", "not a url", "a://b", None, "foo/bar://x/y",
+            "https://a.b.co.uk/y", "", "ftp://x.org/1/2", "https://img1.etsystatic.com/p/1.jpg"]
+    want = [domain_of(u) for u in urls]
+    for given in (urls, pd.Series(urls, dtype=object), pd.Series(urls, dtype="str")):
+        doms, tlds = domains_of(given)
+        assert list(zip(doms, tlds)) == want
+    assert want[7] == (None, None) and want[5] != (None, None)
+    arr = np.arange(12, dtype=np.float16).reshape(3, 4)
+    np.savez(tmp_path / "v.npz", a=arr)
+    mm = npz_arrays(tmp_path / "v.npz", ["a"])["a"]
+    assert isinstance(mm, np.memmap)
+    release_pages(mm)                     # the pages leave the resident set; the data reads back the same
+    np.testing.assert_array_equal(mm, arr)
+    release_pages(arr)                    # a plain array: nothing to do

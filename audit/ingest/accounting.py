@@ -116,13 +116,20 @@ def domain_of(url: str | None) -> tuple[str | None, str | None]:
 
 
 def domains_of(urls: Iterable) -> tuple[list, list]:
-    cache: dict = {}
+    """(domains, tlds) of each url: domain_of once per host (the text between a url's second and third slash), or
+    once per distinct value for text that is not a url. Give an object array or a list: iterating pandas'
+    Arrow-backed strings costs more than the lookups."""
+    by_host: dict = {}
+    by_value: dict = {}   # apart from the hosts: "" must not take the domain of a url whose host is ""
     doms, tlds = [], []
-    for u in urls:
-        host = u.split("/")[2] if isinstance(u, str) and "://" in u else u
-        if host not in cache:
-            cache[host] = domain_of(u)
-        d, t = cache[host]
+    for u in urls.to_numpy(dtype=object, na_value=None) if isinstance(urls, pd.Series) else urls:
+        if isinstance(u, str) and "://" in u:
+            cache, key = by_host, u.split("/", 3)[2]
+        else:
+            cache, key = by_value, u
+        if key not in cache:
+            cache[key] = domain_of(u)
+        d, t = cache[key]
         doms.append(d)
         tlds.append(t)
     return doms, tlds

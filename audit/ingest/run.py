@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from audit.killpoints import checkpoint
 from audit.store import Store
 from audit.store.vectors import l2_normalise, normalised_half, write_vectors
 from audit.ingest.accounting import Batch, FORMATS, IngestReport, domains_of, fingerprint
-from audit.ingest.datacomp import fill_datacomp
+from audit.ingest.datacomp import fill_datacomp, release_pages
 from audit.ingest.folder import fill_folder
 from audit.ingest.parquet import fill_parquet
 from audit.ingest.webdataset import fill_webdataset
@@ -103,18 +104,28 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
         params["vectors"] = False
     from tqdm import tqdm
 
-    bar = tqdm(inputs, desc=f"ingest {fmt}", unit="file", disable=not progress)
+    bar = tqdm(total=len(inputs), desc=f"ingest {fmt}", unit="file", disable=not progress)
     with Store.writer(store_path) as st:
         run_id = st.start_run("ingest", fmt, params=params)
-    for p in bar:
-        src = source or (p.name if fmt == "folder" else p.parent.name or p.stem)
-        fp = fingerprint(*_fingerprinted(fmt, p))
-        with Store.writer(store_path) as st:
-            done = st.input_done(str(p.resolve()), fp)
-        if done:
-            total.skipped_inputs.append(str(p))
-            continue
-        total.add(_ingest_one(fmt, p, fp, src, store_path, run_id, simulated, max_pixels, vectors))
+
+    def read(item: tuple[Path, str, str]) -> tuple[Batch, dict]:
+        batch = Batch(item[2], fmt, max_pixels=max_pixels, vectors=vectors)
+        return batch, FILLERS[fmt](batch, item[0]) or {}
+
+    # One input is read ahead on a thread while the one before is written: parquet decoding, the norm check and
+    # image decoding overlap the vector and sample writes (both release the GIL). Only the main thread writes.
+    todo = _pending(fmt, inputs, store_path, source, total, bar)
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as reader:
+        item = next(todo, None)
+        ahead = reader.submit(read, item) if item else None
+        while ahead is not None:
+            batch, vecs = ahead.result()
+            path, fp, src = item
+            item = next(todo, None)
+            ahead = reader.submit(read, item) if item else None
+            total.add(_ingest_one(batch, vecs, fmt, path, fp, src, store_path, run_id, simulated))
+            bar.update(1)
+    bar.close()
     with Store.writer(store_path) as st:
         st.end_run(run_id, rows_in=total.rows_in, rows_out=total.accepted,
                    rows_rejected=sum(total.rejected.values()))
@@ -125,6 +136,23 @@ def ingest(fmt: str, paths: Iterable[str], *, store_path: str, source: str | Non
     for line in total.lines():
         echo(line)
     return total
+
+
+def _pending(fmt: str, inputs: list[Path], store_path: str, source: str | None, total: IngestReport,
+             bar) -> Iterator[tuple[Path, str, str]]:
+    """(path, fingerprint, source) of each input not ingested yet, in order, looked up only as the loop reaches
+    it; an input already ingested (same path and bytes), or listed twice, is counted as skipped."""
+    seen: set[tuple[str, str]] = set()
+    for p in inputs:
+        key = (str(p.resolve()), fingerprint(*_fingerprinted(fmt, p)))
+        with Store.writer(store_path) as st:
+            done = st.input_done(*key)
+        if done or key in seen:
+            total.skipped_inputs.append(str(p))
+            bar.update(1)
+            continue
+        seen.add(key)
+        yield p, key[1], source or (p.name if fmt == "folder" else p.parent.name or p.stem)
 
 
 def _fingerprinted(fmt: str, p: Path) -> list[Path]:
@@ -145,17 +173,16 @@ SAMPLE_FIELDS = ["uid", "caption", "url", "width", "height", "stored_width", "st
                  "uid_given", "_row"]
 
 
-def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run_id: int,
-                simulated: bool, max_pixels: int, vectors: bool = True) -> IngestReport:
-    """Read one input file and write all of it in one transaction: a kill leaves the store as it was.
+def _ingest_one(batch: Batch, vectors: dict, fmt: str, path: Path, fp: str, source: str, store_path: str,
+                run_id: int, simulated: bool) -> IngestReport:
+    """Write one input file, read into ``batch`` (and its ``vectors``), in one transaction: a kill leaves the store
+    as it was.
 
     Vector parts are written first, named by the input's content (``fp``), so a rerun rewrites the same files
     instead of adding copies. A model's first parts appear in the store when the transaction registers it; parts
     of a model already registered are read as soon as they are renamed into place (until the rerun, a kill can
     leave vectors whose samples were rolled back).
     """
-    batch = Batch(source, fmt, max_pixels=max_pixels, vectors=vectors)
-    vectors = FILLERS[fmt](batch, path) or {}
     rep = IngestReport()
     checkpoint("ingest.read")
     with Store.writer(store_path) as st:
@@ -180,35 +207,25 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
         for col in ("width", "height", "stored_width", "stored_height"):
             frame[col] = pd.array(frame[col], dtype="Int64")
         uid_arr = pa.Array.from_pandas(frame["uid"].astype(object), type=pa.string())
-        for model, (_, img, txt) in vectors.items():
-            # align: vectors rows are parquet rows; keep the accepted ones in frame order
-            pos = rows_idx.astype(np.int64)
-            for start in range(0, len(pos), VECTOR_CHUNK):
-                sel = pos[start:start + VECTOR_CHUNK]
-                key = model.removeprefix("datacomp_")
-                if f"{key}_img" in batch.norms:   # norms computed once, at the check
-                    vi = normalised_half(img, sel, batch.norms[f"{key}_img"])
-                    vt = normalised_half(txt, sel, batch.norms[f"{key}_txt"])
-                else:
-                    vi, vt = l2_normalise(img[sel]), l2_normalise(txt[sel])
-                write_vectors(st, model, f"{fp[:20]}-{start // VECTOR_CHUNK:04d}", uid_arr[start:start + VECTOR_CHUNK],
-                              vi, vt)
-                checkpoint("ingest.vector_part")
         rej = pd.DataFrame(batch.rejects)
         if not rej.empty:
             rej["run_id"] = run_id
         rows_in = len(frame) + len(batch.rejects)
-        with st.transaction():
-            for model, (_, img, _txt) in vectors.items():
-                st.register_model(model, dim=img.shape[1], backend="datacomp-npz", arch=model,
-                                  pretrained=("simulated" if simulated else "openai")
-                                  if model.endswith(("b32", "l14")) else None,
-                                  random_weights=False, run_id=run_id, simulated=simulated)
+        # the vector parts are written on a thread while the transaction stages the samples and scores; it waits
+        # for them before the samples count as written, so a kill before the commit still leaves no samples
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-vectors") as writer, st.transaction():
+            parts_done = writer.submit(_write_vector_parts, st, vectors, batch.norms, rows_idx, uid_arr, fp)
             for name, values in batch.scores.items():
                 st.append_scores(name, uid_arr, values[rows_idx.astype(np.int64)], run_id=run_id,
                                  kind="datacomp", model=f"datacomp_{name.split('_')[1]}", simulated=simulated,
                                  description="CLIP similarity from the DataComp parquet (OpenAI CLIP)")
             st.add_samples(frame.drop(columns=["_row"]), run_id=run_id)
+            parts_done.result()
+            for model, (_, img, _txt) in vectors.items():   # after its parts: the view globs them
+                st.register_model(model, dim=img.shape[1], backend="datacomp-npz", arch=model,
+                                  pretrained=("simulated" if simulated else "openai")
+                                  if model.endswith(("b32", "l14")) else None,
+                                  random_weights=False, run_id=run_id, simulated=simulated)
             checkpoint("ingest.samples_written")
             # a uid accepted now (the input was fixed) leaves the rejects: never in both tables
             st.clear_ingest_rejects(frame["uid"])
@@ -219,3 +236,24 @@ def _ingest_one(fmt: str, path: Path, fp: str, source: str, store_path: str, run
     rep.rows_in = rows_in
     rep.rejected.update(r["reason"] for r in batch.rejects)
     return rep
+
+
+def _write_vector_parts(st: Store, vectors: dict, norms: dict, rows_idx: np.ndarray, uid_arr: pa.Array,
+                        fp: str) -> None:
+    """Each model's vectors of the accepted rows (``rows_idx``: their rows in the input, in frame order), unit
+    length and float16, as parts of VECTOR_CHUNK rows named by the input's content. Touches only files."""
+    pos = rows_idx.astype(np.int64)
+    for model, (_, img, txt) in vectors.items():
+        key = model.removeprefix("datacomp_")
+        for start in range(0, len(pos), VECTOR_CHUNK):
+            sel = pos[start:start + VECTOR_CHUNK]
+            if f"{key}_img" in norms:   # norms computed once, at the check
+                vi = normalised_half(img, sel, norms[f"{key}_img"])
+                vt = normalised_half(txt, sel, norms[f"{key}_txt"])
+            else:
+                vi, vt = l2_normalise(img[sel]), l2_normalise(txt[sel])
+            write_vectors(st, model, f"{fp[:20]}-{start // VECTOR_CHUNK:04d}", uid_arr[start:start + VECTOR_CHUNK],
+                          vi, vt)
+            checkpoint("ingest.vector_part")
+        release_pages(img)
+        release_pages(txt)
