@@ -307,3 +307,45 @@ def test_large_pool_balancing_page_shows_the_stored_streamed_solve(make_store, t
     table = at.dataframe[0].value
     assert table["group"].tolist() == summary["groups"]
     np.testing.assert_allclose(table["share after M4"], summary["shares"])
+
+
+def test_streamed_save_stages_the_weights_a_batch_at_a_time(make_store, tmp_path):
+    """save_batches over iter_weights (Parquet and CSV, 97 rows a batch) stores the file's weights uid for uid, one
+    part per batch and score, and the run's counts; a second save replaces the first."""
+    from audit.analyses.balance.run import iter_weights, save_batches
+    from audit.store.results import meta_get
+
+    path = _pool(make_store)
+    with Store.reader(path) as st:
+        uids = sorted(st.df("SELECT uid FROM samples")["uid"])
+    rng = np.random.default_rng(4)
+    q = rng.random(len(uids))
+    w = pd.DataFrame({"uid": uids, "q": q, "keep": rng.random(len(uids)) < q})
+    for i, out in enumerate((tmp_path / "w.parquet", tmp_path / "w.csv")):
+        (w.to_parquet if out.suffix == ".parquet" else lambda p: w.to_csv(p, index=False))(out)
+        batches = list(iter_weights(str(out), batch_rows=97))
+        assert [len(b[1]) for b in batches] == [97] * (len(uids) // 97) + [len(uids) % 97]
+        run = save_batches(path, "m4", {"try": i}, iter(batches), {"kept": int(w["keep"].sum())}, description="t")
+        with Store.reader(path) as st:
+            got = st.score_frame(["m4_q", "m4_keep"]).set_index("uid").loc[uids]
+            n_parts = st.scalar("SELECT count(*) FROM parts WHERE table_name = 'scores' AND key = 'm4_q'")
+            r = st.df("SELECT rows_in, rows_out FROM runs WHERE run_id = ?", [run]).iloc[0]
+            assert json.loads(meta_get(st, "balance.m4"))["params"] == {"try": i}
+        np.testing.assert_allclose(got["m4_q"].to_numpy(), q, rtol=1e-15)
+        assert (got["m4_keep"].to_numpy() == w["keep"].to_numpy()).all() and len(got) == len(uids)
+        assert n_parts == len(batches) and (r["rows_in"], r["rows_out"]) == (len(uids), int(w["keep"].sum()))
+
+
+def test_streamed_save_of_a_bad_weights_file_fails_its_run_and_stores_nothing(make_store, tmp_path):
+    """A weights file whose q column is not numeric: the error reaches the caller, the run is marked failed, and
+    no m4 score is registered."""
+    from audit.analyses.balance.run import iter_weights, save_batches
+
+    path = _pool(make_store)
+    out = tmp_path / "w.csv"
+    out.write_text("uid,q,keep\nabc,0.5,1\ndef,not-a-number,0\n")
+    with pytest.raises(Exception):
+        save_batches(path, "m4", {}, iter_weights(str(out)), {}, description="t")
+    with Store.reader(path) as st:
+        assert st.df("SELECT status FROM runs WHERE stage = 'balance'")["status"].tolist() == ["failed"]
+        assert st.scalar("SELECT count(*) FROM parts WHERE table_name = 'scores' AND key LIKE 'm4%'") == 0

@@ -477,13 +477,9 @@ class Store:
         import pyarrow as pa
 
         ident(name)
-        uid_arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), type=pa.string())
-        name_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(uid_arr), dtype=np.int32)),
-                                                  pa.array([name], type=pa.string()))   # no list of N strings
-        frame = pa.table({"uid": uid_arr, "name": name_col,
-                          "value": pa.array(np.asarray(values, dtype=np.float64))})
+        frame = score_table(name, uids, values)
         with self.transaction():
-            if len(uid_arr) or replace:
+            if frame.num_rows or replace:
                 parts.write_part(self, "scores", name, frame, run_id=run_id, replace=replace)
             self._catalog_score(name, run_id, kind, model, random_weights, simulated, description, replace=replace)
 
@@ -808,3 +804,13 @@ def _uid_table(uids: Iterable[str]):
     else:
         arr = pa.array(list(uids), type=pa.string())
     return pa.table({"uid": arr.cast(pa.string())})
+
+
+def score_table(name: str, uids, values: np.ndarray):
+    """The Arrow table of one score's part: uid, name (dictionary-encoded: no list of N strings), value."""
+    import pyarrow as pa
+
+    uid_arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), type=pa.string())
+    name_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(uid_arr), dtype=np.int32)),
+                                              pa.array([name], type=pa.string()))
+    return pa.table({"uid": uid_arr, "name": name_col, "value": pa.array(np.asarray(values, dtype=np.float64))})

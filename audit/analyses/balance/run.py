@@ -369,42 +369,64 @@ def run_m4_streaming(store, attribute: str, proxies: str | list[str] | None, *, 
 
 def save_result(store_path: str, name: str, params: dict, uids, q, keep, summary: dict, *, description: str) -> int:
     """Record the run, write {name}_q / {name}_keep as scores and the summary under meta 'balance.{name}'."""
-    from audit.store import Store
+    return save_batches(store_path, name, params, [(uids, q, keep)], summary, description=description)
+
+
+def save_batches(store_path: str, name: str, params: dict, batches, summary: dict, *, description: str) -> int:
+    """save_result over (uids, q, keep) batches: each batch is staged as a part of both scores as it comes, and
+    the parts are registered together at the end, so a 12.8M-row weights file is never held whole."""
+    from audit.store import Store, failed_run_guard, score_table
+    from audit.store.parts import stage_part
     from audit.store.results import meta_put
 
     import pyarrow as pa
 
-    uids = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), pa.string())
     with Store.writer(store_path) as st:
         run = st.start_run("balance", name, params=params)
-        st.write_scores(f"{name}_q", uids, np.asarray(q, np.float64), run_id=run, kind="balance",
-                        description=f"{description}: weight q in [0, 1]")
-        st.write_scores(f"{name}_keep", uids, np.asarray(keep, np.float64), run_id=run, kind="balance",
-                        description=f"{description}: seeded Bernoulli(q) draw, 1 = kept")
+        root = st.parts_dir()
+    cols = (f"{name}_q", f"{name}_keep")
+    staged: dict[str, list] = {c: [] for c in cols}
+    rows = kept = 0
+    with failed_run_guard(store_path, run):   # a bad weights file fails the run; its staged parts are orphans
+        for uids, q, keep in batches:
+            uids = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), pa.string())
+            for col, values in zip(cols, (q, keep)):
+                table = score_table(col, uids, np.asarray(values, np.float64))
+                staged[col].append(stage_part(root, "scores", col, table, run_id=run))
+            rows, kept = rows + len(q), kept + int(np.sum(keep))
+    with Store.writer(store_path) as st:
+        st.register_scores(cols[0], staged[cols[0]], run_id=run, kind="balance",
+                           description=f"{description}: weight q in [0, 1]")
+        st.register_scores(cols[1], staged[cols[1]], run_id=run, kind="balance",
+                           description=f"{description}: seeded Bernoulli(q) draw, 1 = kept")
         meta_put(st, f"balance.{name}", json.dumps({**summary, "run_id": run, "params": params}, default=json_default))
-        st.end_run(run, rows_in=len(q), rows_out=int(np.sum(keep)))
+        st.end_run(run, rows_in=rows, rows_out=kept)
     from audit.store.columns import refresh
 
-    refresh(store_path, scores=[f"{name}_q", f"{name}_keep"])   # the pages' pool-order columns of the weights
+    refresh(store_path, scores=list(cols))   # the pages' pool-order columns of the weights
     return run
 
 
-def read_weights(path: str):
-    """(uid, q, keep) of a weights file this module wrote (CSV or Parquet), as a pyarrow string array and two
-    float64 arrays: no Python string per row."""
+def iter_weights(path: str, batch_rows: int = 1_000_000) -> Iterator[tuple]:
+    """(uid, q, keep) of a weights file this module wrote (CSV or Parquet), ``batch_rows`` at a time: a pyarrow
+    string array and two float64 arrays, no Python string per row."""
     import pyarrow as pa
 
     if str(path).lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=["uid", "q", "keep"])
+        reader = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid", "q", "keep"])
     else:
         import pyarrow.csv as pcsv
 
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            column_types={"uid": pa.string(), "q": pa.float64()}, include_columns=["uid", "q", "keep"]))
-    return (table.column("uid").combine_chunks(), table.column("q").to_numpy().astype(np.float64),
-            table.column("keep").to_numpy(zero_copy_only=False).astype(np.float64))
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=64 << 20),
+                               convert_options=pcsv.ConvertOptions(column_types={"uid": pa.string(), "q": pa.float64()},
+                                                                   include_columns=["uid", "q", "keep"]))
+    for block in reader:   # a CSV block is 64 MB of text whatever batch_rows is: cut it
+        for start in range(0, block.num_rows, batch_rows):
+            batch = block.slice(start, batch_rows)
+            yield (batch.column("uid"), batch.column("q").to_numpy(zero_copy_only=False).astype(np.float64),
+                   batch.column("keep").to_numpy(zero_copy_only=False).astype(np.float64))
 
 
 def streamed_summary(store, attribute: str, res, kept: int, groups, proxies, target, budget, eps_rep,
