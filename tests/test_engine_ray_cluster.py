@@ -1,6 +1,8 @@
 """A Ray cluster of two nodes on this machine (`ray start --head` plus one `ray start --address` worker): a stage
-whose driver is killed mid-way leaves the store as it was, and the rerun on the cluster equals the local run."""
+whose driver is killed mid-way leaves the store as it was, and the rerun on the cluster computes only the slices
+the killed job had not finished and equals the local run."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,6 +76,8 @@ def test_a_killed_ray_run_resumes_to_the_local_result_on_two_nodes(two_nodes, de
 
     done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    resumed = re.search(r"resuming: (\d+) of (\d+) slices", done.stdout)   # only what the killed job had not done
+    assert resumed and 3 <= int(resumed[1]) < int(resumed[2]), done.stdout[-2000:]
     got, _, runs = _annotations(str(on_ray))
     assert len(got) == len(want) > 3900 * 4
     assert got.equals(want)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,11 +53,14 @@ def _steps(inp: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
         ("score_basic", ["score", "basic"]),
         ("annotate_caption", ["annotate", "caption"]),
         ("annotate_domain", ["annotate", "domain"]),
+        # the same two stages again in slices of 100 rows: a kill between slices, then a rerun that resumes
+        ("score_basic_sliced", ["score", "basic", "--force", "--batch-rows", "100"]),
+        ("annotate_caption_sliced", ["annotate", "caption", "--force", "--batch-rows", "100"]),
         ("export", ["export", "--out", str(out), "--keep", "clip_l14_similarity_score:top=0.5"]),
     ]
 
 
-# (step, kill point): 24 points; NAME:K is the K-th time the point is reached
+# (step, kill point): 26 points; NAME:K is the K-th time the point is reached
 KILLS = [
     ("ingest_pool", "ingest.read"), ("ingest_pool", "ingest.read:2"), ("ingest_pool", "ingest.read:3"),
     ("ingest_pool", "ingest.vector_part"), ("ingest_pool", "ingest.vector_part:3"),
@@ -70,6 +74,7 @@ KILLS = [
     ("score_basic", "score.computed"), ("score_basic", "score.written"),
     ("annotate_caption", "annotate.computed"), ("annotate_caption", "annotate.written"),
     ("annotate_domain", "annotate.written"),
+    ("score_basic_sliced", "local.slice_collected:5"), ("annotate_caption_sliced", "local.slice_collected:3"),
     ("export", "export.before_rename"), ("export", "export.data_written"),
 ]
 
@@ -175,6 +180,9 @@ def test_killed_then_rerun_equals_uninterrupted(reference, step, point, tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(tmp_path.glob(".kept.csv*tmp*")), "the killed export's temporary file is left behind"
     assert_same(state(store, out if step == "export" else None), reference["after"][step])
+    if point.startswith("local.slice_collected"):   # the rerun computed only the slices the killed run had not
+        done = int(point.split(":")[1])
+        assert re.search(rf"resuming: {done} of \d+ slices", again.stdout), again.stdout[-2000:]
     with Store.reader(store) as st:
         statuses = st.df("SELECT status FROM runs ORDER BY run_id")["status"].tolist()
     if step != "export":   # export records no run

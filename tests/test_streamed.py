@@ -37,3 +37,92 @@ def test_slices_cover_every_row_once_in_order(tmp_path_factory, rows, group, bat
     assert sum(p[2] for p in pieces) == sum(rows)
     # no slice is much larger than a batch, unless one row group is (then it is cut in row ranges)
     assert all(p[2] < batch_rows + group for p in pieces)
+
+
+# ---- resume (audit/store/journal.py) ---------------------------------------------------------------------------
+CALLS: list[str] = []      # first uid of every batch fn computed, in this process
+STOP_AFTER = [None]        # raise KeyboardInterrupt (a kill, not a plug-in error) after this many batches
+
+
+def _doubled(payload, batch):
+    """A row-local score: value = x * payload, staged as a scores part."""
+    if STOP_AFTER[0] is not None and len(CALLS) >= STOP_AFTER[0]:
+        raise KeyboardInterrupt
+    CALLS.append(batch["uid"].iloc[0])
+    out = pa.table({"uid": pa.array(batch["uid"], pa.string()), "name": pa.array(["d"] * len(batch)),
+                    "value": pa.array(batch["x"].to_numpy() * payload, pa.float64())})
+    return {"d": out}, len(batch)
+
+
+def _values(root, staged) -> dict:
+    t = pa.concat_tables([pq.read_table(root / rel) for rel, _ in staged["d"]])
+    return dict(zip(t.column("uid").to_pylist(), t.column("value").to_pylist()))
+
+
+def _files(folder, n_files=4, rows=250):
+    files = []
+    for k in range(n_files):
+        path = folder / f"in-{k}.parquet"
+        pq.write_table(pa.table({"uid": [f"u{k}-{i:04d}" for i in range(rows)], "x": np.arange(rows) + 1000 * k}),
+                       path, row_group_size=50)
+        files.append(str(path))
+    return files
+
+
+def test_a_killed_streamed_stage_resumes_with_only_the_slices_it_had_not_finished(tmp_path, capsys):
+    from audit.store.streamed import run_over_files
+
+    files, root = _files(tmp_path), tmp_path / "parts"
+    kw = {"columns": ["x"], "root": root, "table": "scores", "run_id": 7, "batch_rows": 100}
+    CALLS.clear()
+    STOP_AFTER[0] = 3
+    try:
+        run_over_files(files, _doubled, 2.0, **kw)
+        raise AssertionError("the kill did not happen")
+    except KeyboardInterrupt:
+        pass
+    killed = list(CALLS)
+    assert len(killed) == 3 and len(list((root / "_journal").rglob("*.pkl"))) == 3
+    CALLS.clear()
+    STOP_AFTER[0] = None
+    staged, infos, n, rejects = run_over_files(files, _doubled, 2.0, **kw)
+    assert "resuming: 3 of 12 slices" in capsys.readouterr().out
+    assert len(CALLS) == 9 and not set(CALLS) & set(killed)       # only the slices the killed run had not done
+    assert n == sum(infos) == 1000 and not rejects
+    got = _values(root, staged)
+    want = {f"u{k}-{i:04d}": 2.0 * (i + 1000 * k) for k in range(4) for i in range(250)}
+    assert got == want                                              # every row once, each its own value
+    assert not (root / "_journal").exists() or not list((root / "_journal").rglob("*.pkl"))
+
+
+def test_the_journal_is_keyed_by_the_inputs_and_never_reuses_a_missing_file(tmp_path):
+    """Another payload (parameters) or another batch shape computes everything; a journal entry whose staged file
+    was collected is computed again."""
+    from audit.store.streamed import run_over_files
+
+    files, root = _files(tmp_path, n_files=2), tmp_path / "parts"
+    kw = {"columns": ["x"], "root": root, "table": "scores", "run_id": 1, "batch_rows": 100}
+    CALLS.clear()
+    STOP_AFTER[0] = 4
+    try:
+        run_over_files(files, _doubled, 2.0, **kw)
+    except KeyboardInterrupt:
+        pass
+    STOP_AFTER[0] = None
+    CALLS.clear()
+    staged, *_ = run_over_files(files, _doubled, 3.0, **kw)         # other parameters: no reuse
+    assert len(CALLS) == 6 and set(_values(root, staged).values()) == {3.0 * (i + 1000 * k)
+                                                                        for k in range(2) for i in range(250)}
+    CALLS.clear()
+    staged, *_ = run_over_files(files, _doubled, 2.0, **{**kw, "batch_rows": 50})   # other batch shape: no reuse
+    assert len(CALLS) == 10
+    # the killed run's journal for (2.0, 100 rows) is still there: drop one staged file it names
+    entries = sorted((root / "_journal").rglob("*.pkl"))
+    assert len(entries) == 4
+    import pickle
+    first = pickle.loads(entries[0].read_bytes())
+    (root / first[0]["d"][0][0]).unlink()
+    CALLS.clear()
+    staged, _, n, _ = run_over_files(files, _doubled, 2.0, **kw)
+    assert len(CALLS) == 3 and n == 500                               # 6 - 4 done + the one whose file was gone
+    assert _values(root, staged) == {f"u{k}-{i:04d}": 2.0 * (i + 1000 * k) for k in range(2) for i in range(250)}

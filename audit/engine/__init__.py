@@ -139,11 +139,15 @@ def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns,
     engine = engine or LOCAL
     if engine.is_ray:
         from audit.engine.ray_data import run_over_files
+
+        extra = {"engine": engine}
     else:
+        from audit.killpoints import checkpoint
         from audit.store.streamed import run_over_files
+
+        extra = {"on_result": lambda: checkpoint("local.slice_collected")}
     return run_over_files(files, fn, payload, columns=columns, root=root, table=table, run_id=run_id,
-                          batch_rows=engine.batch_rows, arrow=arrow, block_rows=block_rows,
-                          **({"engine": engine} if engine.is_ray else {}))
+                          batch_rows=engine.batch_rows, arrow=arrow, block_rows=block_rows, **extra)
 
 
 def require_local(engine: Engine | None, what: str) -> None:

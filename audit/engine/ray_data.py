@@ -17,7 +17,7 @@ written without float statistics (DuckDB prunes NaN rows by pyarrow's min/max: a
 land in the store's parts folder, so the store (and every node) must be on a filesystem all of them reach.
 
 A killed driver leaves staged files no catalogue names (removed later by ``parts.collect_garbage``) and the store
-as it was; a plug-in that raises on some rows makes those rows rejects, not a failed job (``run_batch``).
+as it was; each finished slice's journal entry (audit/store/journal.py) lets the rerun compute only the rest; a plug-in that raises on some rows makes those rows rejects, not a failed job (``run_batch``).
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ from pathlib import Path
 
 from audit.engine import Engine
 from audit.killpoints import checkpoint
-from audit.store.streamed import BATCH_ROWS, blocks, merge, run_slice, slices
+from audit.store.streamed import BATCH_ROWS, journal_shape, merge, pieces_to_run, run_piece
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
 
 class _Slices:
     """Ray Data callable class: one per worker; ``__call__`` runs the slices of one batch of the dataset (each a
-    row ``i`` of the slice list) and returns their staging records."""
+    row ``i`` of the list of (slice, journal entry)) and returns their staging records."""
 
     def __init__(self, fn, payload, pieces: list, kw: dict):
         self.fn, self.payload, self.pieces, self.kw = fn, payload, pieces, kw
@@ -43,7 +43,10 @@ class _Slices:
     def __call__(self, batch):
         import pandas as pd
 
-        done = [pickle.dumps(run_slice(self.fn, self.payload, self.pieces[int(i)], **self.kw)) for i in batch["i"]]
+        done = []
+        for i in batch["i"]:
+            piece, entry = self.pieces[int(i)]
+            done.append(pickle.dumps(run_piece(self.fn, self.payload, piece, self.kw, entry)))
         return pd.DataFrame({"staged": done})
 
 
@@ -90,11 +93,14 @@ def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, 
                    engine: Engine) -> tuple:
     """``streamed.run_over_files`` on Ray Data (same arguments, same result)."""
     batch_rows = batch_rows or BATCH_ROWS
-    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
-    if not pieces:
-        return merge([])
     kw = {"columns": tuple(columns), "root": str(root), "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
+    _, done, pieces, jr = pieces_to_run(files, fn, payload, root=root, batch_rows=batch_rows, block_rows=block_rows,
+                                        journal_shape=journal_shape(kw, block_rows))
+    if not pieces:   # nothing to compute (no input, or a killed run's journal holds every slice)
+        if jr is not None:
+            jr.close()
+        return merge(done)
     with session(engine) as ray:
         size = min(workers(ray, engine), len(pieces))
         ds = ray.data.from_items([{"i": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
@@ -107,4 +113,6 @@ def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, 
             for blob in batch["staged"]:
                 results.append(pickle.loads(blob))
                 checkpoint("ray.batch_collected")
-    return merge(results)
+    if jr is not None:
+        jr.close()
+    return merge(done + results)

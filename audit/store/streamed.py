@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
-from audit.store import parts
+from audit.store import journal, parts
 
 BATCH_ROWS = 200_000
 PARALLEL_MIN_ROWS = 400_000    # below this, one process (starting workers costs more than it saves)
@@ -160,9 +160,30 @@ def run_slice(fn: BatchFn, payload, piece: tuple, *, columns, root, table: str, 
                  for batch in batches)
 
 
+def run_piece(fn: BatchFn, payload, piece: tuple, kw: dict, entry: str | None) -> Staged:
+    """``run_slice``, then the slice's journal entry (``journal.record``): the step both engines' workers run."""
+    out = run_slice(fn, payload, piece, **kw)
+    journal.record(entry, out)
+    return out
+
+
 def _one_slice(task: tuple) -> Staged:
-    fn, payload, piece, kw = task
-    return run_slice(fn, payload, piece, **kw)
+    return run_piece(*task)
+
+
+def pieces_to_run(files: list[str], fn: BatchFn, payload, *, root, journal_shape: dict, batch_rows: int,
+                  block_rows: int | None):
+    """(the pieces of ``files``, the Staged of those a killed run with the same inputs finished, [(piece, journal
+    entry)] to compute, the journal or None): the same cut and the same journal on both engines."""
+    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
+    jr = journal.Journal.open(root, fn, payload, **journal_shape) if pieces else None
+    if jr is None:
+        return pieces, [], [(p, None) for p in pieces], None
+    done, todo = jr.split(pieces, root)
+    if done:
+        print(f"resuming: {len(done):,} of {len(pieces):,} slices were computed by an interrupted run with the same "
+              "inputs; computing the rest", flush=True)
+    return pieces, done, todo, jr
 
 
 def check_rows(rows: int, n_samples: int) -> None:
@@ -172,22 +193,42 @@ def check_rows(rows: int, n_samples: int) -> None:
 
 
 def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,
-                   batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None) -> Staged:
+                   batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None,
+                   on_result: Callable[[], None] | None = None) -> Staged:
     """``fn`` over every row of these Parquet files (any layout with a ``uid`` column: samples parts, vector
     parts), a batch at a time, as a pandas frame (or, with ``arrow``, the Arrow record batch); outputs staged as
-    parts of ``table`` under ``root``. Returns (staged parts per key, the infos of every batch, rows read, rejects)."""
+    parts of ``table`` under ``root``. Returns (staged parts per key, the infos of every batch, rows read, rejects).
+    The slices a killed run with the same inputs finished are taken from its journal (audit/store/journal.py), not
+    computed again; ``on_result`` is called after each slice the driver collects (the engine's kill point)."""
     batch_rows = batch_rows or BATCH_ROWS
-    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
     kw = {"columns": tuple(columns), "root": root, "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
-    tasks = [(fn, payload, piece, kw) for piece in pieces]
+    pieces, done, todo, jr = pieces_to_run(files, fn, payload, root=root, batch_rows=batch_rows,
+                                           block_rows=block_rows, journal_shape=journal_shape(kw, block_rows))
+    tasks = [(fn, payload, piece, kw, entry) for piece, entry in todo]
     workers = min(len(tasks), os.cpu_count() or 1)
-    if workers > 1 and sum(piece[2] for piece in pieces) >= PARALLEL_MIN_ROWS:
+    if workers > 1 and sum(piece[2] for piece, _ in todo) >= PARALLEL_MIN_ROWS:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            results = list(ex.map(_one_slice, tasks))
+            results = []
+            for res in ex.map(_one_slice, tasks):
+                results.append(res)
+                if on_result:
+                    on_result()
     else:
-        results = [_one_slice(t) for t in tasks]
-    return merge(results)
+        results = []
+        for t in tasks:
+            results.append(_one_slice(t))
+            if on_result:
+                on_result()
+    if jr is not None:
+        jr.close()
+    return merge(done + results)
+
+
+def journal_shape(kw: dict, block_rows: int | None) -> dict:
+    """What besides the batch function and its payload a slice's result depends on (the journal's stage key)."""
+    return {"columns": kw["columns"], "table": kw["table"], "batch_rows": kw["batch_rows"], "arrow": kw["arrow"],
+            "block_rows": block_rows}
 
 
 @contextlib.contextmanager
