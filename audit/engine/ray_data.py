@@ -17,7 +17,8 @@ written without float statistics (DuckDB prunes NaN rows by pyarrow's min/max: a
 land in the store's parts folder, so the store (and every node) must be on a filesystem all of them reach.
 
 A killed driver leaves staged files no catalogue names (removed later by ``parts.collect_garbage``) and the store
-as it was; each finished slice's journal entry (audit/store/journal.py) lets the rerun compute only the rest; a plug-in that raises on some rows makes those rows rejects, not a failed job (``run_batch``).
+as it was; each finished slice's journal entry (audit/store/journal.py) lets the rerun compute only the rest; a
+plug-in that raises on some rows makes those rows rejects, not a failed job (``run_batch``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from audit.engine import Engine
 from audit.killpoints import checkpoint
-from audit.store.streamed import BATCH_ROWS, journal_shape, merge, pieces_to_run, run_piece
+from audit.store.streamed import BATCH_ROWS, finish, pieces_to_run, run_piece
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
@@ -95,24 +96,18 @@ def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, 
     batch_rows = batch_rows or BATCH_ROWS
     kw = {"columns": tuple(columns), "root": str(root), "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
-    _, done, pieces, jr = pieces_to_run(files, fn, payload, root=root, batch_rows=batch_rows, block_rows=block_rows,
-                                        journal_shape=journal_shape(kw, block_rows))
-    if not pieces:   # nothing to compute (no input, or a killed run's journal holds every slice)
-        if jr is not None:
-            jr.close()
-        return merge(done)
-    with session(engine) as ray:
-        size = min(workers(ray, engine), len(pieces))
-        ds = ray.data.from_items([{"i": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-        # a fixed pool (an autoscaling one started a single actor for a few slices); one slice per call
-        out = ds.map_batches(_Slices, fn_constructor_args=(fn, payload, pieces, kw), batch_size=1,
-                             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=size),
-                             num_cpus=1, num_gpus=engine.num_gpus_per_worker or None)
-        results = []
-        for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
-            for blob in batch["staged"]:
-                results.append(pickle.loads(blob))
-                checkpoint("ray.batch_collected")
-    if jr is not None:
-        jr.close()
-    return merge(done + results)
+    done, pieces, jr = pieces_to_run(files, fn, payload, kw, block_rows)
+    results = []
+    if pieces:   # none: no input, or a killed run's journal holds every slice
+        with session(engine) as ray:
+            size = min(workers(ray, engine), len(pieces))
+            ds = ray.data.from_items([{"i": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
+            # a fixed pool (an autoscaling one started a single actor for a few slices); one slice per call
+            out = ds.map_batches(_Slices, fn_constructor_args=(fn, payload, pieces, kw), batch_size=1,
+                                 batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=size),
+                                 num_cpus=1, num_gpus=engine.num_gpus_per_worker or None)
+            for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
+                for blob in batch["staged"]:
+                    results.append(pickle.loads(blob))
+                    checkpoint("ray.batch_collected")
+    return finish(jr, done, results)

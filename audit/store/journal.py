@@ -54,7 +54,7 @@ def _code_digest() -> str:
 
 def _feed(h, obj) -> None:
     """A digest of ``obj`` that does not depend on the process: sets in sorted order, arrays by their bytes."""
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+    if isinstance(obj, _PLAIN):
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
     elif isinstance(obj, np.ndarray):
         h.update(f"nd:{obj.dtype.str}:{obj.shape};".encode())
@@ -111,11 +111,11 @@ class Journal:
     def entry(self, piece: tuple) -> str:
         return str(self.folder / f"{digest(piece)}.pkl")
 
-    def done(self, piece: tuple, root) -> tuple | None:
-        """The ``Staged`` a finished slice recorded, if every file it staged is still there (renewed), else None."""
-        path = Path(self.entry(piece))
+    def done(self, entry: str, root) -> tuple | None:
+        """The ``Staged`` a finished slice recorded in ``entry``, if every file it staged is still there (renewed),
+        else None."""
         try:
-            staged = pickle.loads(path.read_bytes())
+            staged = pickle.loads(Path(entry).read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
             return None
         files = [Path(root) / rel for v in staged[0].values() for rel, _ in v]
@@ -130,9 +130,10 @@ class Journal:
         """(the Staged of the pieces already done, [(piece, its entry path)] still to compute)."""
         done, todo = [], []
         for piece in pieces:
-            got = self.done(piece, root)
+            entry = self.entry(piece)
+            got = self.done(entry, root)
             if got is None:
-                todo.append((piece, self.entry(piece)))
+                todo.append((piece, entry))
             else:
                 done.append(got)
         return done, todo

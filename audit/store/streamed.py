@@ -171,19 +171,26 @@ def _one_slice(task: tuple) -> Staged:
     return run_piece(*task)
 
 
-def pieces_to_run(files: list[str], fn: BatchFn, payload, *, root, journal_shape: dict, batch_rows: int,
-                  block_rows: int | None):
-    """(the pieces of ``files``, the Staged of those a killed run with the same inputs finished, [(piece, journal
-    entry)] to compute, the journal or None): the same cut and the same journal on both engines."""
-    pieces = blocks(files, block_rows) if block_rows else slices(files, batch_rows)
-    jr = journal.Journal.open(root, fn, payload, **journal_shape) if pieces else None
+def pieces_to_run(files: list[str], fn: BatchFn, payload, kw: dict, block_rows: int | None):
+    """(the Staged of the pieces a killed run with the same inputs finished, [(piece, journal entry)] to compute, the
+    journal or None) for ``files`` cut as ``run_slice``'s ``kw`` says: the same cut and journal on both engines."""
+    pieces = blocks(files, block_rows) if block_rows else slices(files, kw["batch_rows"])
+    shape = {k: kw[k] for k in ("columns", "table", "batch_rows", "arrow")}   # with fn and payload: the stage key
+    jr = journal.Journal.open(kw["root"], fn, payload, **shape, block_rows=block_rows) if pieces else None
     if jr is None:
-        return pieces, [], [(p, None) for p in pieces], None
-    done, todo = jr.split(pieces, root)
+        return [], [(p, None) for p in pieces], None
+    done, todo = jr.split(pieces, kw["root"])
     if done:
         print(f"resuming: {len(done):,} of {len(pieces):,} slices were computed by an interrupted run with the same "
               "inputs; computing the rest", flush=True)
-    return pieces, done, todo, jr
+    return done, todo, jr
+
+
+def finish(jr: "journal.Journal | None", done: list, results: list) -> Staged:
+    """Every piece is done: drop the journal, merge the resumed and the computed pieces."""
+    if jr is not None:
+        jr.close()
+    return merge(done + results)
 
 
 def check_rows(rows: int, n_samples: int) -> None:
@@ -203,32 +210,21 @@ def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, tab
     batch_rows = batch_rows or BATCH_ROWS
     kw = {"columns": tuple(columns), "root": root, "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
-    pieces, done, todo, jr = pieces_to_run(files, fn, payload, root=root, batch_rows=batch_rows,
-                                           block_rows=block_rows, journal_shape=journal_shape(kw, block_rows))
+    done, todo, jr = pieces_to_run(files, fn, payload, kw, block_rows)
     tasks = [(fn, payload, piece, kw, entry) for piece, entry in todo]
     workers = min(len(tasks), os.cpu_count() or 1)
-    if workers > 1 and sum(piece[2] for piece, _ in todo) >= PARALLEL_MIN_ROWS:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            results = []
-            for res in ex.map(_one_slice, tasks):
-                results.append(res)
-                if on_result:
-                    on_result()
-    else:
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and sum(piece[2] for piece, _ in todo) >= PARALLEL_MIN_ROWS:
+            ex = stack.enter_context(ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")))
+            computed = ex.map(_one_slice, tasks)
+        else:
+            computed = map(_one_slice, tasks)
         results = []
-        for t in tasks:
-            results.append(_one_slice(t))
+        for res in computed:
+            results.append(res)
             if on_result:
                 on_result()
-    if jr is not None:
-        jr.close()
-    return merge(done + results)
-
-
-def journal_shape(kw: dict, block_rows: int | None) -> dict:
-    """What besides the batch function and its payload a slice's result depends on (the journal's stage key)."""
-    return {"columns": kw["columns"], "table": kw["table"], "batch_rows": kw["batch_rows"], "arrow": kw["arrow"],
-            "block_rows": block_rows}
+    return finish(jr, done, results)
 
 
 @contextlib.contextmanager
