@@ -4,7 +4,7 @@
 
 For each row-local plug-in (score basic, annotate caption, annotate domain; score laion and annotate nsfw,
 which also read a stored score) and the vector-local ones (score clip,
-laion-nsfw and annotate zeroshot on the L/14 vectors) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
+laion-nsfw and annotate zeroshot on the L/14 vectors; score vas-d, 5 iterations) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
 alternating, --repeat times: `--engine local`; `--engine ray --num-cpus N` (a fresh local Ray of N CPUs started
 by the stage: its start-up and shut-down are in the time); and `--engine ray --address A` on a one-node cluster of
 N CPUs that `ray start --head` started before (how a cluster user runs it). Printed: rows/s, wall seconds, the
@@ -43,6 +43,8 @@ PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate"
            # vector-local: read the model's float16 vector parts (1.5 KB per vector at 768-d)
            ("score clip (L/14)", ["score", "clip", "--model", "datacomp_l14"]),
            ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),
+           # several passes: 5 iterations of VAS-D = 11 passes over the vectors (start, 5 VAS, 4 Σ, the values)
+           ("score vas-d (L/14, 5 iterations: 11 passes)", ["score", "vas-d", "--model", "datacomp_l14", "--iters", "5"]),
            ("annotate zeroshot (L/14)", ["annotate", "zeroshot", "--model", "datacomp_l14",
                                                       # random text weights (no hub here): the rate, not the labels
                                                       "--text-model", "ViT-L-14:none"])]

@@ -86,7 +86,8 @@ def test_the_row_and_vector_local_plug_ins_are_the_ones_on_ray():
     assert {("score", "basic"), ("score", "text-based"), ("annotate", "caption"), ("annotate", "domain"), ("score", "clip"),
             ("score", "laion-nsfw"), ("score", "aesthetic"), ("score", "normsim"), ("score", "vas"),
             ("annotate", "zeroshot"), ("score", "laion"), ("annotate", "nsfw"), ("annotate", "faces"),
-            ("annotate", "copyright"), ("score", "metaclip"), ("score", "image-based")} <= set(ON_RAY)
+            ("annotate", "copyright"), ("score", "metaclip"), ("score", "image-based"),
+            ("score", "vas-d")} <= set(ON_RAY)
     assert DEMO_ANNOTATE["copyright"][0] == "datacomp_l14"      # with its visual (vector) pass
     assert DEMO_RUN["normsim"][1]["classes"] and DEMO_RUN["clip"][0] == "datacomp_b32"
 
@@ -247,8 +248,7 @@ def test_negclip_blocks_are_the_same_on_both_engines_and_equal_an_independent_co
     assert np.isfinite(value.drop(["s00007", "zz-no-vector"])).all()
 
 
-@pytest.mark.parametrize("argv", [["score", "vas-d", "--model", "datacomp_l14"],
-                                  ["score", "semdedup", "--model", "datacomp_l14"]])
+@pytest.mark.parametrize("argv", [["score", "semdedup", "--model", "datacomp_l14"]])
 def test_stages_without_a_ray_form_refuse_it_clearly_before_any_work(demo_store, tmp_path, capsys, argv):
     from audit.cli import main
 

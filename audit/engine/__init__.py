@@ -154,7 +154,7 @@ def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
         raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: embed, every annotator, "
-                         "and the scores but vas-d and semdedup; see README, 'On a cluster')")
+                         "and the scores but semdedup; see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

@@ -252,3 +252,34 @@ def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: in
         yield [str(dest)]
     finally:
         dest.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def score_uids(store, name: str, at_least: float, run_id: int):
+    """One Parquet file of the uids (sorted, in row groups of 100,000) whose stored score ``name`` is finite and at
+    least ``at_least``: a candidate set that workers look up by uid range (``uids_in_file``), never the pool's
+    values in memory. Under the parts folder like ``joined_samples``'s file, removed afterwards."""
+    dest = store.parts_dir() / "inputs" / f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    target = "'" + str(dest).replace("'", "''") + "'"
+    try:
+        store.cursor().execute(f"COPY (SELECT uid FROM scores WHERE name = ? AND NOT isnan(value) AND value >= ? "
+                               f"ORDER BY uid) TO {target} (FORMAT parquet, ROW_GROUP_SIZE 100000)",
+                               [name, float(at_least)])
+        yield str(dest)
+    finally:
+        dest.unlink(missing_ok=True)
+
+
+def uids_in_file(path: str, uids) -> "np.ndarray":
+    """Whether each of ``uids`` (an Arrow string array) is in the sorted uid file ``path`` (``score_uids``): only
+    the file's row groups within the batch's uid range are read."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not len(uids):
+        return np.zeros(0, bool)
+    mm = pc.min_max(uids)
+    got = pq.read_table(path, columns=["uid"], filters=[("uid", ">=", mm["min"].as_py()), ("uid", "<=", mm["max"].as_py())])
+    return pc.is_in(uids, value_set=got.column("uid")).to_numpy(zero_copy_only=False).astype(bool)
