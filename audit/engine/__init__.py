@@ -64,9 +64,13 @@ def from_args(a: argparse.Namespace) -> Engine:
 @contextlib.contextmanager
 def stage(engine: Engine | None):
     """The engine for a whole stage: on Ray, one session (the connection, or a local Ray started once) shared by
-    all of the stage's passes (metaclip has three, image-based four), instead of one per pass."""
+    all of the stage's passes (metaclip has three, image-based four, vas-d two per iteration), instead of one per
+    pass; locally, one process pool (``streamed.stage_pool``)."""
     if engine is None or not engine.is_ray:
-        yield
+        from audit.store.streamed import stage_pool
+
+        with stage_pool():
+            yield
         return
     from audit.engine.ray_data import session
 

@@ -199,6 +199,26 @@ def check_rows(rows: int, n_samples: int) -> None:
                            "run it again")
 
 
+_POOLS: list = []    # the pools of the open ``stage_pool`` blocks (None until a pass needs one)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+
+
+@contextlib.contextmanager
+def stage_pool():
+    """One process pool for every pass of a stage on the local engine, started by the first pass that runs in
+    parallel: a stage of many passes (vas-d: two per iteration) pays the workers' start-up (spawn, imports) once."""
+    _POOLS.append(None)
+    try:
+        yield
+    finally:
+        ex = _POOLS.pop()
+        if ex is not None:
+            ex.shutdown(cancel_futures=True)
+
+
 def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,
                    batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None,
                    on_result: Callable[[], None] | None = None) -> Staged:
@@ -215,7 +235,12 @@ def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, tab
     workers = min(len(tasks), os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         if workers > 1 and sum(piece[2] for piece, _ in todo) >= PARALLEL_MIN_ROWS:
-            ex = stack.enter_context(ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")))
+            if _POOLS:      # a stage's pool (``stage_pool``): its workers started once for all of its passes
+                if _POOLS[-1] is None:
+                    _POOLS[-1] = _pool(os.cpu_count() or 1)
+                ex = _POOLS[-1]
+            else:
+                ex = stack.enter_context(_pool(workers))
             computed = ex.map(_one_slice, tasks)
         else:
             computed = map(_one_slice, tasks)
