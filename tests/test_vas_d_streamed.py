@@ -70,8 +70,12 @@ def _reference(path, model, iters, fraction_vas, target_fraction, seed, clip=Non
     return dict(zip(u[cand], surv))
 
 
-@pytest.mark.parametrize("pre_step", [False, True])
-def test_streamed_vas_d_equals_the_in_memory_loop_on_the_demo_vectors(demo_store, tmp_path, pre_step):
+@pytest.mark.parametrize("pre_step", [False, True], ids=["all", "clip-pre-step, spawned workers"])
+def test_streamed_vas_d_equals_the_in_memory_loop_on_the_demo_vectors(demo_store, tmp_path, monkeypatch, pre_step):
+    if pre_step:   # the stage's passes in one pool of spawned workers, each reading the pass's state file
+        from audit.store import streamed
+
+        monkeypatch.setattr(streamed, "PARALLEL_MIN_ROWS", 1)
     path = str(tmp_path / "s.duckdb")
     copy_store(demo_store, path)
     params = {"iters": 7, "fraction_vas": 0.3, "target_fraction": 0.1, "fraction": 1.0, "clip_score": None}
