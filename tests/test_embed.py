@@ -135,3 +135,29 @@ def test_auto_precision_on_a_64px_model_resume_keeps_precision_and_rejects_once(
     with Store.reader(store) as st:   # the corrupt image was tried three times, rejected once
         assert st.df("SELECT reason, stage FROM rejects").values.tolist() == [["corrupt_image", "embed"]]
         assert st.count("embeddings") == 5
+
+
+@pytest.mark.slow
+def test_local_embed_streams_its_work_list_in_chunks_and_counts_what_it_skips(tmp_path, monkeypatch):
+    """The local work list is the samples joined with the uids the parts hold, read WORK_ROWS rows at a time (not
+    the pool in a frame and the embedded uids in a set): a limit spans chunks, a rerun embeds only the rest, and
+    the samples without an image or already embedded are counted."""
+    from audit.embed import runner
+    from audit.embed.open_clip_backend import OpenClipEmbedder
+
+    monkeypatch.setattr(runner, "WORK_ROWS", 3)
+    store = photo_folder(tmp_path, 10)
+    with Store.writer(store) as st:
+        st.add_samples(pd.DataFrame({"uid": ["zz-no-image"], "caption": ["no picture"], "source": "test"}))
+        with_image = st.df("SELECT uid FROM samples WHERE image_ref IS NOT NULL ORDER BY uid")["uid"].tolist()
+        inputs = st.parts_dir() / "inputs"
+    quiet = dict(batch_size=2, workers=0, flush_rows=2, progress=False, echo=lambda s: None)
+    first = runner.embed(store, embedder=OpenClipEmbedder(TINY, "none", precision="fp32"), limit=4, **quiet)
+    assert (first.embedded, first.skipped_done, first.no_image) == (4, 0, 1)
+    _, uids = part_uids(store)
+    assert len(uids) == len(set(uids)) == 4 and set(uids) <= set(with_image)   # a limit across chunks of 3
+    rest = runner.embed(store, embedder=OpenClipEmbedder(TINY, "none", precision="fp32"), **quiet)
+    assert (rest.embedded, rest.skipped_done, rest.no_image) == (6, 4, 1)
+    _, uids = part_uids(store)
+    assert sorted(uids) == with_image and len(uids) == len(set(uids)) == 10
+    assert not inputs.exists() or not list(inputs.iterdir())   # the work-list file is removed afterwards

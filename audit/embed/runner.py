@@ -6,8 +6,9 @@ flush, each written atomically; a killed run leaves only whole parts behind, and
 exactly the samples that are not in a part yet. The store is locked only to read the work list and to
 register the model at the end.
 
-Both engines run the same decode-and-encode code (``_encoded``). Locally a DataLoader streams the work list
-through it, a part per ``flush_rows``; on Ray (``engine=Engine("ray")``) every worker loads the model once
+Both engines run the same decode-and-encode code (``_encoded``) over the same work list (the samples joined
+with the uids the model's parts hold, one file that DuckDB streams to disk). Locally a DataLoader streams it
+through chunk by chunk, a part per ``flush_rows``; on Ray (``engine=Engine("ray")``) every worker loads the model once
 (``_worker_embedder``) and embeds one slice of the samples (``--batch-rows``, default ``flush_rows``, rows each)
 into one part of the same folder, skipping the samples a part already holds, so a killed Ray job also resumes
 where it stopped.
@@ -223,23 +224,22 @@ def embed(store_path: str, *, model: str = DEFAULT_MODEL, pretrained: str | None
     return rep
 
 
+WORK_ROWS = 50_000   # rows of the local work list read at once (each chunk through one DataLoader)
+
+
 def _embed_local(store_path: str, emb: Embedder, folder: Path, run_id: int, batch_size: int, workers: int,
                  flush_rows: int, limit: int | None, progress: bool) -> tuple[dict, list[dict]]:
-    """This machine: a DataLoader of ``workers`` decoding processes over the work list, a part per flush."""
+    """This machine: the work list streamed from one file of the samples joined with the uids the model's parts
+    already hold (``streamed.joined_samples``, as on Ray: nothing of the pool is held here), each chunk of
+    ``WORK_ROWS`` through a DataLoader of ``workers`` decoding processes, a part per flush."""
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from audit.store import Store
-    from audit.store.vectors import embedded_uids, write_vectors
+    from audit.store.streamed import joined_samples
+    from audit.store.vectors import write_vectors
 
-    with Store.reader(store_path) as rd:
-        work = rd.sample_frame(["caption", "image_ref"])
-    no_image = int(work["image_ref"].isna().sum())
-    work = work[work["image_ref"].notna()]
-    done = embedded_uids(folder) if folder.exists() else set()
-    todo = work[~work["uid"].isin(done)].reset_index(drop=True)
-    if limit is not None:
-        todo = todo.iloc[:limit]
-    refs, uids, captions = todo["image_ref"].tolist(), todo["uid"].tolist(), todo["caption"].tolist()
+    files = [str(f) for f in sorted(folder.glob("part-*.parquet"))] if folder.exists() else []
     buf_u: list[str] = []
     buf_i: list[np.ndarray] = []
     buf_t: list[np.ndarray] = []
@@ -257,22 +257,39 @@ def _embed_local(store_path: str, emb: Embedder, folder: Path, run_id: int, batc
             seq += 1
             buf_u, buf_i, buf_t = [], [], []
 
-    bar = tqdm(total=len(todo), desc=f"embed {emb.key}", unit="img", disable=not progress)
-    try:
-        for pos, img, txt, bad in _encoded(emb, refs, captions, batch_size, workers):
-            rejects += [_reject(emb.key, refs[i], uids[i], err, run_id) for i, err in bad]
-            if img is not None:
-                buf_i.append(img)
-                buf_t.append(txt)
-                buf_u += [uids[i] for i in pos]
-                embedded += len(pos)
-            bar.update(len(pos) + len(bad))
-            if len(buf_u) >= flush_rows:
-                flush()
-        flush()
-    finally:
-        bar.close()
-    return {"todo": len(todo), "embedded": embedded, "done": len(done), "failed": len(rejects),
+    with Store.detached(store_path) as rd, joined_samples(rd, ["caption", "image_ref"], {}, run_id, WORK_ROWS,
+                                                          {"done": (files, "uid")} if files else None) as (work,):
+        no_image = n_done = n_todo = 0
+        for b in pq.ParquetFile(work).iter_batches(batch_size=WORK_ROWS, columns=["image_ref", *(["done"] if files else [])]):
+            has = b.column("image_ref").is_valid().to_numpy(zero_copy_only=False)
+            done = b.column("done").is_valid().to_numpy(zero_copy_only=False) if files else np.zeros(len(has), bool)
+            no_image, n_done, n_todo = no_image + int((~has).sum()), n_done + int(done.sum()), n_todo + int((has & ~done).sum())
+        if limit is not None:
+            n_todo = min(n_todo, limit)
+        left = n_todo
+        bar = tqdm(total=n_todo, desc=f"embed {emb.key}", unit="img", disable=not progress)
+        try:
+            for chunk in pq.ParquetFile(work).iter_batches(batch_size=WORK_ROWS):
+                if left <= 0:
+                    break
+                todo = chunk.to_pandas()
+                todo = todo[todo["image_ref"].notna() & (todo["done"].isna() if files else True)].iloc[:left]
+                left -= len(todo)
+                refs, uids, captions = todo["image_ref"].tolist(), todo["uid"].tolist(), todo["caption"].tolist()
+                for pos, img, txt, bad in _encoded(emb, refs, captions, batch_size, workers):
+                    rejects += [_reject(emb.key, refs[i], uids[i], err, run_id) for i, err in bad]
+                    if img is not None:
+                        buf_i.append(img)
+                        buf_t.append(txt)
+                        buf_u += [uids[i] for i in pos]
+                        embedded += len(pos)
+                    bar.update(len(pos) + len(bad))
+                    if len(buf_u) >= flush_rows:
+                        flush()
+            flush()
+        finally:
+            bar.close()
+    return {"todo": n_todo, "embedded": embedded, "done": n_done, "failed": len(rejects),
             "no_image": no_image}, rejects
 
 
