@@ -56,11 +56,13 @@ def _steps(inp: dict[str, Path], out: Path) -> list[tuple[str, list[str]]]:
         # the same two stages again in slices of 100 rows: a kill between slices, then a rerun that resumes
         ("score_basic_sliced", ["score", "basic", "--force", "--batch-rows", "100"]),
         ("annotate_caption_sliced", ["annotate", "caption", "--force", "--batch-rows", "100"]),
+        # a stage that reads the samples joined with a stored score (one input file, named by its inputs)
+        ("score_laion_sliced", ["score", "laion", "--force", "--batch-rows", "100"]),
         ("export", ["export", "--out", str(out), "--keep", "clip_l14_similarity_score:top=0.5"]),
     ]
 
 
-# (step, kill point): 26 points; NAME:K is the K-th time the point is reached
+# (step, kill point): 27 points; NAME:K is the K-th time the point is reached
 KILLS = [
     ("ingest_pool", "ingest.read"), ("ingest_pool", "ingest.read:2"), ("ingest_pool", "ingest.read:3"),
     ("ingest_pool", "ingest.vector_part"), ("ingest_pool", "ingest.vector_part:3"),
@@ -75,6 +77,7 @@ KILLS = [
     ("annotate_caption", "annotate.computed"), ("annotate_caption", "annotate.written"),
     ("annotate_domain", "annotate.written"),
     ("score_basic_sliced", "local.slice_collected:5"), ("annotate_caption_sliced", "local.slice_collected:3"),
+    ("score_laion_sliced", "local.slice_collected:4"),
     ("export", "export.before_rename"), ("export", "export.data_written"),
 ]
 

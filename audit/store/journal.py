@@ -18,9 +18,10 @@ reused file's modification time is renewed so that it is not collected before th
 
 Anything that cannot be digested (a payload that does not pickle) gets no journal: the stage then computes every
 slice, as before. The stage's folder is removed once every slice is done, before the stage registers the parts:
-a stage killed during its registration computes again from the start. Inputs written afresh by each run (the
-joined-samples file of ``streamed.joined_samples``: a new name each time) never match a journal entry, so those
-stages recompute in full after a kill.
+a stage killed during its registration computes again from the start. The joined-samples file of
+``streamed.joined_samples`` (laion, nsfw, embed's work list, image-based's last pass) is named by its inputs and
+kept when the stage is killed, so its rerun reads the same file and resumes too (on a store of the older layout
+it gets a new name each time, and those stages recompute in full after a kill).
 """
 from __future__ import annotations
 

@@ -259,24 +259,56 @@ def joined_samples(store, columns: list[str], scores: dict[str, str], run_id: in
     and each staged column of ``staged`` ({column: (part files, their column)}, e.g. an earlier pass's labels or
     values) as a column (null where a sample has none), in row groups of ``batch_rows``: for row-local plug-ins that read more than the
     samples. DuckDB streams the join to disk; nothing of the pool is held here. The file is under the parts folder
-    (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is killed."""
+    (every Ray node reads it there) and removed afterwards, or collected as an orphan if the stage is killed.
+
+    On a store of parts the file is named by what it is made of (``_joined_key``: the registered parts it reads,
+    the staged files, the columns and the row groups) and written under a temporary name first: the rerun of a
+    killed stage finds the same file, so its slices match the killed run's journal and only the rest are computed."""
     from audit.store.parts import sql_files
 
-    dest = store.parts_dir() / "inputs" / f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet"
+    key = _joined_key(store, columns, scores, staged, batch_rows)
+    dest = store.parts_dir() / "inputs" / (f"joined-{key}.parquet" if key else
+                                           f"{run_id:06d}-{uuid.uuid4().hex[:12]}.parquet")
     dest.parent.mkdir(parents=True, exist_ok=True)
     sources = [("(SELECT uid, value FROM scores WHERE name = ?)", a, [n]) for a, n in scores.items()]
     sources += [(f'(SELECT uid, "{col}" AS value FROM read_parquet({sql_files(f)}))', a, [])
                 for a, (f, col) in (staged or {}).items()]
     sel = ", ".join([*(f's."{c}"' for c in ["uid", *columns]), *(f'j{i}.value AS "{a}"' for i, (_, a, _) in enumerate(sources))])
     joins = " ".join(f"LEFT JOIN {rel} j{i} USING (uid)" for i, (rel, _, _) in enumerate(sources))
-    target = "'" + str(dest).replace("'", "''") + "'"
     try:
-        store.cursor().execute(f"COPY (SELECT {sel} FROM samples s {joins}) TO {target} "
-                               f"(FORMAT parquet, ROW_GROUP_SIZE {batch_rows or BATCH_ROWS})",
-                               [v for _, _, args in sources for v in args])
+        if dest.exists():       # a killed run's (whole: renamed into place): renewed, so it is not collected
+            os.utime(dest)
+        else:
+            tmp = dest.with_name(f"{dest.stem}.{uuid.uuid4().hex[:8]}.tmp")
+            target = "'" + str(tmp).replace("'", "''") + "'"
+            try:
+                store.cursor().execute(f"COPY (SELECT {sel} FROM samples s {joins}) TO {target} "
+                                       f"(FORMAT parquet, ROW_GROUP_SIZE {batch_rows or BATCH_ROWS})",
+                                       [v for _, _, args in sources for v in args])
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
         yield [str(dest)]
     finally:
         dest.unlink(missing_ok=True)
+
+
+def _joined_key(store, columns, scores, staged, batch_rows) -> str | None:
+    """A digest of everything ``joined_samples``'s file holds, or None on a store of the older layout (its tables
+    have no immutable files to name)."""
+    import hashlib
+
+    if not (parts.is_parts_table(store, "samples") and parts.is_parts_table(store, "scores")):
+        return None
+    files = parts.part_files(store, "samples")
+    if scores:
+        files += [r[0] for r in store.cursor().execute(
+            "SELECT file FROM parts WHERE table_name = 'scores' AND list_contains(?, key) ORDER BY key, created, file",
+            [sorted(set(scores.values()))]).fetchall()]
+    h = hashlib.sha256(repr((list(columns), sorted(scores.items()), sorted((a, sorted(f), c) for a, (f, c) in
+                                                                           (staged or {}).items()),
+                             batch_rows or BATCH_ROWS, files)).encode())
+    return h.hexdigest()[:24]
 
 
 @contextlib.contextmanager
