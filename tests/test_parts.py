@@ -79,8 +79,13 @@ def test_a_failed_write_leaves_the_store_as_it_was(tmp_path):
         pd.testing.assert_frame_equal(st.df("SELECT * FROM scores ORDER BY uid"), before)
         files = list(parts_dir(path).rglob("*.parquet"))
         assert len(files) == 3            # the orphan is on disk, not in any view
-        assert parts.collect_garbage(st, orphan_grace_s=3600) == 0   # a stage may still be writing it
-        assert parts.collect_garbage(st, orphan_grace_s=0) == 1
+        inputs = parts_dir(path) / "inputs"      # a killed vas-d's state file and a join's temporary file
+        inputs.mkdir(exist_ok=True)
+        for name in ("000007-vasd-ab12.pkl", "joined-cd34.5678abcd.tmp"):
+            (inputs / name).write_bytes(b"x")
+        assert parts.collect_garbage(st, orphan_grace_s=3600) == 0   # a stage may still be writing them
+        assert parts.collect_garbage(st, orphan_grace_s=0) == 3
+        assert not list(inputs.iterdir())
         pd.testing.assert_frame_equal(st.df("SELECT * FROM scores ORDER BY uid"), before)
 
 

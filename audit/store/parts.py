@@ -227,8 +227,8 @@ def ensure_views(store: "Store") -> None:
 # ---- cleaning up -----------------------------------------------------------------------------------------------
 def collect_garbage(store: "Store", *, orphan_grace_s: float = ORPHAN_GRACE_S,
                     retired_grace_s: float = RETIRED_GRACE_S) -> int:
-    """Delete retired parts older than ``retired_grace_s``, unregistered files (a killed stage's) older than
-    ``orphan_grace_s`` and column folders (columns.py) that derive from parts no longer current. Returns the
+    """Delete retired parts older than ``retired_grace_s``, unregistered files (a killed stage's, and its state and
+    temporary files under ``inputs/``) older than ``orphan_grace_s`` and column folders (columns.py) that derive from parts no longer current. Returns the
     number of files and folders removed."""
     root = store.parts_dir()
     if not root.is_dir():
@@ -255,6 +255,12 @@ def collect_garbage(store: "Store", *, orphan_grace_s: float = ORPHAN_GRACE_S,
                     gone.append(rel)
     for rel in gone:
         cur.execute("DELETE FROM retired_parts WHERE file = ?", [rel])
+    # a killed stage's other inputs: vas-d's state files, a join's temporary file
+    for path in (root / "inputs").glob("*") if (root / "inputs").is_dir() else []:
+        if path.suffix in (".pkl", ".tmp") and now - path.stat().st_mtime > orphan_grace_s:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
     from audit.store import columns   # the pool-order columns of parts no longer current, on the same grace
 
     return removed + columns.collect_garbage(store, retired_grace_s)
