@@ -40,7 +40,8 @@ def test_keyed_draw_is_the_uniform_below_the_fraction_and_never_empty():
 
 
 def _reference(path, model, iters, fraction_vas, target_fraction, seed, clip=None, fraction=1.0):
-    """The in-memory loop on the vector parts read here with pyarrow (not the engine's reader)."""
+    """The in-memory loop on the vector parts read here with pyarrow (not the engine's reader): ({uid: survival
+    score} of the candidates, N = the samples with a finite vector, the N of n* = int(fraction_vas · N))."""
     from audit.decide.selection import top_fraction_threshold
     from audit.store.vectors import half_matrix, half_to_float32, parts
 
@@ -67,7 +68,7 @@ def _reference(path, model, iters, fraction_vas, target_fraction, seed, clip=Non
             cand = np.flatnonzero(sc >= tau)
     surv = vas_d(f[cand], target_size=int(fraction_vas * len(u)), iters=iters,
                  draw=keyed_draw(u[cand], target_fraction, seed))
-    return dict(zip(u[cand], surv))
+    return dict(zip(u[cand], surv)), len(u)
 
 
 @pytest.mark.parametrize("pre_step", [False, True], ids=["all", "clip-pre-step, spawned workers"])
@@ -85,7 +86,7 @@ def test_streamed_vas_d_equals_the_in_memory_loop_on_the_demo_vectors(demo_store
               engine=Engine("local", batch_rows=250))          # many batches, batches that end mid-part
     got, note = _values(path, "vas_d_datacomp_b32")
     assert "engine local" in note
-    want = _reference(path, "datacomp_b32", 7, 0.3, 0.1, 3, params["clip_score"], params["fraction"])
+    want, n_finite = _reference(path, "datacomp_b32", 7, 0.3, 0.1, 3, params["clip_score"], params["fraction"])
     assert set(got.dropna().index) == set(want)                # the candidates; every other sample NaN
     keys = sorted(want)
     a, b = got.loc[keys].to_numpy(float), np.array([want[k] for k in keys])
@@ -93,22 +94,7 @@ def test_streamed_vas_d_equals_the_in_memory_loop_on_the_demo_vectors(demo_store
     # ... on the same rows, but for a few near-ties (the simulated near-duplicates) whose order flips with the
     # float rounding of Σ: summed per batch here, per 65,536-row chunk in the loop
     assert (np.abs(a - b) <= 1e-6).mean() >= 0.995
-    n_star = int(0.3 * _reference_count(path))
+    n_star = int(0.3 * n_finite)
     top = set(got.sort_values(ascending=False).index[:n_star])
     assert len(top ^ set(sorted(want, key=want.get, reverse=True)[:n_star])) <= 2
     assert (got.dropna() >= 7).sum() == n_star                  # exactly n* survive the last iteration
-
-
-def _reference_count(path):
-    """Samples with a finite vector of datacomp_b32 (the N of n* = int(fraction_vas · N))."""
-    from audit.store.vectors import half_matrix, half_to_float32, parts
-
-    with Store.reader(path) as st:
-        files, samples = parts(st, "datacomp_b32"), set(st.sample_uids())
-    n = 0
-    for f in files:
-        t = pq.read_table(f, columns=["uid", "img"])
-        x = half_to_float32(half_matrix(t.column("img")))
-        n += int((np.isfinite(x).all(axis=1) & np.isin(t.column("uid").to_pylist(), list(samples))
-                  & (np.abs(x).sum(axis=1) > 0)).sum())
-    return n

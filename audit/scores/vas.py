@@ -212,8 +212,8 @@ def _vas_d_batch(payload: dict, vectors: dict) -> tuple[dict, dict | None]:
 
 
 class _StateFiles:
-    """The passes' state files, named by their content (a rerun of a killed pass finds its journal), removed
-    after their pass."""
+    """The passes' state files, removed after their pass. Named by their content: an iteration's Σ pass and the
+    next iteration's VAS pass read the same rows, so the second finds the file its workers already loaded."""
 
     def __init__(self, folder, run_id: int):
         self.folder, self.run_id, self.index, self.n = folder, run_id, {}, 0

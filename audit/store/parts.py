@@ -228,8 +228,8 @@ def ensure_views(store: "Store") -> None:
 def collect_garbage(store: "Store", *, orphan_grace_s: float = ORPHAN_GRACE_S,
                     retired_grace_s: float = RETIRED_GRACE_S) -> int:
     """Delete retired parts older than ``retired_grace_s``, unregistered files (a killed stage's, and its state and
-    temporary files under ``inputs/``) older than ``orphan_grace_s`` and column folders (columns.py) that derive from parts no longer current. Returns the
-    number of files and folders removed."""
+    temporary files under ``inputs/``) older than ``orphan_grace_s`` and column folders (columns.py) that derive
+    from parts no longer current. Returns the number of files and folders removed."""
     root = store.parts_dir()
     if not root.is_dir():
         return 0
