@@ -1,9 +1,18 @@
 """The Ray Data engine: a Ray dataset of the input's *slices* (``streamed.slices``: a part file's row groups in runs
-of about --batch-rows rows; the samples' registered parts, or a model's vector parts), mapped by a callable class
-(``_Slices``, one instance per Ray worker, so a plug-in's model loads once per worker) that reads its slice with
-pyarrow and runs the same step as the local engine on each batch (``streamed.run_slice`` → ``run_batch``: the
-plug-in, then its outputs staged as parts of the store's layout); the staged parts go back to the driver, which
-registers them.
+of about --batch-rows rows; the samples' registered parts, or a model's vector parts), mapped by Ray Data
+``map_batches``; each map call reads its slice with pyarrow and runs the same step as the local engine on each
+batch (``streamed.run_slice`` → ``run_batch``: the plug-in, then its outputs staged as parts of the store's
+layout); the staged parts go back to the driver, which registers them.
+
+How the slices are mapped: on CPUs, as Ray Data *tasks* (``_slices_task``) in Ray's worker processes, which Ray keeps
+and reuses for the whole job: a plug-in's model (held in a per-process cache, e.g. ``embed.runner._worker_embedder``)
+loads once per worker process and stays loaded for every later pass of the stage, and a pass costs ~0.1 s to start.
+With ``--num-gpus-per-worker``, by a fixed pool of actors of the callable class ``_Slices`` (one per worker, a
+model loads once per worker): Ray does not reuse a GPU task's process, so tasks would load the model per slice.
+The actor pool was the form for CPUs too until 2026-12-07; it started new worker processes for every pass (~2.3 s
+each on 2 CPUs, measured in bench/bench_ray.py), which multi-pass stages (vas-d: 11 passes) paid every pass.
+Ray Data's operator resource reservation is turned off for these datasets: with it, a one-operator dataset on 2 CPUs
+ran one task at a time for most of a pass.
 
 Why slices and not ``ray.data.read_parquet`` → ``map_batches``: on 2 CPUs the read tasks held a CPU beside the map
 actors, and fractional read CPUs deadlocked the executor (Ray 2.60); the same 1M-row ``score basic`` took 12.0 s
@@ -34,21 +43,43 @@ from audit.store.streamed import BATCH_ROWS, finish, pieces_to_run, run_piece
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # on PYTHONPATH of every worker (same path on every node)
 
 
+def _run_rows(job: tuple, rows) -> "pd.DataFrame":
+    """The slices ``rows`` (indices into the job's list of (slice, journal entry)) of one map call, run in turn;
+    their staging records, pickled, one row each."""
+    import pandas as pd
+
+    fn, payload, pieces, kw = job
+    done = []
+    for i in rows:
+        piece, entry = pieces[int(i)]
+        done.append(pickle.dumps(run_piece(fn, payload, piece, kw, entry)))
+    return pd.DataFrame({"staged": done})
+
+
+_JOBS: dict = {}    # this worker process's last job (the pass's fn, payload and slices), by its object id
+
+
+def _slices_task(batch, job_ref):
+    """Ray Data task: the slices of one batch of the dataset. The pass (``fn``, payload, slices) comes once per
+    pass through the object store and is decoded once per worker process, not once per slice."""
+    import ray
+
+    key = job_ref.hex()
+    if key not in _JOBS:
+        _JOBS.clear()
+        _JOBS[key] = ray.get(job_ref)
+    return _run_rows(_JOBS[key], batch["i"])
+
+
 class _Slices:
-    """Ray Data callable class: one per worker; ``__call__`` runs the slices of one batch of the dataset (each a
-    row ``i`` of the list of (slice, journal entry)) and returns their staging records."""
+    """Ray Data callable class for GPU workers: one per worker; ``__call__`` runs the slices of one batch of the
+    dataset (each a row ``i`` of the list of (slice, journal entry)) and returns their staging records."""
 
     def __init__(self, fn, payload, pieces: list, kw: dict):
-        self.fn, self.payload, self.pieces, self.kw = fn, payload, pieces, kw
+        self.job = (fn, payload, pieces, kw)
 
     def __call__(self, batch):
-        import pandas as pd
-
-        done = []
-        for i in batch["i"]:
-            piece, entry = self.pieces[int(i)]
-            done.append(pickle.dumps(run_piece(self.fn, self.payload, piece, self.kw, entry)))
-        return pd.DataFrame({"staged": done})
+        return _run_rows(self.job, batch["i"])
 
 
 @contextlib.contextmanager
@@ -91,21 +122,26 @@ def workers(ray, engine: Engine) -> int:
 
 def run_over_files(files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
                    batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None,
-                   engine: Engine) -> tuple:
+                   groups: list[list[str]] | None = None, engine: Engine) -> tuple:
     """``streamed.run_over_files`` on Ray Data (same arguments, same result)."""
     batch_rows = batch_rows or BATCH_ROWS
     kw = {"columns": tuple(columns), "root": str(root), "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
-    done, pieces, jr = pieces_to_run(files, fn, payload, kw, block_rows)
+    done, pieces, jr = pieces_to_run(files, fn, payload, kw, block_rows, groups)
     results = []
     if pieces:   # none: no input, or a killed run's journal holds every slice
         with session(engine) as ray:
             size = min(workers(ray, engine), len(pieces))
+            ctx = ray.data.DataContext.get_current()
+            ctx.op_resource_reservation_enabled = False     # else one task at a time on 2 CPUs (module docstring)
             ds = ray.data.from_items([{"i": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-            # a fixed pool (an autoscaling one started a single actor for a few slices); one slice per call
-            out = ds.map_batches(_Slices, fn_constructor_args=(fn, payload, pieces, kw), batch_size=1,
-                                 batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=size),
-                                 num_cpus=1, num_gpus=engine.num_gpus_per_worker or None)
+            if engine.num_gpus_per_worker:    # a fixed pool of actors (an autoscaling one started a single actor)
+                out = ds.map_batches(_Slices, fn_constructor_args=(fn, payload, pieces, kw), batch_size=1,
+                                     batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=size),
+                                     num_cpus=1, num_gpus=engine.num_gpus_per_worker)
+            else:   # tasks in Ray's reused worker processes, at most ``size`` at once; one slice per call
+                out = ds.map_batches(_slices_task, fn_kwargs={"job_ref": ray.put((fn, payload, pieces, kw))},
+                                     batch_size=1, batch_format="pandas", num_cpus=1, concurrency=size)
             for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
                 for blob in batch["staged"]:
                     results.append(pickle.loads(blob))
