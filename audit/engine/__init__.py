@@ -136,10 +136,11 @@ def _vector_step(payload: tuple, batch):
 
 
 def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns, root, table: str, run_id: int,
-               arrow: bool = False, block_rows: int | None = None):
+               arrow: bool = False, block_rows: int | None = None, groups: list[list[str]] | None = None):
     """``streamed.run_over_files`` (any Parquet files with a uid column, e.g. a model's vector parts) on the
     chosen engine (same arguments, same result). ``block_rows``: hand ``fn`` blocks of whole files of about this
-    many rows (``streamed.blocks``) instead of batches."""
+    many rows (``streamed.blocks``) instead of batches; ``groups``: hand ``fn`` each of these groups of files as
+    one block (``files`` is then ignored)."""
     engine = engine or LOCAL
     if engine.is_ray:
         from audit.engine.ray_data import run_over_files
@@ -151,14 +152,13 @@ def over_files(engine: Engine | None, files: list[str], fn, payload, *, columns,
 
         extra = {"on_result": lambda: checkpoint("local.slice_collected")}
     return run_over_files(files, fn, payload, columns=columns, root=root, table=table, run_id=run_id,
-                          batch_rows=engine.batch_rows, arrow=arrow, block_rows=block_rows, **extra)
+                          batch_rows=engine.batch_rows, arrow=arrow, block_rows=block_rows, groups=groups, **extra)
 
 
 def require_local(engine: Engine | None, what: str) -> None:
     """Refuse --engine ray for a plug-in that has no distributed form yet (a clear message, before any work)."""
     if engine is not None and engine.is_ray:
-        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (on Ray: embed, every annotator, "
-                         "and the scores but semdedup; see README, 'On a cluster')")
+        raise ValueError(f"{what} has no Ray form yet; run it with --engine local (see README, 'On a cluster')")
 
 
 def plugin_rejects(stage: str, name: str, rejected: list[tuple[str, str]], run_id: int):

@@ -347,22 +347,29 @@ def vector_pass(name: str, rd: Store, model: str, prepared: dict, outputs: list[
     """Score ``name``'s compute_vectors over the model's vector parts a batch at a time (bounded memory on either
     engine); every sample without a vector gets a NaN row in each of ``outputs`` (as the in-memory path wrote; a
     rejected sample has no row, as for the row-local scores). -> (staged parts per column, infos, rejects)."""
-    import pyarrow as pa
-
     from audit.engine import over_vectors
-    from audit.store.streamed import BATCH_ROWS
-    from audit.store.vectors import samples_without_vectors
 
     staged, infos, _, rejected, files = over_vectors(engine, rd, model, _vector_batch, (name, prepared),
                                                      columns=SCORES.get(name).vector_columns, table="scores",
                                                      run_id=run_id, block_rows=block_rows)
+    stage_missing_vectors(rd, files, outputs, staged, run_id=run_id)
+    return staged, infos, rejected
+
+
+def stage_missing_vectors(rd: Store, files: list[str], outputs: list[str], staged: dict, *, run_id: int) -> None:
+    """A NaN row in each of ``outputs`` for every sample without a vector in ``files`` (the model's vector parts a
+    pass read), staged beside ``staged``'s parts."""
+    import pyarrow as pa
+
+    from audit.store.streamed import BATCH_ROWS
+    from audit.store.vectors import samples_without_vectors
+
     root = rd.parts_dir()
     for uids in samples_without_vectors(rd, files, BATCH_ROWS):
         for col in outputs:
             nan = pa.table({"uid": uids, "name": pa.array([col] * len(uids), pa.string()),
                             "value": pa.array(np.full(len(uids), np.nan))})
             staged.setdefault(col, []).append(parts.stage_part(root, "scores", col, nan, run_id=run_id))
-    return staged, infos, rejected
 
 
 def _run_vectors(cls, store_path: str, run_id: int, params: dict, model: str, random_weights: bool,

@@ -17,9 +17,17 @@ Stored per sample, per ε (``E`` written with ``_`` for the point, 0.05 -> ``0_0
 ``semdedup_keep_<model>_eps<E>`` (1 kept, 0 removed as a duplicate), ``semdedup_group_<model>_eps<E>`` (the duplicate
 group's id, 0 for a row with no near-duplicate), and once ``semdedup_cluster_<model>`` (the k-means cluster).
 
-Memory stays bounded: one pass assigns clusters (an int32 per row); then clusters are processed in batches of at
-most ``--max-rows`` rows, each batch read in one pass over the vector parts, and each cluster's similarities are
-computed in blocks of rows (never an n × n matrix of the pool, at most block × cluster size).
+Version 2 runs as three passes over the model's vector parts on either engine (``--engine local|ray``), so no process
+holds the pool: (1) a keyed draw of (seed, uid) picks the fit sample, which the driver sorts by uid and fits k-means on;
+(2) every row gets its cluster (the centroids sent to every worker), and each batch writes its rows (uid, cluster,
+the stored float16 vector) into one file per *bucket* of clusters (cluster mod B, B = ⌈2 · rows / --max-rows⌉),
+a shuffle written once; (3) one task per bucket reads that bucket's files, sorts its rows by uid and deduplicates
+each of its clusters. The result depends on the uids and vectors alone, never on batches, buckets or the engine.
+Group ids are ``offset(cluster) + the component's index within the cluster``, where offset(c) is the number of
+rows in clusters before c: unique across clusters without a renumbering pass (version 1 numbered groups 1, 2, …
+in the order the clusters were processed, and drew the fit sample with one generator over the pool's row order).
+Each cluster's similarities are computed in blocks of rows (never an n × n matrix, at most block × cluster size);
+a task holds one bucket, about --max-rows / 2 rows.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ from audit.store.vectors import l2_normalise
 
 DEFAULT_EPS = (0.01, 0.05)
 FIT_SAMPLE = None          # default: max(20,000, 50 rows per cluster), at most the pool
-MAX_ROWS = 500_000        # rows held at once (768-d float32: 1.5 GB)
+MAX_ROWS = 500_000        # rows a bucket may hold (768-d float32: 1.5 GB); buckets aim at half of it
 BLOCK = 2048
 
 
@@ -145,7 +153,7 @@ def dedup_cluster(x: np.ndarray, centroid: np.ndarray, eps_list, *, block: int =
 @SCORES.register
 class SemDeDup(Score):
     name = "semdedup"
-    version = 1
+    version = 2   # 2: passes over the vector parts on either engine; keyed fit draw; group ids by cluster offset
     description = "SemDeDup: near-duplicate image embeddings (k-means, then cosine > 1 − ε within a cluster)"
 
     @classmethod
@@ -181,92 +189,225 @@ class SemDeDup(Score):
         # the simulated near-duplicates have cosine 0.989-0.9996 (audit/demo/simulate.py): ε = 0.002 finds some, 0.02 all
         return [(m, {"clusters": 100, "eps": [0.002, 0.02]}) for m in models if m == "datacomp_l14"]
 
+    # Three passes over the model's vector parts on either engine (module docstring); the driver fits k-means.
+    multi_pass = True
+    vector_columns = ("img",)
+
+    def stream(self, store, run_id: int, params: dict, model: str | None, engine, echo):
+        from audit.engine import over_files, over_vectors
+        from audit.scores.base import stage_missing_vectors
+        from audit.store.streamed import merge
+
+        p = params
+        eps_list = list(p["eps"])
+        names = column_names(model, eps_list)
+        seed = int(p.get("seed") or 0)
+        k, fraction = fit_plan(int(store.count("samples")), p)
+        fit = over_vectors(engine, store, model, _semdedup_batch, {"op": "fit", "seed": seed, "fraction": fraction},
+                           columns=("img",), table="scores", run_id=run_id)[1]
+        fit = [i for i in fit if i]
+        n_finite = sum(i["finite"] for i in fit)
+        if not n_finite:
+            raise ValueError(f"no usable image vectors for {model}")
+        fu = np.concatenate([i["uid"] for i in fit])
+        centroids = fit_centroids(np.concatenate([i["x"] for i in fit])[np.argsort(fu, kind="stable")], k, seed)
+        del fit, fu
+        buckets = n_buckets(n_finite, len(centroids), int(p.get("max_rows") or MAX_ROWS))
+        echo(f"semdedup: {len(centroids)} k-means clusters fitted on a keyed sample of {fraction:.2%} of the rows; "
+             f"{n_finite:,} rows in {buckets} bucket(s) of clusters")
+        folder = store.parts_dir() / "inputs"
+        try:
+            staged, infos, _, rejected, files = over_vectors(
+                engine, store, model, _semdedup_batch,
+                {"op": "assign", "centroids": centroids, "buckets": buckets, "names": names, "folder": str(folder),
+                 "run_id": run_id}, columns=("img",), table="scores", run_id=run_id)
+            infos = [i for i in infos if i]
+            sizes = sum((i["sizes"] for i in infos), np.zeros(len(centroids), np.int64))
+            by_bucket: dict[int, list[str]] = {}
+            for i in infos:
+                for b, path in i["buckets"].items():
+                    by_bucket.setdefault(b, []).append(path)
+            dd = over_files(engine, [], _semdedup_dedup,
+                            {"centroids": centroids, "offsets": cluster_offsets(sizes), "eps": eps_list,
+                             "names": names}, columns=("cluster", "img"), root=store.parts_dir(), table="scores",
+                            run_id=run_id, arrow=True, groups=[sorted(by_bucket[b]) for b in sorted(by_bucket)])
+            if dd[3]:   # a bucket split by the engine's retry would deduplicate clusters in pieces: not a result
+                raise RuntimeError(f"semdedup: {len(dd[3]):,} rows could not be deduplicated (e.g. {dd[3][0][0]}: "
+                                   f"{dd[3][0][1]})")
+        finally:
+            for path in folder.glob(f"{run_id:06d}-semdedup-*"):
+                path.unlink(missing_ok=True)
+        dd_infos = [i for i in dd[1] if i]
+        staged, _, _, rejected = merge([(staged, [], 0, rejected), (dd[0], [], 0, [])])
+        outputs = self.output_names(model, p)
+        stage_missing_vectors(store, files, outputs, staged, run_id=run_id)
+        for e, eps in enumerate(eps_list):
+            removed = sum(i["removed"][e] for i in dd_infos)
+            groups = sum(i["groups"][e] for i in dd_infos)
+            echo(f"semdedup ε={eps:g}: {removed:,} of {n_finite:,} rows removed as near-duplicates ({groups:,} "
+                 f"duplicate groups, {len(centroids)} clusters)")
+        desc = self._describe(model, eps_list, len(centroids))
+        return staged, [i["stats"] for i in infos + dd_infos], rejected, desc
+
+    def _describe(self, model: str, eps_list, k: int) -> dict[str, str]:
+        names = column_names(model, eps_list)
+        return {
+            **{names["keep"][e]: f"SemDeDup keep flag at ε={eps:g} (1 kept, 0 near-duplicate removed; {k} k-means "
+                                 f"clusters of {model})" for e, eps in enumerate(eps_list)},
+            **{names["group"][e]: f"SemDeDup duplicate group at ε={eps:g} (0 = none)"
+               for e, eps in enumerate(eps_list)},
+            names["cluster"][0]: f"SemDeDup k-means cluster ({k} clusters of {model})",
+        }
+
     def compute(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        """A store of the older layout: the same plan in memory (fit draw, clusters, buckets, group ids)."""
+        from audit.scores.base import keyed_uniforms
+
         p = ctx.params
         eps_list = list(p["eps"])
-        n = len(ctx.uids)
-        budget = max(1, int(p.get("max_rows") or MAX_ROWS))
-        cache: list = []
-
-        def parts():
-            """The vector parts; a pool of at most --max-rows rows is read once and held for the later passes."""
-            if cache and cache[0] is not None:
-                yield from cache[0]
-                return
-            got, total = [], 0
-            for rows, x in ctx.unit_images():
-                total += len(rows)
-                got = got if got is not None and total <= budget else None
-                if got is not None:
-                    got.append((rows, x))
-                yield rows, x
-            cache[:] = [got]
-
-        # pass 1: the fit sample
-        k = int(p.get("clusters") or default_clusters(n))
-        fit_n = min(int(p.get("fit_sample") or max(20_000, 50 * k)), n)
-        chosen = np.zeros(n, dtype=bool)
-        chosen[ctx.rng.choice(n, size=fit_n, replace=False)] = True
-        fit_rows = [x[chosen[rows] & np.isfinite(x).all(axis=1)] for rows, x in parts()]
-        fit = np.concatenate(fit_rows) if fit_rows else np.zeros((0, 1), np.float32)
-        if not len(fit):
-            raise ValueError(f"no usable image vectors for {ctx.model}")
-        centroids = fit_centroids(fit, k, int(p.get("seed", 0)))
-        del fit, fit_rows
-        # pass 2: assign every row
-        cluster = np.full(n, -1, dtype=np.int32)
-        for rows, x in parts():
+        rows, xs = [], []
+        for r, x in ctx.unit_images():
             ok = np.isfinite(x).all(axis=1)
-            cluster[rows[ok]] = np.argmax(x[ok] @ centroids.T, axis=1)
-        sizes = np.bincount(cluster[cluster >= 0], minlength=len(centroids))
-        # pass 3..: batches of clusters, each read in one pass
-        keep = np.full((len(eps_list), n), np.nan)
-        group = np.full((len(eps_list), n), np.nan)
-        offset = np.zeros(len(eps_list), dtype=np.int64)
-        batches, cur, cur_n = [], [], 0
-        for c in np.argsort(-sizes, kind="stable"):
-            if sizes[c] == 0:
-                continue
-            if cur and cur_n + sizes[c] > budget:
-                batches.append(cur)
-                cur, cur_n = [], 0
-            cur.append(int(c))
-            cur_n += int(sizes[c])
-        if cur:
-            batches.append(cur)
-        for b, batch in enumerate(batches):
-            members = np.isin(cluster, batch)
-            got_rows, got_x = [], []
-            for rows, x in parts():
-                sel = members[rows]
-                got_rows.append(rows[sel])
-                got_x.append(x[sel])
-            rows_b, x_b = np.concatenate(got_rows), np.concatenate(got_x)
-            cl_b = cluster[rows_b]
-            for c in batch:
-                idx = np.flatnonzero(cl_b == c)
-                kp, comp = dedup_cluster(x_b[idx], centroids[c], eps_list)
-                for e in range(len(eps_list)):
-                    keep[e, rows_b[idx]] = kp[e]
-                    g = comp[e].astype(np.float64)
-                    g[comp[e] > 0] += offset[e]
-                    group[e, rows_b[idx]] = g
-                    offset[e] += int(comp[e].max(initial=0))
-            if len(batches) > 1:
-                ctx.echo(f"semdedup: cluster batch {b + 1}/{len(batches)} done ({len(rows_b):,} rows)")
+            rows.append(r[ok])
+            xs.append(x[ok])
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        if not len(rows):
+            raise ValueError(f"no usable image vectors for {ctx.model}")
+        x = np.concatenate(xs)
+        del xs
+        uids = np.asarray(ctx.uids, dtype=object)[rows]
+        order = np.argsort(uids, kind="stable")
+        rows, x, uids = rows[order], x[order], uids[order]
+        k, fraction = fit_plan(len(ctx.uids), p)
+        seed = int(p.get("seed", 0))
+        pick = keyed_uniforms(uids, np.arange(len(uids)), np.zeros(len(uids), np.int64), seed) < fraction
+        centroids = fit_centroids(x[pick], k, seed)
+        cl = assign_clusters(x, centroids)
+        keep, group = dedup_rows(cl, x, centroids, eps_list, cluster_offsets(np.bincount(cl, minlength=len(centroids))))
         names = column_names(ctx.model, eps_list)
         out = {}
-        for e, eps in enumerate(eps_list):
-            removed = int(np.nansum(1 - keep[e]))
-            ctx.echo(f"semdedup ε={eps:g}: {removed:,} of {int(np.isfinite(keep[e]).sum()):,} rows removed as "
-                     f"near-duplicates ({int(offset[e]):,} duplicate groups, {len(centroids)} clusters)")
-            out[names["keep"][e]] = keep[e]
-            out[names["group"][e]] = group[e]
-        out[names["cluster"][0]] = np.where(cluster >= 0, cluster, np.nan).astype(np.float64)
-        self.run_description = {
-            **{names["keep"][e]: f"SemDeDup keep flag at ε={eps:g} (1 kept, 0 near-duplicate removed; {len(centroids)}"
-                                 f" k-means clusters of {ctx.model})" for e, eps in enumerate(eps_list)},
-            **{names["group"][e]: f"SemDeDup duplicate group at ε={eps:g} (0 = none)" for e, eps in enumerate(eps_list)},
-            names["cluster"][0]: f"SemDeDup k-means cluster ({len(centroids)} clusters of {ctx.model})",
-        }
+        for e in range(len(eps_list)):
+            for col, v in ((names["keep"][e], keep[e]), (names["group"][e], group[e])):
+                out[col] = np.full(len(ctx.uids), np.nan)
+                out[col][rows] = v
+        out[names["cluster"][0]] = np.full(len(ctx.uids), np.nan)
+        out[names["cluster"][0]][rows] = cl
+        self.run_description = self._describe(ctx.model, eps_list, len(centroids))
         return out
+
+
+# ---- the plan and the passes' batch steps (module-level: sent to the engines' workers) ------------------------
+def fit_plan(n: int, params: dict) -> tuple[int, float]:
+    """(k, the fraction of rows the fit draw keeps): ``--clusters`` (default one per ~5,000 samples) and
+    ``--fit-sample`` rows (default max(20,000, 50 per cluster)) of the ``n`` samples, drawn as a keyed fraction."""
+    k = int(params.get("clusters") or default_clusters(n))
+    fit_n = min(int(params.get("fit_sample") or max(20_000, 50 * k)), n)
+    return k, (fit_n / n if n else 1.0)
+
+
+def n_buckets(rows: int, k: int, max_rows: int) -> int:
+    """Buckets of clusters (cluster mod B) for ``rows`` vectors: about ``max_rows`` / 2 rows each, at most one
+    per cluster."""
+    return max(1, min(k, -(-2 * rows // max(1, max_rows))))
+
+
+def cluster_offsets(sizes: np.ndarray) -> np.ndarray:
+    """offset(c): the rows in clusters 0 … c − 1 (a group id base that no other cluster's groups reach)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
+def assign_clusters(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The centroid of highest cosine similarity for each unit row (chunked: never an n × k matrix)."""
+    from audit.scores.image_based import assign
+
+    return assign(x, centroids, how="ip")
+
+
+def dedup_rows(cluster: np.ndarray, x: np.ndarray, centroids: np.ndarray, eps_list, offsets: np.ndarray):
+    """Every cluster among these rows deduplicated (``dedup_cluster``; rows in a fixed order, e.g. by uid).
+    -> (keep (len(eps), m) float 1/0, group (len(eps), m) float: 0, or offset(cluster) + component)."""
+    keep = np.ones((len(eps_list), len(x)))
+    group = np.zeros((len(eps_list), len(x)))
+    for c in np.unique(cluster):
+        idx = np.flatnonzero(cluster == c)
+        kp, comp = dedup_cluster(x[idx], centroids[c], eps_list)
+        keep[:, idx] = kp
+        group[:, idx] = np.where(comp > 0, comp + offsets[c], 0)
+    return keep, group
+
+
+def _values(uids, col: str, v: np.ndarray):
+    import pyarrow as pa
+
+    return pa.table({"uid": uids, "name": pa.array([col] * len(v), pa.string()), "value": pa.array(v, pa.float64())})
+
+
+def _semdedup_batch(payload: dict, vectors: dict) -> tuple[dict, dict | None]:
+    """One batch of vectors. ``fit``: the rows the keyed draw picks (uids, unit vectors) and the counts; ``assign``:
+    each row's cluster (staged), NaN keep/group rows for non-finite vectors (staged), and the finite rows written to
+    one file per bucket under the parts folder's inputs (uid, cluster, the stored float16 vector)."""
+    import os
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from audit.scores.base import _value_stats, keyed_uniforms
+    from audit.scores.targets import finite_unit_rows
+    from audit.store.vectors import half_binary
+
+    uids = vectors["uid"]
+    if not len(uids):
+        return {}, None
+    op = payload["op"]
+    half = half_binary(vectors["img"]) if op == "assign" else None   # float16 → float32 → float16 is exact
+    ok, f = finite_unit_rows(vectors["img"])
+    if op == "fit":
+        u = uids.to_numpy(zero_copy_only=False)[ok]
+        pick = keyed_uniforms(u, np.arange(len(u)), np.zeros(len(u), np.int64), payload["seed"]) < payload["fraction"]
+        return {}, {"n": len(ok), "finite": int(ok.sum()), "uid": u[pick], "x": f[pick]}
+    names, k = payload["names"], len(payload["centroids"])
+    cl = assign_clusters(f, payload["centroids"])
+    cluster = np.full(len(ok), np.nan)
+    cluster[ok] = cl
+    out = {names["cluster"][0]: _values(uids, names["cluster"][0], cluster)}
+    if not ok.all():
+        bad = pa.array(~ok)
+        for col in names["keep"] + names["group"]:
+            out[col] = _values(uids.filter(bad), col, np.full(int((~ok).sum()), np.nan))
+    rows = np.flatnonzero(ok)
+    bucket = cl % payload["buckets"]
+    files = {}
+    for b in np.unique(bucket):
+        sel = bucket == b
+        dest = os.path.join(payload["folder"], f"{payload['run_id']:06d}-semdedup-b{int(b):05d}-{uuid.uuid4().hex[:12]}"
+                                               ".parquet")
+        os.makedirs(payload["folder"], exist_ok=True)
+        tmp = dest + ".tmp"
+        pq.write_table(pa.table({"uid": uids.take(pa.array(rows[sel])), "cluster": pa.array(cl[sel].astype(np.int32)),
+                                 "img": half.take(pa.array(rows[sel]))}), tmp, write_statistics=["uid"])
+        os.replace(tmp, dest)
+        files[int(b)] = dest
+    return out, {"stats": {c: _value_stats(t.column("value").to_numpy()) for c, t in out.items()},
+                 "sizes": np.bincount(cl, minlength=k), "buckets": files}
+
+
+def _semdedup_dedup(payload: dict, table) -> tuple[dict, dict]:
+    """One bucket (its files from every batch, as one Arrow table): rows sorted by uid, each cluster deduplicated;
+    the keep and group columns staged per ε."""
+    from audit.scores.base import _value_stats
+    from audit.scores.targets import finite_unit_rows
+    from audit.store.vectors import half_matrix, half_to_float32
+
+    order = np.argsort(table.column("uid").to_numpy(zero_copy_only=False), kind="stable")
+    table = table.take(order)
+    _, x = finite_unit_rows(half_to_float32(half_matrix(table.column("img"))))
+    keep, group = dedup_rows(table.column("cluster").to_numpy().astype(np.int64), x, payload["centroids"],
+                             payload["eps"], payload["offsets"])
+    names, out = payload["names"], {}
+    for e in range(len(payload["eps"])):
+        out[names["keep"][e]] = _values(table.column("uid"), names["keep"][e], keep[e])
+        out[names["group"][e]] = _values(table.column("uid"), names["group"][e], group[e])
+    return out, {"stats": {c: _value_stats(t.column("value").to_numpy()) for c, t in out.items()},
+                 "removed": [int((k == 0).sum()) for k in keep], "groups": [len(np.unique(g[g > 0])) for g in group]}

@@ -171,10 +171,22 @@ def _one_slice(task: tuple) -> Staged:
     return run_piece(*task)
 
 
-def pieces_to_run(files: list[str], fn: BatchFn, payload, kw: dict, block_rows: int | None):
+def groups_of_files(groups: list[list[str]]) -> list[tuple]:
+    """Pieces given by the caller: each group of files read as one block (``blocks``'s form), e.g. one SemDeDup
+    bucket of clusters gathered from every slice."""
+    import pyarrow.parquet as pq
+
+    return [(tuple(map(str, g)), (), sum(pq.ParquetFile(f).metadata.num_rows for f in g), None, None)
+            for g in groups if g]
+
+
+def pieces_to_run(files: list[str], fn: BatchFn, payload, kw: dict, block_rows: int | None,
+                  groups: list[list[str]] | None = None):
     """(the Staged of the pieces a killed run with the same inputs finished, [(piece, journal entry)] to compute, the
-    journal or None) for ``files`` cut as ``run_slice``'s ``kw`` says: the same cut and journal on both engines."""
-    pieces = blocks(files, block_rows) if block_rows else slices(files, kw["batch_rows"])
+    journal or None) for ``files`` cut as ``run_slice``'s ``kw`` says (or for the given ``groups`` of files, one
+    piece each): the same cut and journal on both engines."""
+    pieces = (groups_of_files(groups) if groups is not None else blocks(files, block_rows) if block_rows
+              else slices(files, kw["batch_rows"]))
     shape = {k: kw[k] for k in ("columns", "table", "batch_rows", "arrow")}   # with fn and payload: the stage key
     jr = journal.Journal.open(kw["root"], fn, payload, **shape, block_rows=block_rows) if pieces else None
     if jr is None:
@@ -221,16 +233,17 @@ def stage_pool():
 
 def run_over_files(files: list[str], fn: BatchFn, payload, *, columns, root, table: str, run_id: int,
                    batch_rows: int | None = None, arrow: bool = False, block_rows: int | None = None,
-                   on_result: Callable[[], None] | None = None) -> Staged:
+                   groups: list[list[str]] | None = None, on_result: Callable[[], None] | None = None) -> Staged:
     """``fn`` over every row of these Parquet files (any layout with a ``uid`` column: samples parts, vector
     parts), a batch at a time, as a pandas frame (or, with ``arrow``, the Arrow record batch); outputs staged as
     parts of ``table`` under ``root``. Returns (staged parts per key, the infos of every batch, rows read, rejects).
     The slices a killed run with the same inputs finished are taken from its journal (audit/store/journal.py), not
-    computed again; ``on_result`` is called after each slice the driver collects (the engine's kill point)."""
+    computed again; ``on_result`` is called after each slice the driver collects (the engine's kill point).
+    ``groups``: instead of ``files``, these groups of files, each one block (``groups_of_files``)."""
     batch_rows = batch_rows or BATCH_ROWS
     kw = {"columns": tuple(columns), "root": root, "table": table, "run_id": run_id, "batch_rows": batch_rows,
           "arrow": arrow}
-    done, todo, jr = pieces_to_run(files, fn, payload, kw, block_rows)
+    done, todo, jr = pieces_to_run(files, fn, payload, kw, block_rows, groups)
     tasks = [(fn, payload, piece, kw, entry) for piece, entry in todo]
     workers = min(len(tasks), os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
