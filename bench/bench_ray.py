@@ -3,10 +3,10 @@
     python bench/bench_ray.py --store /work/scale/store-1000000/pool.duckdb --num-cpus 2
 
 For each row-local plug-in (score basic, annotate caption, annotate domain; score laion and annotate nsfw,
-which also read a stored score) and the vector-local ones (score clip,
-laion-nsfw and annotate zeroshot on the L/14 vectors; score vas-d, 5 iterations) the stage runs as a real `python -m audit` process under /usr/bin/time three ways,
-alternating, --repeat times: `--engine local`; `--engine ray --num-cpus N` (a fresh local Ray of N CPUs started
-by the stage: its start-up and shut-down are in the time); and `--engine ray --address A` on a one-node cluster of
+which also read a stored score) and the vector-local ones (score clip, laion-nsfw and annotate zeroshot on the
+L/14 vectors; score vas-d, 5 iterations; score semdedup, 200 clusters) the stage runs as a real `python -m audit`
+process under /usr/bin/time three ways, alternating, --repeat times: `--engine local`; `--engine ray --num-cpus N`
+(a fresh local Ray of N CPUs started by the stage: its start-up and shut-down are in the time); and `--engine ray --address A` on a one-node cluster of
 N CPUs that `ray start --head` started before (how a cluster user runs it). Printed: rows/s, wall seconds, the
 driver's peak RSS (Ray's workers are not its children), the Ray/local ratios of rows/s (target >= 0.8), and the
 projected wall time of a DataComp *medium* pool (128M rows) on W workers of an existing cluster, assuming each
@@ -45,6 +45,10 @@ PLUGINS = [("score basic", ["score", "basic"]), ("annotate caption", ["annotate"
            ("score laion-nsfw (L/14)", ["score", "laion-nsfw", "--model", "datacomp_l14"]),
            # several passes: 5 iterations of VAS-D = 11 passes over the vectors (start, 5 VAS, 4 Σ, the values)
            ("score vas-d (L/14, 5 iterations: 11 passes)", ["score", "vas-d", "--model", "datacomp_l14", "--iters", "5"]),
+           # three passes with a shuffle: the keyed fit sample, each vector's cluster written to its bucket, a task
+           # per bucket of clusters
+           ("score semdedup (L/14, 200 clusters, 2 ε: 3 passes)", ["score", "semdedup", "--model", "datacomp_l14",
+                                                                   "--clusters", "200", "--eps", "0.01,0.05"]),
            ("annotate zeroshot (L/14)", ["annotate", "zeroshot", "--model", "datacomp_l14",
                                                       # random text weights (no hub here): the rate, not the labels
                                                       "--text-model", "ViT-L-14:none"])]
