@@ -283,7 +283,8 @@ class SemDeDup(Score):
         pick = keyed_uniforms(uids, np.arange(len(uids)), np.zeros(len(uids), np.int64), seed) < fraction
         centroids = fit_centroids(x[pick], k, seed)
         cl = assign_clusters(x, centroids)
-        keep, group = dedup_rows(cl, x, centroids, eps_list, cluster_offsets(np.bincount(cl, minlength=len(centroids))))
+        keep, group = dedup_rows(cl, lambda idx: x[idx], centroids, eps_list,
+                                 cluster_offsets(np.bincount(cl, minlength=len(centroids))))
         names = column_names(ctx.model, eps_list)
         out = {}
         for e in range(len(eps_list)):
@@ -324,14 +325,16 @@ def assign_clusters(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return assign(x, centroids, how="ip")
 
 
-def dedup_rows(cluster: np.ndarray, x: np.ndarray, centroids: np.ndarray, eps_list, offsets: np.ndarray):
-    """Every cluster among these rows deduplicated (``dedup_cluster``; rows in a fixed order, e.g. by uid).
-    -> (keep (len(eps), m) float 1/0, group (len(eps), m) float: 0, or offset(cluster) + component)."""
-    keep = np.ones((len(eps_list), len(x)))
-    group = np.zeros((len(eps_list), len(x)))
+def dedup_rows(cluster: np.ndarray, unit_rows, centroids: np.ndarray, eps_list, offsets: np.ndarray):
+    """Every cluster among m rows deduplicated (``dedup_cluster``). ``cluster``: (m,) the rows' clusters, the rows in
+    a fixed order (by uid); ``unit_rows(idx)``: those rows' unit float32 vectors (one cluster's at a time, so only the
+    stored float16 rows of the whole batch are held). -> (keep (len(eps), m) float 1/0, group (len(eps), m) float:
+    0, or offset(cluster) + component)."""
+    keep = np.ones((len(eps_list), len(cluster)))
+    group = np.zeros((len(eps_list), len(cluster)))
     for c in np.unique(cluster):
         idx = np.flatnonzero(cluster == c)
-        kp, comp = dedup_cluster(x[idx], centroids[c], eps_list)
+        kp, comp = dedup_cluster(unit_rows(idx), centroids[c], eps_list)
         keep[:, idx] = kp
         group[:, idx] = np.where(comp > 0, comp + offsets[c], 0)
     return keep, group
@@ -401,10 +404,15 @@ def _semdedup_dedup(payload: dict, table) -> tuple[dict, dict]:
     from audit.store.vectors import half_matrix, half_to_float32
 
     order = np.argsort(table.column("uid").to_numpy(zero_copy_only=False), kind="stable")
-    table = table.take(order)
-    _, x = finite_unit_rows(half_to_float32(half_matrix(table.column("img"))))
-    keep, group = dedup_rows(table.column("cluster").to_numpy().astype(np.int64), x, payload["centroids"],
-                             payload["eps"], payload["offsets"])
+    half = half_matrix(table.column("img"))          # (m, d) float16, the bucket's stored rows
+
+    def unit_rows(idx):
+        return finite_unit_rows(half_to_float32(half[order[idx]]))[1]
+
+    kept, grouped = dedup_rows(table.column("cluster").to_numpy().astype(np.int64)[order], unit_rows,
+                               payload["centroids"], payload["eps"], payload["offsets"])
+    keep, group = np.empty_like(kept), np.empty_like(grouped)
+    keep[:, order], group[:, order] = kept, grouped   # back to the table's row order
     names, out = payload["names"], {}
     for e in range(len(payload["eps"])):
         out[names["keep"][e]] = _values(table.column("uid"), names["keep"][e], keep[e])
