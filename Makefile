@@ -27,8 +27,10 @@ demo: $(VENV)/.installed
 run: demo
 	AUDIT_STORE=$(STORE) $(BIN)/streamlit run app.py --server.port $(PORT)
 
+# the suite on every core but the Ray tests (pytest-xdist), then the Ray tests alone (pytest.ini, marker `ray`)
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto -m "not ray"
+	$(BIN)/python -m pytest -m ray
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_foundation.py

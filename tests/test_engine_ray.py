@@ -11,7 +11,7 @@ from audit.engine import Engine
 from audit.scores import SCORES
 from audit.store import Store, copy_store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 RAY = Engine("ray", batch_rows=333)       # many batches per part, batches that end mid-part
 LOCAL = Engine("local", batch_rows=333)
