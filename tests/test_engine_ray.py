@@ -353,3 +353,53 @@ def test_embed_on_ray_equals_local_vector_for_vector_and_resumes_what_is_missing
     uc, vc, rej_c, _, _ = _vectors(b)
     assert uc.tolist() == ua.tolist() and rej_c["uid"].tolist() == ["zz-bad"]
     np.testing.assert_allclose(vc["img"], va["img"], atol=1e-3, rtol=0)
+
+
+GPU_SCRIPT = r'''
+import json, sys
+import pandas as pd
+import ray
+from audit.engine import Engine, over_samples
+from audit.engine.ray_data import PROJECT_ROOT
+from audit.scores.base import _score_batch
+from audit.store import Store
+
+path = sys.argv[1]
+# one pretend GPU: Ray schedules by the resource, the work itself runs on the CPU
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+out = {}
+with Store.reader(path) as st:
+    for name, engine in (("local", Engine("local", batch_rows=700)),
+                         ("gpu", Engine("ray", num_gpus_per_worker=0.5, batch_rows=700))):
+        staged, infos, rows, rejects = over_samples(engine, st, _score_batch, ("basic", {}),
+                                                    columns=["caption", "url", "width", "height", "simulated"],
+                                                    table="scores", run_id=990 + len(out))
+        frames = [pd.read_parquet(st.parts_dir() / f) for files in staged.values() for f, _ in files]
+        got = pd.concat(frames).sort_values(["name", "uid"])
+        out[name] = {"rows": rows, "rejects": len(rejects), "files": sum(map(len, staged.values())),
+                     "values": got.astype({"value": float}).fillna(-1).values.tolist()}
+print(json.dumps(out))
+'''
+
+
+def test_gpu_workers_run_the_actor_pool_and_equal_local(base_store, tmp_path):
+    """--num-gpus-per-worker maps the slices with a fixed pool of actors (``_Slices``; Ray would start a process per
+    GPU task), not tasks: the same plug-in step, the same rows as the local engine. A Ray of its own with one
+    pretend GPU (2 actors at 0.5 each), in a subprocess, since this module's Ray has none."""
+    import json
+    import os
+    import subprocess
+
+    from audit.engine.ray_data import PROJECT_ROOT
+
+    path = _copy(base_store, tmp_path, "gpu")
+    res = subprocess.run([sys.executable, "-c", GPU_SCRIPT, path], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    with Store.reader(path) as st:
+        n = st.count("samples")
+    assert out["local"]["rows"] == out["gpu"]["rows"] == n and out["gpu"]["rejects"] == 0
+    assert out["gpu"]["files"] == out["local"]["files"] >= 6          # several slices, one part per slice and column
+    assert out["gpu"]["values"] == out["local"]["values"] and len(out["local"]["values"]) >= n
