@@ -350,15 +350,14 @@ def _semdedup_batch(payload: dict, vectors: dict) -> tuple[dict, dict | None]:
     """One batch of vectors. ``fit``: the rows the keyed draw picks (uids, unit vectors) and the counts; ``assign``:
     each row's cluster (staged), NaN keep/group rows for non-finite vectors (staged), and the finite rows written to
     one file per bucket under the parts folder's inputs (uid, cluster, the stored float16 vector)."""
-    import os
     import uuid
+    from pathlib import Path
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from audit.scores.base import _value_stats, keyed_uniforms
     from audit.scores.targets import finite_unit_rows
-    from audit.store.vectors import half_binary
+    from audit.store.vectors import half_binary, write_half_table
 
     uids = vectors["uid"]
     if not len(uids):
@@ -369,7 +368,7 @@ def _semdedup_batch(payload: dict, vectors: dict) -> tuple[dict, dict | None]:
     if op == "fit":
         u = uids.to_numpy(zero_copy_only=False)[ok]
         pick = keyed_uniforms(u, np.arange(len(u)), np.zeros(len(u), np.int64), payload["seed"]) < payload["fraction"]
-        return {}, {"n": len(ok), "finite": int(ok.sum()), "uid": u[pick], "x": f[pick]}
+        return {}, {"finite": int(ok.sum()), "uid": u[pick], "x": f[pick]}
     names, k = payload["names"], len(payload["centroids"])
     cl = assign_clusters(f, payload["centroids"])
     cluster = np.full(len(ok), np.nan)
@@ -381,17 +380,15 @@ def _semdedup_batch(payload: dict, vectors: dict) -> tuple[dict, dict | None]:
             out[col] = _values(uids.filter(bad), col, np.full(int((~ok).sum()), np.nan))
     rows = np.flatnonzero(ok)
     bucket = cl % payload["buckets"]
+    folder = Path(payload["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for b in np.unique(bucket):
         sel = bucket == b
-        dest = os.path.join(payload["folder"], f"{payload['run_id']:06d}-semdedup-b{int(b):05d}-{uuid.uuid4().hex[:12]}"
-                                               ".parquet")
-        os.makedirs(payload["folder"], exist_ok=True)
-        tmp = dest + ".tmp"
-        pq.write_table(pa.table({"uid": uids.take(pa.array(rows[sel])), "cluster": pa.array(cl[sel].astype(np.int32)),
-                                 "img": half.take(pa.array(rows[sel]))}), tmp, write_statistics=["uid"])
-        os.replace(tmp, dest)
-        files[int(b)] = dest
+        dest = folder / f"{payload['run_id']:06d}-semdedup-b{int(b):05d}-{uuid.uuid4().hex[:12]}.parquet"
+        write_half_table(pa.table({"uid": uids.take(pa.array(rows[sel])), "cluster": pa.array(cl[sel].astype(np.int32)),
+                                   "img": half.take(pa.array(rows[sel]))}), dest)
+        files[int(b)] = str(dest)
     return out, {"stats": {c: _value_stats(t.column("value").to_numpy()) for c, t in out.items()},
                  "sizes": np.bincount(cl, minlength=k), "buckets": files}
 

@@ -114,7 +114,7 @@ def write_vectors(store: Store, model: str, name: str, uids, img: np.ndarray, tx
     table = pa.table({"uid": uid_arr, "img": half_binary(img), "txt": half_binary(txt)})
     table = table.cast(_schema(img.shape[1]))
     dest = folder / f"part-{name}.parquet"
-    _write_atomic(table, dest)
+    write_half_table(table, dest)
     return dest
 
 
@@ -129,10 +129,11 @@ def _schema(d: int):
                       pa.field("txt", pa.binary(2 * d), metadata=meta)])
 
 
-def _write_atomic(table, dest: Path) -> None:
+def write_half_table(table, dest: Path) -> None:
+    """A table of uids and float16 vector columns written to ``dest`` whole (a temporary name, then renamed)."""
     import pyarrow.parquet as pq
 
-    tmp = dest.with_name(".tmp-" + dest.name[len("part-"):])
+    tmp = dest.with_name(".tmp-" + dest.name.removeprefix("part-"))
     # float16 vectors barely compress; dictionary pages and statistics triple the write time
     pq.write_table(table, tmp, compression="none", use_dictionary=["uid"], write_statistics=["uid"])
     os.replace(tmp, dest)
@@ -200,7 +201,7 @@ def migrate_parts(folder: Path) -> int:
         t = pq.read_table(p)
         img, txt = half_matrix(t.column("img")), half_matrix(t.column("txt"))
         table = pa.table({"uid": t.column("uid"), "img": half_binary(img), "txt": half_binary(txt)})
-        _write_atomic(table.cast(_schema(img.shape[1])), p)
+        write_half_table(table.cast(_schema(img.shape[1])), p)
         done += 1
     return done
 
