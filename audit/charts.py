@@ -397,3 +397,145 @@ def map_layout(fig, *, legend_title: str, density: bool):
     fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=40), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
                       legend=dict(title=legend_title, itemsizing="constant"), dragmode="zoom" if density else "lasso")
     return _fit(fig)
+
+
+# ---- the Filter preview's live charts, as Vega-Lite ------------------------------------------------------
+# Streamlit keys a Plotly chart by a hash of its whole figure, so a figure that changes on every slider move is a
+# new element each time: the browser unmounts the chart and draws it from scratch (Plotly.newPlot), ~100 ms a chart
+# on this project's 2-core machine, after the script has already finished. A Vega-Lite chart without selections
+# keeps its element; with the same spec and new data, the view swaps its dataset in place (bench/bench_charts.py
+# measures both). So the charts a slider move redraws are Vega-Lite specs (plain dicts), built so that the spec
+# stays the same for a (score, group) and everything that moves with the slider is in the data frame. Each builder
+# returns (data, spec) for ``st.vega_lite_chart(data, spec)``. Vega-Lite draws text as text: no escaping needed.
+
+_VL_FIT_X = {"type": "fit-x", "contains": "padding"}   # the width fits the column; "height" is the plot's
+
+
+def _vl_y(title: str | None = None) -> dict:
+    """Groups on the y axis, the highest rate at the top (``order`` is a rank by rate)."""
+    return {"field": "label", "type": "nominal", "title": title, "sort": {"field": "order", "order": "descending"},
+            "axis": {"labelLimit": 360}}
+
+
+def _vl_x(title: str) -> dict:
+    return {"type": "quantitative", "title": title, "scale": {"zero": False, "nice": True, "padding": 12}}
+
+
+def _vl_tooltip(*fields: tuple[str, str, str | None]) -> list[dict]:
+    out = []
+    for field, title, fmt in fields:
+        t = {"field": field, "title": title, "type": "quantitative" if fmt else "nominal"}
+        if fmt:
+            t["format"] = fmt
+        out.append(t)
+    return out
+
+
+def _vl_overall(color: str) -> list[dict]:
+    """The overall rate as a dashed rule across the plot, labelled above it (column ``overall``, one value)."""
+    agg = [{"aggregate": [{"op": "max", "field": "overall", "as": "overall"}]},
+           {"filter": "isValid(datum.overall) && isFinite(datum.overall)"},
+           {"calculate": "'overall ' + format(datum.overall, '.3f')", "as": "note"}]
+    return [{"transform": agg, "mark": {"type": "rule", "color": color, "strokeDash": [6, 4], "strokeWidth": 1.5},
+             "encoding": {"x": {"field": "overall", "type": "quantitative"}}},
+            {"transform": agg, "mark": {"type": "text", "color": color, "baseline": "bottom", "dy": -4, "y": 0},
+             "encoding": {"x": {"field": "overall", "type": "quantitative"}, "text": {"field": "note"}}}]
+
+
+def _arrow(columns: dict):
+    """The chart's data as an Arrow table: Streamlit sends it as it is (a pandas frame would be converted on every
+    move, ~3 ms a chart)."""
+    import pyarrow as pa
+
+    return pa.table({k: pa.array(v) for k, v in columns.items()})
+
+
+def _rate_columns(t: pd.DataFrame) -> dict:
+    n = t["n"].to_numpy(np.int64)
+    return {"label": [f"{g} (n={k:,})" for g, k in zip(t["group"].tolist(), n.tolist())],
+            "order": np.arange(len(t), dtype=np.int64), "rate": t["rate"].to_numpy(float),
+            "ci_low": t["ci_low"].to_numpy(float), "ci_high": t["ci_high"].to_numpy(float), "n": n}
+
+
+def rate_spec(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups: int = 30,
+              xaxis_title: str = "inclusion rate (kept / n), 95% Wilson interval", what: str = "kept",
+              color: str | None = None):
+    """rate_chart as Vega-Lite: inclusion rate per group with 95% Wilson intervals, greyed small groups (n below
+    ``min_n``, already flagged in ``small``), the overall rate as a dashed line. Returns (Arrow table, spec)."""
+    if len(table) > max_groups:
+        title = f"{title} — the {max_groups} largest of {len(table):,} groups"
+        table = table.nlargest(max_groups, "n")
+    t = table.iloc[np.argsort(table["rate"].to_numpy(float), kind="stable")]
+    cols = _rate_columns(t)
+    cols["kept"] = t["kept"].to_numpy(np.int64)
+    cols["colour"] = np.where(t["small"].to_numpy(bool), PALETTE["small"], color or PALETTE["kept"])
+    cols["overall"] = np.full(len(t), float(table.attrs["overall"]))
+    y = _vl_y()
+    tip = _vl_tooltip(("label", "group", None), ("rate", "rate", ".3f"), ("ci_low", "95% CI low", ".3f"),
+                      ("ci_high", "95% CI high", ".3f"), ("kept", what, ","), ("n", "n", ","))
+    spec = {"title": title, "height": max(120, 30 * len(t)), "autosize": _VL_FIT_X, "layer": [
+        {"mark": {"type": "rule", "color": "#495057", "strokeWidth": 1.5},
+         "encoding": {"y": y, "x": {**_vl_x(xaxis_title), "field": "ci_low"}, "x2": {"field": "ci_high"}}},
+        {"mark": {"type": "point", "filled": True, "size": 110, "opacity": 1},
+         "encoding": {"y": y, "x": {**_vl_x(xaxis_title), "field": "rate"},
+                      "color": {"field": "colour", "type": "nominal", "scale": None, "legend": None},
+                      "tooltip": tip}},
+        *_vl_overall(PALETTE["overall"])]}
+    return _arrow(cols), spec
+
+
+def histogram_spec(counts: np.ndarray, edges: np.ndarray, *, title: str, tau: float | None = None):
+    """histogram_bins as Vega-Lite: the score's binned histogram with the threshold τ as a red line (column ``tau``;
+    no line when it is missing). Returns (Arrow table, spec)."""
+    tau = float(tau) if tau is not None and np.isfinite(tau) else np.nan
+    cols = {"lo": np.asarray(edges[:-1], float), "hi": np.asarray(edges[1:], float),
+            "samples": np.asarray(counts, dtype=np.int64), "tau": np.full(len(counts), tau)}
+    line = [{"aggregate": [{"op": "max", "field": "tau", "as": "tau"}]},
+            {"filter": "isValid(datum.tau) && isFinite(datum.tau)"},
+            {"calculate": "'threshold ' + format(datum.tau, '.4f')", "as": "note"}]
+    x = {"field": "lo", "type": "quantitative", "title": "score", "scale": {"zero": False, "nice": False}}
+    spec = {"title": title, "height": 170, "autosize": _VL_FIT_X, "layer": [
+        {"mark": {"type": "rect", "color": "#495057", "stroke": "white", "strokeWidth": 0.3},
+         "encoding": {"x": x, "x2": {"field": "hi"}, "y": {"field": "samples", "type": "quantitative",
+                                                         "title": "samples"},
+                      "tooltip": _vl_tooltip(("lo", "from", ".4f"), ("hi", "to", ".4f"), ("samples", "samples", ","))}},
+        {"transform": line, "mark": {"type": "rule", "color": PALETTE["excluded"], "strokeWidth": 2},
+         "encoding": {"x": {"field": "tau", "type": "quantitative"}}},
+        {"transform": line, "mark": {"type": "text", "color": PALETTE["excluded"], "align": "left", "dx": 4,
+                                     "baseline": "top", "y": 2},
+         "encoding": {"x": {"field": "tau", "type": "quantitative"}, "text": {"field": "note"}}}]}
+    return _arrow(cols), spec
+
+
+def compare_spec(table_a: pd.DataFrame, table_b: pd.DataFrame, *, title: str, label_a: str, label_b: str,
+                 max_groups: int = 30):
+    """compare_chart as Vega-Lite: inclusion rate per group under filters A and B (95% Wilson intervals), groups
+    ordered by A's rate, A above B in each group's row. Returns (Arrow table, spec)."""
+    a = table_a.nlargest(max_groups, "n") if len(table_a) > max_groups else table_a
+    a = a.iloc[np.argsort(a["rate"].to_numpy(float), kind="stable")]
+    pos = pd.Index(table_b["group"]).get_indexer(a["group"])
+    if (pos < 0).any():
+        raise ValueError("filter B's table lacks a group of filter A's")
+    b = table_b.iloc[pos]
+    ca, cb = _rate_columns(a), _rate_columns(b)
+    cb["label"], cb["order"] = ca["label"], ca["order"]   # B's rows in A's order, labelled with A's n
+    cols = {k: np.concatenate([np.asarray(ca[k]), np.asarray(cb[k])]) for k in ("label", "order", "rate", "ci_low", "ci_high")}
+    cols["filter"] = np.repeat(np.array([label_a, label_b], dtype=object), len(a))
+    y = _vl_y()
+    colour = {"field": "filter", "type": "nominal", "title": None,
+              "scale": {"range": [PALETTE["kept"], PALETTE["overall"]]},
+              "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 600}}
+    off = {"field": "filter", "type": "nominal", "scale": {"paddingInner": 0.3}}
+    xt = "inclusion rate (kept / n), 95% Wilson interval"
+    spec = {"title": title, "height": max(140, 40 * len(a)), "autosize": _VL_FIT_X, "layer": [
+        {"mark": {"type": "rule", "strokeWidth": 1.3},
+         "encoding": {"y": y, "yOffset": off, "x": {**_vl_x(xt), "field": "ci_low"}, "x2": {"field": "ci_high"},
+                      "color": colour}},
+        {"mark": {"type": "point", "filled": True, "size": 90, "opacity": 1},
+         "encoding": {"y": y, "yOffset": off, "x": {**_vl_x(xt), "field": "rate"}, "color": colour,
+                      "shape": {"field": "filter", "type": "nominal", "scale": {"range": ["circle", "diamond"]},
+                                "legend": None},
+                      "tooltip": _vl_tooltip(("label", "group", None), ("filter", "filter", None),
+                                             ("rate", "rate", ".3f"), ("ci_low", "95% CI low", ".3f"),
+                                             ("ci_high", "95% CI high", ".3f"))}}]}
+    return _arrow(cols), spec

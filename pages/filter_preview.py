@@ -68,12 +68,43 @@ data = ui.preview_data(store, score, group)
 if len(data.sorted_desc) == 0:
     st.warning(f"No sample has a value for {score}.")
     st.stop()
+# read once per page run, not on every slider move
+RANDOM_WEIGHTS = set(cat.loc[cat["random_weights"].astype(bool), "name"])
+TEXT_PROXY = set(cat.loc[cat["description"].astype(str).str.contains("TEXT PROXY", regex=False), "name"])
+group_is_imputed = group in store.attributes()
 min_n = st.sidebar.number_input("Minimum n per group (smaller groups are greyed)", 1, 10_000, ui.MIN_N)
 
 
-# Everything below the score, rule and group pickers depends on the slider: a fragment, so that a slider move
-# (or any control below) reruns this part only, not the page's header, sidebar and pickers (fixed costs that do
-# not depend on the move). A preset that changes a picker reruns the whole page.
+# ---- combine rules into a recipe -----------------------------------------------------------------------------
+# Outside the slider's fragment: these controls do not move with the slider (each of them reruns the page), and
+# drawn again on every move they cost the browser ~20 ms.
+active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
+    st.session_state.get("then_score", NONE) != NONE
+with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons for every exclusion", expanded=active):
+    if PRESETS:
+        st.selectbox("Paper recipe", ["(choose to fill the controls)"] + list(PRESETS), key="preset",
+                     on_change=_apply_preset)
+    a1, a2 = st.columns(2)
+    and_terms = a1.multiselect(
+        "AND named filters (each rule is its own exclusion reason)", filters, key="and_terms", format_func=_title,
+        help="basic: words > 2, chars > 5, English, min side ≥ 200, aspect ≤ 3. laion: B/32 ≥ 0.28 and English. "
+             "image_based: caption pre-filter and target clusters. text_based: English and an entity word. "
+             "metaclip: a metadata entry matched and the seeded draw kept it.")
+    and_rules = a1.text_input("AND more rules", key="and_rules", placeholder="clip_b32_similarity_score>=0.28 & basic_aspect<=2",
+                              help="SCORE>=V, SCORE<=V, SCORE:top=P or named filters, joined with &")
+    then_score = a2.selectbox("THEN, among the samples left: keep the top of", [NONE] + names, key="then_score",
+                              format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
+                              help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
+                                   "NormSim∞ top 20% keeps 20% of the pool).")
+    then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
+                         disabled=then_score == NONE)
+    recipe_text = st.text_input(
+        "Or type a whole recipe (replaces the controls above)", key="recipe_text",
+        placeholder="negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2")
+
+# Everything below the pickers and the recipe controls depends on the slider: a fragment, so that a slider move
+# (or any control below) reruns this part only, not the page's header, sidebar, pickers and recipe controls
+# (fixed costs that do not depend on the move). A preset that changes a picker reruns the whole page.
 @st.fragment
 def live() -> None:
     if (st.session_state.get("score"), st.session_state.get("mode"), st.session_state.get("group")) != \
@@ -81,31 +112,6 @@ def live() -> None:
         st.rerun()
     rule = None if mode == "off" else ui.rule_widget(store, score, mode, top_key="top_fraction", threshold_key="threshold",
                                                       values=data.sorted_desc, top_default=None)
-
-    # ---- combine rules into a recipe ------------------------------------------------------------------------
-    active = any(st.session_state.get(x) for x in ("and_terms", "and_rules", "recipe_text")) or \
-        st.session_state.get("then_score", NONE) != NONE
-    with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons for every exclusion", expanded=active):
-        if PRESETS:
-            st.selectbox("Paper recipe", ["(choose to fill the controls)"] + list(PRESETS), key="preset",
-                         on_change=_apply_preset)
-        a1, a2 = st.columns(2)
-        and_terms = a1.multiselect(
-            "AND named filters (each rule is its own exclusion reason)", filters, key="and_terms", format_func=_title,
-            help="basic: words > 2, chars > 5, English, min side ≥ 200, aspect ≤ 3. laion: B/32 ≥ 0.28 and English. "
-                 "image_based: caption pre-filter and target clusters. text_based: English and an entity word. "
-                 "metaclip: a metadata entry matched and the seeded draw kept it.")
-        and_rules = a1.text_input("AND more rules", key="and_rules", placeholder="clip_b32_similarity_score>=0.28 & basic_aspect<=2",
-                                  help="SCORE>=V, SCORE<=V, SCORE:top=P or named filters, joined with &")
-        then_score = a2.selectbox("THEN, among the samples left: keep the top of", [NONE] + names, key="then_score",
-                                  format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
-                                  help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
-                                       "NormSim∞ top 20% keeps 20% of the pool).")
-        then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
-                             disabled=then_score == NONE)
-        recipe_text = st.text_input(
-            "Or type a whole recipe (replaces the controls above)", key="recipe_text",
-            placeholder="negclip_datacomp_l14:top=0.3 then normsim_inf_datacomp_l14:top=0.2")
 
     step1 = ([exact_spec(rule)] if rule is not None else []) + list(and_terms) + ([and_rules] if and_rules.strip() else [])
     spec = " & ".join(step1)
@@ -172,10 +178,10 @@ def live() -> None:
         st.caption(f"{data.n_missing:,} samples have no {score} value (no embedding for that model): they are "
                    f"excluded by this rule and counted in their groups.")
     used = [score] if ev is None else ev.recipe.scores()
-    rw = [s for s in used if s in names and bool(cat.loc[cat["name"] == s, "random_weights"].iloc[0])]
+    rw = [s for s in used if s in RANDOM_WEIGHTS]
     if rw:
         st.warning(f"{', '.join(rw)} come(s) from a model with RANDOM weights: this preview exercises the pipeline only.")
-    proxy = [s for s in used if "TEXT PROXY" in str(cat.loc[cat["name"] == s, "description"].iloc[0] if s in names else "")]
+    proxy = [s for s in used if s in TEXT_PROXY]
     if proxy:
         st.info(f"{', '.join(proxy)}: the target set is a **text proxy** (class-name prompts through the text "
                 "encoder), not image embeddings; see the score's description on the Overview page.")
@@ -183,16 +189,16 @@ def live() -> None:
     left, right = st.columns([3, 2])
     with left:
         glabel = ui.group_label(store, group)
-        fig = charts.rate_chart(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n))
-        st.plotly_chart(fig, width="stretch")
-        if group in store.attributes():
+        # Vega-Lite, not Plotly, for the charts a move redraws: the chart is updated in place (audit/charts.py)
+        st.vega_lite_chart(*charts.rate_spec(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n)),
+                           width="stretch")
+        if group_is_imputed:
             st.caption("Groups are **imputed** (perceived) labels, not identities; `unknown` means no evidence, "
                        "`multiple` means conflicting evidence. Grey: n below the minimum (shown, not hidden)."
                        + ui.accuracy_note(store, group))
     with right:
         counts, edges = data.histogram()
-        st.plotly_chart(charts.histogram_bins(counts, edges, title=f"{score}", tau=tau if np.isfinite(tau) else None),
-                        width="stretch")
+        st.vega_lite_chart(*charts.histogram_spec(counts, edges, title=f"{score}", tau=tau), width="stretch")
         if ev is None:
             st.markdown(f"**Why excluded** — `{shown}`: {data.n - kept:,} samples")
 
@@ -281,10 +287,10 @@ def live() -> None:
                      help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
         table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
         g1, g2 = st.columns([3, 2])
-        g1.plotly_chart(charts.compare_chart(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
-                                         label_a="A keeps " + _short(keeps_a),
-                                         label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
-                                                                    else str(rb))), width="stretch")
+        g1.vega_lite_chart(*charts.compare_spec(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
+                                                label_a="A keeps " + _short(keeps_a),
+                                                label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
+                                                                           else str(rb))), width="stretch")
         g2.plotly_chart(ui.density_figure(store, score, cmp_score), width="stretch")
 
     st.subheader("Samples of a group")

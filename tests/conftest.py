@@ -32,6 +32,16 @@ def free_port() -> int:
 APP = str(ROOT / "app.py")  # AppTest resolves relative paths against the calling file
 
 
+def vega_charts(at) -> list[tuple[dict, "pd.DataFrame"]]:
+    """(spec, data) of every st.vega_lite_chart an AppTest run drew, the data decoded from its Arrow bytes."""
+    import json
+
+    import pyarrow as pa
+
+    return [(json.loads(c.proto.spec), pa.ipc.open_stream(c.proto.data.data).read_all().to_pandas())
+            for c in at.get("vega_lite_chart")]
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> str:
     """A demo store of DEMO_ROWS simulated rows (no photos, no model): every score/annotator demo run."""
