@@ -403,11 +403,12 @@ def test_html_and_markdown_in_the_data_are_shown_as_text(make_store, monkeypatch
     at.run()
     at.switch_page("pages/filter_preview.py").run()
     assert not at.exception
-    bodies = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    cards = [b for b in bodies if "no image stored" in b]
-    assert cards and all("&lt;img src=x" in b and "<img src=x" not in b and "<h1>" not in b for b in cards)
-    shown = [b for b in bodies if "tracker" in b]
-    assert len(shown) == 12 and all(b.startswith("\\!\\[pixel\\]\\(") for b in shown)   # escaped, not an image
+    # the sample cards are one HTML grid (st.html: no Markdown is read there); every text from the data is escaped
+    grids = [h.value for h in at.html if "no image stored" in h.value]
+    assert grids and all("&lt;img src=x onerror=alert(1)&gt;&lt;h1&gt;owned&lt;/h1&gt;.com" in b for b in grids)
+    assert not any("<img" in b or "<h1>" in b for b in grids)       # no tag from the data, and no image at all
+    shown = [c for b in grids for c in range(12) if f"![pixel](http://tracker.example/{c}.png) caption {c}<" in b]
+    assert sorted(shown) == list(range(12))                          # each caption shown as its text
 
 
 def test_npy_export_warns_about_made_up_and_repeated_uids(tmp_path):
