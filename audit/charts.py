@@ -431,15 +431,15 @@ def _vl_tooltip(*fields: tuple[str, str, str | None]) -> list[dict]:
     return out
 
 
-def _vl_overall(color: str) -> list[dict]:
-    """The overall rate as a dashed rule across the plot, labelled above it (column ``overall``, one value)."""
-    agg = [{"aggregate": [{"op": "max", "field": "overall", "as": "overall"}]},
-           {"filter": "isValid(datum.overall) && isFinite(datum.overall)"},
-           {"calculate": "'overall ' + format(datum.overall, '.3f')", "as": "note"}]
-    return [{"transform": agg, "mark": {"type": "rule", "color": color, "strokeDash": [6, 4], "strokeWidth": 1.5},
-             "encoding": {"x": {"field": "overall", "type": "quantitative"}}},
-            {"transform": agg, "mark": {"type": "text", "color": color, "baseline": "bottom", "dy": -4, "y": 0},
-             "encoding": {"x": {"field": "overall", "type": "quantitative"}, "text": {"field": "note"}}}]
+def _vl_vline(field: str, label: str, fmt: str, rule: dict, text: dict) -> list[dict]:
+    """A vertical line across the plot at the one value of column ``field`` (none when it is missing), with the text
+    '<label> <value>' beside it: the overall rate of a rate chart, the threshold of a histogram."""
+    agg = [{"aggregate": [{"op": "max", "field": field, "as": field}]},
+           {"filter": f"isValid(datum.{field}) && isFinite(datum.{field})"},
+           {"calculate": f"'{label} ' + format(datum.{field}, '{fmt}')", "as": "note"}]
+    x = {"field": field, "type": "quantitative"}
+    return [{"transform": agg, "mark": {"type": "rule", **rule}, "encoding": {"x": x}},
+            {"transform": agg, "mark": {"type": "text", **text}, "encoding": {"x": x, "text": {"field": "note"}}}]
 
 
 def _arrow(columns: dict):
@@ -480,7 +480,8 @@ def rate_spec(table: pd.DataFrame, *, title: str, min_n: int = MIN_N, max_groups
          "encoding": {"y": y, "x": {**_vl_x(xaxis_title), "field": "rate"},
                       "color": {"field": "colour", "type": "nominal", "scale": None, "legend": None},
                       "tooltip": tip}},
-        *_vl_overall(PALETTE["overall"])]}
+        *_vl_vline("overall", "overall", ".3f", {"color": PALETTE["overall"], "strokeDash": [6, 4], "strokeWidth": 1.5},
+                   {"color": PALETTE["overall"], "baseline": "bottom", "dy": -4, "y": 0})]}
     return _arrow(cols), spec
 
 
@@ -490,20 +491,14 @@ def histogram_spec(counts: np.ndarray, edges: np.ndarray, *, title: str, tau: fl
     tau = float(tau) if tau is not None and np.isfinite(tau) else np.nan
     cols = {"lo": np.asarray(edges[:-1], float), "hi": np.asarray(edges[1:], float),
             "samples": np.asarray(counts, dtype=np.int64), "tau": np.full(len(counts), tau)}
-    line = [{"aggregate": [{"op": "max", "field": "tau", "as": "tau"}]},
-            {"filter": "isValid(datum.tau) && isFinite(datum.tau)"},
-            {"calculate": "'threshold ' + format(datum.tau, '.4f')", "as": "note"}]
     x = {"field": "lo", "type": "quantitative", "title": "score", "scale": {"zero": False, "nice": False}}
     spec = {"title": title, "height": 170, "autosize": _VL_FIT_X, "layer": [
         {"mark": {"type": "rect", "color": "#495057", "stroke": "white", "strokeWidth": 0.3},
          "encoding": {"x": x, "x2": {"field": "hi"}, "y": {"field": "samples", "type": "quantitative",
                                                          "title": "samples"},
                       "tooltip": _vl_tooltip(("lo", "from", ".4f"), ("hi", "to", ".4f"), ("samples", "samples", ","))}},
-        {"transform": line, "mark": {"type": "rule", "color": PALETTE["excluded"], "strokeWidth": 2},
-         "encoding": {"x": {"field": "tau", "type": "quantitative"}}},
-        {"transform": line, "mark": {"type": "text", "color": PALETTE["excluded"], "align": "left", "dx": 4,
-                                     "baseline": "top", "y": 2},
-         "encoding": {"x": {"field": "tau", "type": "quantitative"}, "text": {"field": "note"}}}]}
+        *_vl_vline("tau", "threshold", ".4f", {"color": PALETTE["excluded"], "strokeWidth": 2},
+                   {"color": PALETTE["excluded"], "align": "left", "dx": 4, "baseline": "top", "y": 2})]}
     return _arrow(cols), spec
 
 

@@ -293,7 +293,7 @@ def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: 
 
 
 def sample_grid(frame: pd.DataFrame, *, reveal: bool, blur_uids: set[str] | None = None, columns: int = 4) -> str:
-    """The HTML of show_samples' grid (no streamlit call: tests read it)."""
+    """The HTML of show_samples' grid."""
     cards = []
     col = {c: frame[c].tolist() if c in frame.columns else [None] * len(frame)
            for c in ("uid", "image_ref", "caption", "domain")}   # columns as lists: itertuples is ~0.3 ms a row

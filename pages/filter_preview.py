@@ -71,7 +71,8 @@ if len(data.sorted_desc) == 0:
 # read once per page run, not on every slider move
 RANDOM_WEIGHTS = set(cat.loc[cat["random_weights"].astype(bool), "name"])
 TEXT_PROXY = set(cat.loc[cat["description"].astype(str).str.contains("TEXT PROXY", regex=False), "name"])
-group_is_imputed = group in store.attributes()
+group_is_imputed = group in ui.attributes(store)
+glabel = ui.group_label(store, group)
 min_n = st.sidebar.number_input("Minimum n per group (smaller groups are greyed)", 1, 10_000, ui.MIN_N)
 
 
@@ -188,7 +189,6 @@ def live() -> None:
 
     left, right = st.columns([3, 2])
     with left:
-        glabel = ui.group_label(store, group)
         # Vega-Lite, not Plotly, for the charts a move redraws: the chart is updated in place (audit/charts.py)
         st.vega_lite_chart(*charts.rate_spec(table, title=f"Inclusion rate by {glabel}", min_n=int(min_n)),
                            width="stretch")
@@ -287,7 +287,7 @@ def live() -> None:
                      help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
         table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
         g1, g2 = st.columns([3, 2])
-        g1.vega_lite_chart(*charts.compare_spec(table, table_b, title=f"Inclusion rate by {ui.group_label(store, group)}: A vs B",
+        g1.vega_lite_chart(*charts.compare_spec(table, table_b, title=f"Inclusion rate by {glabel}: A vs B",
                                                 label_a="A keeps " + _short(keeps_a),
                                                 label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
                                                                            else str(rb))), width="stretch")
