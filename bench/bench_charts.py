@@ -96,11 +96,6 @@ def moves(page, presses: int) -> tuple[list[float], list[float]]:
     return finished, settled
 
 
-def p95(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(0.95 * len(s)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presses", type=int, default=20, help="key presses per app and round")
@@ -138,8 +133,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (fin, setl) in res.items():
         extra = statistics.median(setl) - statistics.median(floor_set)
-        print(f"| {name} | {statistics.median(fin):,.0f} / {p95(fin):,.0f} | {statistics.median(setl):,.0f} / "
-              f"{p95(setl):,.0f} | {'—' if name == 'floor' else f'{extra:+,.0f}'} |")
+        print(f"| {name} | {statistics.median(fin):,.0f} / {b.p95(fin):,.0f} | {statistics.median(setl):,.0f} / "
+              f"{b.p95(setl):,.0f} | {'—' if name == 'floor' else f'{extra:+,.0f}'} |")
 
 
 if __name__ == "__main__":
