@@ -168,10 +168,11 @@ def group_examples(store: Store, score: str, group: str, per_group: int = 2000) 
 
 @st.cache_resource(max_entries=16, show_spinner=False, hash_funcs=HASH)
 def group_drawn(store: Store, score: str, group: str, label: str) -> pd.DataFrame:
-    """The sample rows of one group's whole draw (``group_examples``), indexed by uid: looked up once, and keyed
-    by the group, not by its 2,000 uids (hashing them cost a slider move ~5 ms). Held, not copied: read-only."""
+    """The grid's columns of one group's whole draw (``group_examples``), indexed by uid: read once by row number
+    (1 s for 2,000 rows at 12.8M), and keyed by the group, not by its 2,000 uids (hashing them cost a slider move
+    ~5 ms). Held, not copied: read-only."""
     ex = group_examples(store, score, group)
-    return store.samples_page(ex.loc[ex["grp"] == label, "uid"].tolist()).set_index("uid")
+    return store.samples_at(ex.loc[ex["grp"] == label, "row"].to_numpy(), GRID_COLUMNS).set_index("uid")
 
 
 @st.cache_data(max_entries=32, show_spinner=False, hash_funcs=HASH)
@@ -182,7 +183,14 @@ def more_examples(store: Store, score: str, group: str, label: str, tau: float, 
 
 @st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
 def samples(store: Store, uids: tuple[str, ...]) -> pd.DataFrame:
+    """Samples by uid (a join with every part's uids: ~3 s at 12.8M rows); ``samples_at`` when the rows are known."""
     return store.samples_page(list(uids))
+
+
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=HASH)
+def samples_at(store: Store, rows: tuple[int, ...], columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The samples at these pool-order rows, in that order (``Store.samples_at``: read by row number)."""
+    return store.samples_at(list(rows), columns)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -279,6 +287,9 @@ def store_caption(store: Store, info: dict) -> None:
         + (f" · {sim:,} **simulated**" if sim else ""))
 
 
+GRID_COLUMNS = ("image_ref", "caption", "domain")   # what sample_grid shows, besides the uid
+
+
 def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: set[str] | None = None,
                  columns: int = 4) -> None:
     """A grid of thumbnails (or caption cards for url-only rows) with captions.
@@ -296,7 +307,7 @@ def sample_grid(frame: pd.DataFrame, *, reveal: bool, blur_uids: set[str] | None
     """The HTML of show_samples' grid."""
     cards = []
     col = {c: frame[c].tolist() if c in frame.columns else [None] * len(frame)
-           for c in ("uid", "image_ref", "caption", "domain")}   # columns as lists: itertuples is ~0.3 ms a row
+           for c in ("uid", *GRID_COLUMNS)}   # columns as lists: itertuples is ~0.3 ms a row
     for uid, ref, caption, domain in zip(col["uid"], col["image_ref"], col["caption"], col["domain"]):
         blur = bool(blur_uids and uid in blur_uids and not reveal)
         img = thumb(ref, 160, blur) if isinstance(ref, str) else None
@@ -624,8 +635,7 @@ def export_preview(store: Store, specs: tuple[str, ...], limit: int = 20) -> pd.
     """The first ``limit`` kept samples (uid order) with every score: a LIMIT-sized read, not the pool."""
     keep = rule_selection(store, specs).keep
     rows = np.flatnonzero(keep)[:limit]
-    uids = store.uids_at([int(r) for r in rows])
-    frame = store.samples_page(uids).set_index("uid").reindex(uids).reset_index()
+    frame = store.samples_at(rows)
     for name in store.score_names():
         frame[name] = score_column(store, name)[rows]
     return frame

@@ -144,5 +144,5 @@ pick = rng.choice(idx, size=min(12, len(idx)), replace=False)
 st.markdown(f"**Samples in the region** (random {len(pick)} of {n_in:,})")
 reveal = st.toggle("Reveal NSFW thumbnails", value=False, key="map_reveal")
 blur = ui.blur_uids(store)
-ui.show_samples(store, ui.samples(store, tuple(coords["uid"].to_numpy()[pick])), reveal=reveal, blur_uids=blur,
-                columns=6)
+ui.show_samples(store, ui.samples_at(store, tuple(int(x) for x in coords["pos"].to_numpy()[pick]), ui.GRID_COLUMNS),
+                reveal=reveal, blur_uids=blur, columns=6)

@@ -310,10 +310,11 @@ def live() -> None:
         for title, part in side.items():
             if len(part) < 8:
                 part = ui.more_examples(store, score, group, gsel, float(tau), title == "Kept")
-            uids = part["uid"].head(8).tolist()
+            part = part.head(8)
+            uids = part["uid"].tolist()
             st.markdown(f"**{title}** ({n_side[title]:,} in {ui.md(gsel)}; showing {len(uids)})")
-            rows = (drawn.loc[uids].reset_index() if drawn.index.isin(uids).sum() == len(uids)
-                    else ui.samples(store, tuple(uids)))   # a rare side's extra examples are not in the draw
+            rows = (drawn.loc[uids].reset_index() if drawn.index.isin(uids).sum() == len(uids)   # a rare side's extra
+                    else ui.samples_at(store, tuple(int(r) for r in part["row"]), ui.GRID_COLUMNS))  # examples are not
             ui.show_samples(store, rows, reveal=reveal, blur_uids=blur)
     else:
         codes, labels = ui.group_codes(store, group)
@@ -323,7 +324,7 @@ def live() -> None:
             idx = np.flatnonzero(mask)
             pick = np.sort(rng.choice(idx, size=min(8, len(idx)), replace=False)) if len(idx) else idx
             st.markdown(f"**{title}** ({len(idx):,} in {ui.md(gsel)}; showing {len(pick)})")
-            frame = ui.samples(store, tuple(ui.uids_at(store, tuple(int(x) for x in pick))))
+            frame = ui.samples_at(store, tuple(int(x) for x in pick), ui.GRID_COLUMNS)
             ui.show_samples(store, frame, reveal=reveal, blur_uids=blur)
 
 

@@ -100,3 +100,45 @@ def test_a_failed_build_leaves_nothing_and_a_read_only_folder_still_answers(make
         monkeypatch.setattr(columns, "_publish", lambda *_a: (_ for _ in ()).throw(PermissionError("read-only")))
         np.testing.assert_array_equal(columns.score_values(st, "s"), v)   # computed, kept in memory
         assert not dest.exists()
+
+
+def test_samples_at_reads_the_rows_by_their_part_and_row_number(make_store):
+    """Store.samples_at (read by row number, through the locator) equals the join by uid it replaces, on a pool
+    whose samples are in three parts with interleaved uids, for rows in any order, repeated, and column subsets."""
+    rng = np.random.default_rng(3)
+    uids = [f"{rng.integers(1 << 62):032x}" for _ in range(3000)]
+    batch = lambda lo, hi: pd.DataFrame({"uid": uids[lo:hi], "caption": [f"caption {i}" for i in range(lo, hi)],
+                                         "source": "s", "width": np.arange(lo, hi), "domain": None})
+    path = make_store(batch(0, 1000).to_dict("records"))
+    with Store.writer(path) as st:
+        st.add_samples(batch(1000, 2200))
+        st.add_samples(batch(2200, 3000))
+    with Store.reader(path) as st:
+        assert st.scalar("SELECT count(*) FROM parts WHERE table_name = 'samples'") == 3
+        files, part, row = columns.locate(st)
+        us = sorted(uids)
+        assert len(files) == 3 and len(part) == len(row) == 3000
+        # each file read whole, in file order (a second reading, without file_row_number): the uid at the row the
+        # locator names is the uid at that position of the pool order
+        in_file = {f: st.df(f"SELECT uid FROM read_parquet('{st.parts_dir() / f}')")["uid"].tolist() for f in files}
+        assert sorted(u for f in files for u in in_file[f]) == us
+        assert all(in_file[files[part[i]]][row[i]] == us[i] for i in range(len(us)))
+        rows = [2999, 0, 17, 17, 1500, 2200, 999]
+        want = st.samples_page(sorted({us[r] for r in rows})).set_index("uid").loc[[us[r] for r in rows]].reset_index()
+        got = st.samples_at(rows)
+        pd.testing.assert_frame_equal(got, want)
+        assert got["caption"].tolist() == [f"caption {uids.index(us[r])}" for r in rows]
+        sub = st.samples_at(rows, ["caption", "width"])
+        assert list(sub.columns) == ["uid", "caption", "width"]
+        pd.testing.assert_frame_equal(sub, want[["uid", "caption", "width"]])
+        assert st.samples_at([]).empty and list(st.samples_at([], ["caption"]).columns) == ["uid", "caption"]
+        with pytest.MonkeyPatch.context() as mp:   # a store of the older one-file layout has no locator: by uid
+            mp.setattr(columns, "locate", lambda _st: None)
+            pd.testing.assert_frame_equal(st.samples_at(rows), want)
+            pd.testing.assert_frame_equal(st.samples_at(rows, ["caption", "width"]), want[["uid", "caption", "width"]])
+        with pytest.raises(Exception, match="unknown sample column"):
+            st.samples_at(rows, ["caption; DROP TABLE parts"])
+    with Store.writer(path) as st:   # a fourth part: a new digest, so a new locator, never a stale one
+        st.add_samples(pd.DataFrame({"uid": ["0" * 32], "caption": ["first"], "source": "s"}))
+    with Store.reader(path) as st:
+        assert st.samples_at([0, 1])["caption"].tolist() == ["first", f"caption {uids.index(us[0])}"]

@@ -106,8 +106,9 @@ def test_store_aggregates_equal_numpy(make_store):
         ex = st.group_examples("s", "source", 50)
         assert ex.groupby("grp").size().to_dict() == {"a": 50, "b": 50, "c": 50}
         by_uid = dict(zip(us, zip(vs, srcs)))
-        bad = [(u, val, g, by_uid[u]) for u, val, g in ex.itertuples(index=False) if by_uid[u] != (val, g)]
+        bad = [(u, val, g, by_uid[u]) for u, val, g, _ in ex.itertuples(index=False) if by_uid[u] != (val, g)]
         assert not bad, bad[:3]
+        assert list(us[ex["row"].to_numpy()]) == ex["uid"].tolist()   # row: the position in uid order
         few = st.group_examples("s", "source", 8, label="b", tau=2.0, kept=True)
         assert len(few) == min(8, int(((vs >= 2.0) & (srcs == "b")).sum())) and (few["value"] >= 2.0).all()
         from audit.decide.selection import top_fraction_threshold, top_fraction_threshold_sorted

@@ -160,12 +160,18 @@ def sql_files(files) -> str:
     return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
+def select_list(table: str, cols=None) -> str:
+    """The view's typed column list (all of ``table``'s columns, or ``cols`` of them, in that order)."""
+    types = {c: t for c, _, t in _COLUMNS[table]}
+    return ", ".join(f'CAST("{c}" AS {types[c]}) AS "{c}"' for c in (cols or types))
+
+
 def refresh_view(store: "Store", table: str) -> None:
     """(Re)define the view ``table`` over its registered parts (a typed empty relation when there are none)."""
     cur = store.cursor()
     files = [r[0] for r in cur.execute(
         "SELECT file FROM parts WHERE table_name = ? ORDER BY created, file", [table]).fetchall()]
-    cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, _, t in _COLUMNS[table])
+    cols = select_list(table)
     if files:
         body = f"SELECT {cols} FROM read_parquet({sql_files(files)})"
     else:

@@ -381,6 +381,48 @@ class Store:
         finally:
             cur.unregister("_want")
 
+    def samples_at(self, rows: Sequence[int], columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The samples at these row positions of ``samples ORDER BY uid``, in the order given: uid, then
+        ``columns`` (default: every sample column). Meant for a page of samples (up to a few thousand rows).
+
+        Each row is read by its row number from the part that holds it (``columns.locate``): a join by uid
+        (``samples_page``) reads the uid column of every part, ~3 s at 12.8M rows however few rows are wanted;
+        this reads only the parts that hold them and the columns asked for (16 rows: ~0.2 s at 12.8M)."""
+        cols = [c for c in dict.fromkeys(columns or SAMPLE_COLUMNS) if c != "uid"]
+        for c in cols:
+            if c not in SAMPLE_COLUMNS:
+                raise StoreError(f"unknown sample column {c!r}; samples has: {', '.join(SAMPLE_COLUMNS)}")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        uids = self.uids_at(rows)
+        loc = pool_columns.locate(self) if len(rows) else None
+        if loc is None:   # a store of the older one-file layout, or nothing asked
+            found = self.samples_page(sorted(set(uids))).set_index("uid")
+            return found.loc[uids, cols].reset_index()
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        files, part, prow = loc
+        p, r = np.asarray(part)[rows], np.asarray(prow)[rows].astype(np.int64)
+        cur, pieces = self.cursor(), []
+        for k in np.unique(p):
+            at = np.flatnonzero(p == k)
+            want = np.unique(r[at])
+            tab = cur.sql(
+                f"SELECT file_row_number AS _r{', ' if cols else ''}{parts.select_list('samples', cols)} "
+                f"FROM read_parquet({parts.sql_files([files[int(k)]])}, file_row_number = true) "
+                f"WHERE file_row_number IN ({', '.join(str(int(x)) for x in want)})").to_arrow_table()
+            got = tab.column("_r").to_numpy()
+            if len(got) != len(want):
+                raise StoreError(f"part {files[int(k)]} lacks rows that the store's locator names; delete the "
+                                 f"folder {self.parts_dir() / pool_columns.ROOT / 'locate'} to rebuild it")
+            order = np.argsort(got)
+            pieces.append(tab.take(pa.array(order[np.searchsorted(got, r[at], sorter=order)]))
+                          .append_column("_pos", pa.array(at)))
+        tab = pa.concat_tables(pieces)
+        tab = tab.take(pc.sort_indices(tab.column("_pos"))).select(cols)
+        tab = tab.add_column(0, "uid", pa.array(uids, pa.string()))
+        return cur.from_arrow(tab).df()
+
     def sample_uids(self) -> list[str]:
         """Every uid, ORDER BY uid (the row order of every per-sample frame of the store)."""
         return [r[0] for r in self.cursor().execute("SELECT uid FROM samples ORDER BY uid").fetchall()]
@@ -626,7 +668,7 @@ class Store:
 
     def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
                        tau: float | None = None, kept: bool = True, seed: int = 0) -> pd.DataFrame:
-        """uid, value, grp: a seeded uniform draw of up to ``per_group`` scored samples of each group, in random
+        """uid, value, grp, row (the position in pool order): a seeded uniform draw of up to ``per_group`` scored samples of each group, in random
         order; with ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). From the
         pool-order columns, then the drawn uids by position: no join over the pool."""
         values = self.score_array(score)
@@ -654,7 +696,7 @@ class Store:
             rows = rows[np.concatenate(take)] if take else rows[:0]
         rows = rows.astype(np.int64)
         return pd.DataFrame({"uid": self.uids_at(rows), "value": np.asarray(values)[rows],
-                             "grp": np.asarray(labels, dtype=object)[np.asarray(codes)[rows]]})
+                             "grp": np.asarray(labels, dtype=object)[np.asarray(codes)[rows]], "row": rows})
 
     def uids_at(self, rows: Sequence[int]) -> list[str]:
         """The uids at these row positions of ``samples ORDER BY uid`` (the order of every per-sample array)."""
