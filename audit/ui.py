@@ -490,12 +490,13 @@ def overlap_index(store: Store, score: str, group: str, spec_b: str) -> np.ndarr
 
 
 @st.cache_resource(max_entries=8, show_spinner="Binning both scores…", hash_funcs=HASH)
-def density_figure(store: Store, a: str, b: str):
-    """The 60 × 60 density of two scores over every sample (independent of the sliders: drawn once)."""
+def density_spec(store: Store, a: str, b: str):
+    """The 60 × 60 density of two scores over every sample as (Arrow table, Vega-Lite spec): independent of the
+    sliders, binned once. Held, not copied: read-only."""
     from audit import charts
 
-    return charts.density_chart(score_column(store, a), score_column(store, b), xlabel=a, ylabel=b,
-                                title="Both scores, every sample")
+    return charts.density_spec(score_column(store, a), score_column(store, b), xlabel=a, ylabel=b,
+                               title="Both scores, every sample")
 
 
 @st.cache_data(max_entries=64, show_spinner="Ranking both scores…", hash_funcs=HASH)

@@ -291,7 +291,7 @@ def live() -> None:
                                                 label_a="A keeps " + _short(keeps_a),
                                                 label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
                                                                            else str(rb))), width="stretch")
-        g2.plotly_chart(ui.density_figure(store, score, cmp_score), width="stretch")
+        g2.vega_lite_chart(*ui.density_spec(store, score, cmp_score), width="stretch")
 
     st.subheader("Samples of a group")
     gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")

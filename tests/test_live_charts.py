@@ -93,3 +93,22 @@ def test_compare_spec_orders_groups_by_a():
         [["y (n=2)", 0, 0.0], ["z (n=4)", 1, 0.75], ["x (n=2)", 2, 1.0]]
     assert data[data["filter"] == "B"][["label", "order", "rate"]].values.tolist() == \
         [["y (n=2)", 0, 1.0], ["z (n=4)", 1, 0.25], ["x (n=2)", 2, 0.5]]
+
+
+def test_density_spec_counts_every_pair_once():
+    """By hand: on a 60 × 60 grid over [0, 6] × [0, 60], a cell is 0.1 wide and 1 high; NaN pairs are left out."""
+    x = np.array([0.0, 0.05, 0.05, 6.0, np.nan, 3.0, 3.0])
+    y = np.array([0.0, 0.5, 0.5, 60.0, 1.0, np.nan, 30.2])
+    data, spec = charts.density_spec(x, y, xlabel="a", ylabel="b", title="Both scores")
+    _valid(spec)
+    cells = sorted(zip(data.column("x").to_pylist(), data.column("y").to_pylist(),
+                       data.column("samples").to_pylist()))
+    # (0, 0) and (0.05, 0.5) twice share the first cell; 6.0 / 60.0 fall in the last (closed) one; (3.0, 30.2)
+    assert [(round(a, 6), round(b, 6), k) for a, b, k in cells] == [(0.0, 0.0, 3), (3.0, 30.0, 1), (5.9, 59.0, 1)]
+    assert sum(k for *_, k in cells) == int((np.isfinite(x) & np.isfinite(y)).sum()) == 5
+    # a second computation: numpy's own 2-D histogram, non-empty cells only
+    want, _, _ = np.histogram2d(x[np.isfinite(x) & np.isfinite(y)], y[np.isfinite(x) & np.isfinite(y)], bins=60)
+    assert sorted(k for *_, k in cells) == sorted(want[want > 0].astype(int).tolist())
+    none, spec0 = charts.density_spec(np.array([np.nan]), np.array([1.0]), xlabel="a", ylabel="b", title="T")
+    assert none.num_rows == 0 and "no sample has both scores" in spec0["title"]
+    _valid(spec0)
