@@ -298,24 +298,21 @@ def live() -> None:
     reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagged NSFW are blurred until revealed.")
     blur = ui.blur_uids(store)
     if keep is None:   # examples from a draw made once per (score, group): a move picks among them
-        ex = ui.group_examples(store, score, group)
-        ex = ex[ex["grp"] == gsel]
-        # the rows of the whole draw of this group in one lookup, held: a move that changes which examples show
-        # picks among them instead of looking up new uids in every part of the pool (1.4 s a lookup at 12.8M)
-        drawn = ui.group_drawn(store, score, group, gsel)
-        side = {"Kept": ex[ex["value"] >= tau], "Excluded": ex[ex["value"] < tau]}
-        n_side = dict(zip(("Kept", "Excluded"), (int(x) for x in (
-            table.loc[table["group"] == gsel, "kept"].iloc[0],
-            table.loc[table["group"] == gsel, "n"].iloc[0] - table.loc[table["group"] == gsel, "kept"].iloc[0]))))
-        for title, part in side.items():
-            if len(part) < 8:
-                part = ui.more_examples(store, score, group, gsel, float(tau), title == "Kept")
-            part = part.head(8)
-            uids = part["uid"].tolist()
-            st.markdown(f"**{title}** ({n_side[title]:,} in {ui.md(gsel)}; showing {len(uids)})")
-            rows = (drawn.loc[uids].reset_index() if drawn.index.isin(uids).sum() == len(uids)   # a rare side's extra
-                    else ui.samples_at(store, tuple(int(r) for r in part["row"]), ui.GRID_COLUMNS))  # examples are not
-            ui.show_samples(store, rows, reveal=reveal, blur_uids=blur)
+        gallery = ui.group_gallery(store, score, group, gsel)
+        row = table.loc[table["group"] == gsel].iloc[0]
+        for title, kept_side, n_side in (("Kept", True, int(row["kept"])), ("Excluded", False, int(row["n"] - row["kept"]))):
+            pos = gallery.pick(float(tau), kept_side)
+            if len(pos) < min(8, n_side) and not gallery.complete:   # a rare side: examples from the whole group
+                extra = ui.more_examples(store, score, group, gsel, float(tau), kept_side)
+                st.markdown(f"**{title}** ({n_side:,} in {ui.md(gsel)}; showing {len(extra)})")
+                ui.show_samples(store, ui.samples_at(store, tuple(int(r) for r in extra["row"]), ui.GRID_COLUMNS),
+                                reveal=reveal, blur_uids=blur)
+                continue
+            st.markdown(f"**{title}** ({n_side:,} in {ui.md(gsel)}; showing {len(pos)})")
+            if len(pos):
+                st.html(gallery.grid(pos, reveal=reveal, blur_uids=blur))
+            else:
+                st.caption("none")
     else:
         codes, labels = ui.group_codes(store, group)
         in_group = codes == int(np.flatnonzero(labels == gsel)[0])

@@ -109,6 +109,18 @@ def test_store_aggregates_equal_numpy(make_store):
         bad = [(u, val, g, by_uid[u]) for u, val, g, _ in ex.itertuples(index=False) if by_uid[u] != (val, g)]
         assert not bad, bad[:3]
         assert list(us[ex["row"].to_numpy()]) == ex["uid"].tolist()   # row: the position in uid order
+        from audit.ui import Gallery
+
+        g = Gallery(st, ex[ex["grp"] == "b"], complete=False)   # the page's examples of group b, read by row
+        assert g.rows["uid"].tolist() == ex.loc[ex["grp"] == "b", "uid"].tolist()
+        assert g.rows["caption"].eq("c").all()
+        for tau in (-1.0, 0.0, 0.37, 5.0):   # the first 8 of the draw on each side, against pandas' filter
+            b = ex[ex["grp"] == "b"].reset_index(drop=True)
+            assert g.pick(tau, True).tolist() == b.index[b["value"] >= tau][:8].tolist()
+            assert g.pick(tau, False).tolist() == b.index[b["value"] < tau][:8].tolist()
+        pos = g.pick(0.0, True)
+        html_ = g.grid(pos, reveal=False, blur_uids=frozenset())
+        assert html_.count("<div title=") == len(pos) and all(u in html_ for u in g.rows["uid"].iloc[pos])
         few = st.group_examples("s", "source", 8, label="b", tau=2.0, kept=True)
         assert len(few) == min(8, int(((vs >= 2.0) & (srcs == "b")).sum())) and (few["value"] >= 2.0).all()
         from audit.decide.selection import top_fraction_threshold, top_fraction_threshold_sorted
