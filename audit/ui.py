@@ -168,7 +168,7 @@ def group_examples(store: Store, score: str, group: str, per_group: int = 2000) 
 
 class Gallery:
     """One group's whole example draw (``group_examples``) for the Filter preview: its values, and the grid's columns
-    read once by row number (1 s for 2,000 rows at 12.8M). A slider move picks the first ``k`` of the draw on each
+    read once by row number (0.5–1 s for 2,000 rows at 12.8M). A slider move picks the first ``k`` of the draw on each
     side of τ with numpy and reuses the grid's HTML when the picked samples did not change (most moves): pandas
     filtering and rebuilding the grid were ~10 ms of every move."""
 
@@ -184,12 +184,17 @@ class Gallery:
         return np.flatnonzero(side)[:k]
 
     def grid(self, pos: np.ndarray, *, reveal: bool, blur_uids) -> str:
-        key = (tuple(pos.tolist()), reveal, id(blur_uids))
-        if key not in self._html:
-            if len(self._html) > 64:
+        """The grid's HTML for these positions (kept for the last 64 shown sets; shared by every session)."""
+        rows = self.rows.iloc[pos]
+        blurred = tuple(u in blur_uids for u in rows["uid"].tolist()) if blur_uids else ()
+        key = (tuple(pos.tolist()), reveal, blurred)
+        html_ = self._html.get(key)
+        if html_ is None:
+            html_ = sample_grid(rows, reveal=reveal, blur_uids=blur_uids)
+            if len(self._html) >= 64:
                 self._html.clear()
-            self._html[key] = sample_grid(self.rows.iloc[pos], reveal=reveal, blur_uids=blur_uids)
-        return self._html[key]
+            self._html[key] = html_
+        return html_
 
 
 @st.cache_resource(max_entries=16, show_spinner=False, hash_funcs=HASH)

@@ -121,6 +121,10 @@ def test_store_aggregates_equal_numpy(make_store):
         pos = g.pick(0.0, True)
         html_ = g.grid(pos, reveal=False, blur_uids=frozenset())
         assert html_.count("<div title=") == len(pos) and all(u in html_ for u in g.rows["uid"].iloc[pos])
+        flagged = frozenset([g.rows["uid"].iloc[pos[0]]])   # an NSFW-flagged sample among them: another grid
+        assert "(blurred)" in g.grid(pos, reveal=False, blur_uids=flagged)
+        assert "(blurred)" not in g.grid(pos, reveal=True, blur_uids=flagged)
+        assert g.grid(pos, reveal=False, blur_uids=frozenset()) == html_
         few = st.group_examples("s", "source", 8, label="b", tau=2.0, kept=True)
         assert len(few) == min(8, int(((vs >= 2.0) & (srcs == "b")).sum())) and (few["value"] >= 2.0).all()
         from audit.decide.selection import top_fraction_threshold, top_fraction_threshold_sorted

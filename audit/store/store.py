@@ -668,8 +668,8 @@ class Store:
 
     def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
                        tau: float | None = None, kept: bool = True, seed: int = 0) -> pd.DataFrame:
-        """uid, value, grp, row (the position in pool order): a seeded uniform draw of up to ``per_group`` scored samples of each group, in random
-        order; with ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). From the
+        """uid, value, grp, row (the position in pool order): a seeded uniform draw of up to ``per_group`` scored
+        samples of each group, in random order; with ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). From the
         pool-order columns, then the drawn uids by position: no join over the pool."""
         values = self.score_array(score)
         codes, labels = pool_columns.group_codes(self, group)
