@@ -132,6 +132,7 @@ def test_samples_at_reads_the_rows_by_their_part_and_row_number(make_store):
         assert list(sub.columns) == ["uid", "caption", "width"]
         pd.testing.assert_frame_equal(sub, want[["uid", "caption", "width"]])
         assert st.samples_at([]).empty and list(st.samples_at([], ["caption"]).columns) == ["uid", "caption"]
+        assert st.samples_at(rows, ["uid"])["uid"].tolist() == [us[r] for r in rows]   # the uids alone
         with pytest.MonkeyPatch.context() as mp:   # a store of the older one-file layout has no locator: by uid
             mp.setattr(columns, "locate", lambda _st: None)
             pd.testing.assert_frame_equal(st.samples_at(rows), want)

@@ -163,7 +163,7 @@ def sql_files(files) -> str:
 def select_list(table: str, cols=None) -> str:
     """The view's typed column list (all of ``table``'s columns, or ``cols`` of them, in that order)."""
     types = {c: t for c, _, t in _COLUMNS[table]}
-    return ", ".join(f'CAST("{c}" AS {types[c]}) AS "{c}"' for c in (cols or types))
+    return ", ".join(f'CAST("{c}" AS {types[c]}) AS "{c}"' for c in (types if cols is None else cols))
 
 
 def refresh_view(store: "Store", table: str) -> None:

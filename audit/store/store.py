@@ -404,12 +404,12 @@ class Store:
         files, part, prow = loc
         p, r = np.asarray(part)[rows], np.asarray(prow)[rows].astype(np.int64)
         cur, pieces = self.cursor(), []
+        select = ", ".join(["file_row_number AS _r", *([parts.select_list("samples", cols)] if cols else [])])
         for k in np.unique(p):
             at = np.flatnonzero(p == k)
             want = np.unique(r[at])
             tab = cur.sql(
-                f"SELECT file_row_number AS _r{', ' if cols else ''}{parts.select_list('samples', cols)} "
-                f"FROM read_parquet({parts.sql_files([files[int(k)]])}, file_row_number = true) "
+                f"SELECT {select} FROM read_parquet({parts.sql_files([files[int(k)]])}, file_row_number = true) "
                 f"WHERE file_row_number IN ({', '.join(str(int(x)) for x in want)})").to_arrow_table()
             got = tab.column("_r").to_numpy()
             if len(got) != len(want):
@@ -669,8 +669,8 @@ class Store:
     def group_examples(self, score: str, group: str, per_group: int, *, label: str | None = None,
                        tau: float | None = None, kept: bool = True, seed: int = 0) -> pd.DataFrame:
         """uid, value, grp, row (the position in pool order): a seeded uniform draw of up to ``per_group`` scored
-        samples of each group, in random order; with ``label``/``tau`` only that group's samples on one side of τ (kept: value ≥ τ). From the
-        pool-order columns, then the drawn uids by position: no join over the pool."""
+        samples of each group, in random order; with ``label``/``tau`` only that group's samples on one side of τ
+        (kept: value ≥ τ). From the pool-order columns, then the drawn uids by position: no join over the pool."""
         values = self.score_array(score)
         codes, labels = pool_columns.group_codes(self, group)
         rng = np.random.default_rng(seed)
