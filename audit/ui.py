@@ -328,10 +328,15 @@ def show_samples(store: Store, frame: pd.DataFrame, *, reveal: bool, blur_uids: 
     One HTML element for the whole grid, thumbnails inlined as data URIs: drawn as 16 cards of columns, images and
     captions (48 elements) a slider move cost the browser ~40–90 ms more (bench/bench_charts.py). Text from the data
     is HTML-escaped; the HTML is sanitised again by Streamlit, and Markdown is not read in it at all."""
-    if frame.empty:
+    show_grid(None if frame.empty else sample_grid(frame, reveal=reveal, blur_uids=blur_uids, columns=columns))
+
+
+def show_grid(grid_html: str | None) -> None:
+    """A grid's HTML from sample_grid (or Gallery.grid), or "none" when there is no sample to show."""
+    if grid_html is None:
         st.caption("none")
-        return
-    st.html(sample_grid(frame, reveal=reveal, blur_uids=blur_uids, columns=columns))
+    else:
+        st.html(grid_html)
 
 
 def sample_grid(frame: pd.DataFrame, *, reveal: bool, blur_uids: set[str] | None = None, columns: int = 4) -> str:

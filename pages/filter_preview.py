@@ -303,16 +303,13 @@ def live() -> None:
         for title, kept_side, n_side in (("Kept", True, int(row["kept"])), ("Excluded", False, int(row["n"] - row["kept"]))):
             pos = gallery.pick(float(tau), kept_side)
             if len(pos) < min(8, n_side) and not gallery.complete:   # a rare side: examples from the whole group
-                extra = ui.more_examples(store, score, group, gsel, float(tau), kept_side)
-                st.markdown(f"**{title}** ({n_side:,} in {ui.md(gsel)}; showing {len(extra)})")
-                ui.show_samples(store, ui.samples_at(store, tuple(int(r) for r in extra["row"]), ui.GRID_COLUMNS),
-                                reveal=reveal, blur_uids=blur)
-                continue
-            st.markdown(f"**{title}** ({n_side:,} in {ui.md(gsel)}; showing {len(pos)})")
-            if len(pos):
-                st.html(gallery.grid(pos, reveal=reveal, blur_uids=blur))
+                extra = ui.samples_at(store, tuple(int(r) for r in ui.more_examples(
+                    store, score, group, gsel, float(tau), kept_side)["row"]), ui.GRID_COLUMNS)
+                shown, grid = len(extra), ui.sample_grid(extra, reveal=reveal, blur_uids=blur) if len(extra) else None
             else:
-                st.caption("none")
+                shown, grid = len(pos), gallery.grid(pos, reveal=reveal, blur_uids=blur) if len(pos) else None
+            st.markdown(f"**{title}** ({n_side:,} in {ui.md(gsel)}; showing {shown})")
+            ui.show_grid(grid)
     else:
         codes, labels = ui.group_codes(store, group)
         in_group = codes == int(np.flatnonzero(labels == gsel)[0])
