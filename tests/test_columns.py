@@ -67,9 +67,24 @@ def test_written_with_the_stage_and_never_stale(make_store, tmp_path):
         for n in names:
             fp = columns.fingerprint(st, "score", n)
             assert (st.parts_dir() / "_columns" / "score" / n / fp / "values.npy").is_file(), n
+            # the Overview's histogram is kept with the column, and is np.histogram of the values read by SQL
+            kept = st.parts_dir() / "_columns" / "score" / n / fp / f"hist{columns.HIST_BINS}.npz"
+            assert kept.is_file(), n
+            sql = _sql_score(st, n)
+            counts, edges = st.score_histogram(n)
+            if np.isfinite(sql).any():
+                want, want_edges = np.histogram(sql[np.isfinite(sql)], bins=columns.HIST_BINS)
+                assert np.array_equal(counts, want) and np.allclose(edges, want_edges), n
+            else:                                 # no value (no image sizes in this pool): an empty histogram
+                assert len(counts) == 0, n
         before = columns.fingerprint(st, "score", "s")
         np.testing.assert_array_equal(columns.score_values(st, "s"), v)   # built on first use (the fixture wrote it)
         folder = st.parts_dir() / "_columns" / "score" / "s" / before
+        (folder / "hist80.npz").unlink()          # a column of an older build, without its histogram: added on read
+        counts, _ = st.score_histogram("s")
+        assert (folder / "hist80.npz").is_file() and counts.sum() == np.isfinite(v).sum()
+        assert not list(folder.glob(".tmp-*"))
+        assert np.array_equal(st.score_histogram("s", 7)[0], np.histogram(v[np.isfinite(v)], bins=7)[0])
     # the score written again with other values: a new digest, the new values, the old folder left for old readers
     with Store.writer(path) as st:
         run = st.start_run("test", "again", params={})
@@ -78,6 +93,7 @@ def test_written_with_the_stage_and_never_stale(make_store, tmp_path):
     with Store.reader(path) as st:
         assert columns.fingerprint(st, "score", "s") != before
         np.testing.assert_array_equal(columns.score_values(st, "s"), np.arange(len(us), dtype=float))
+        assert np.array_equal(st.score_histogram("s")[0], np.histogram(np.arange(len(us)), bins=80)[0])
         assert folder.is_dir()
         assert columns.collect_garbage(st, grace_s=3600) == 0 and folder.is_dir()   # within the grace period
         assert columns.collect_garbage(st, grace_s=-1) >= 1 and not folder.is_dir()

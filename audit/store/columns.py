@@ -13,6 +13,9 @@ session ends with ``precompute``), and built on first use otherwise (older store
     <store>.parts/_columns/score/<name>/<fp>/values.npy   float64, NaN where the sample has no value
                                              order.npy    int32 rows of the finite values, value descending
                                                           (stable: equal values keep their row order)
+                                             hist80.npz   the Overview's histogram of the finite values (counts,
+                                                          edges), so opening the dashboard reads 161 numbers a
+                                                          score, not the column
     <store>.parts/_columns/group/<name>/<fp>/codes.npy    uint8/uint16 code per sample; labels.json sorted,
                                                           'unknown' where there is no label
 
@@ -206,11 +209,50 @@ def _score(store: "Store", name: str) -> tuple[np.ndarray, np.ndarray]:
     def write(tmp: Path, data) -> None:
         np.save(tmp / "values.npy", data[0])
         np.save(tmp / "order.npy", data[1])
+        _save_histogram(tmp / f"hist{HIST_BINS}.npz", *_histogram(data[0], HIST_BINS))
 
     def read(folder: Path):
         return np.load(folder / "values.npy", mmap_mode="r"), np.load(folder / "order.npy", mmap_mode="r")
 
     return _cached(store, "score", name, build, write, read)
+
+
+HIST_BINS = 80   # the Overview's histograms: kept with the column when it is written
+
+
+def score_histogram(store: "Store", name: str, bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of the score's finite values in ``bins`` equal bins between their min and max, as
+    ``np.histogram``. Read from the column's folder where it was kept; otherwise computed from the column (one pass)
+    and kept there for the next reader (added atomically; the folder's digest still names the same data)."""
+    values = score_values(store, name)
+    fp = fingerprint(store, "score", name)
+    path = _folder(store, "score", name, fp) / f"hist{bins}.npz" if fp is not None else None
+    if path is not None and path.is_file():
+        with np.load(path) as kept:
+            return kept["counts"], kept["edges"]
+    counts, edges = _histogram(values, bins)
+    if path is not None and path.parent.is_dir():
+        tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            _save_histogram(tmp, counts, edges)
+            os.replace(tmp, path)
+        except OSError:          # a read-only parts folder: computed each time, as for one-file stores
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return counts, edges
+
+
+def _histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return np.zeros(0, dtype=np.int64), np.zeros(1)
+    counts, edges = np.histogram(finite, bins=bins)
+    return counts.astype(np.int64), edges
+
+
+def _save_histogram(path: Path, counts: np.ndarray, edges: np.ndarray) -> None:
+    with open(path, "wb") as f:       # a file object: np.savez would append .npz to a temporary name
+        np.savez(f, counts=counts, edges=edges)
 
 
 def descending_order(values: np.ndarray) -> np.ndarray:

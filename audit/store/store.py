@@ -550,14 +550,9 @@ class Store:
 
     def score_histogram(self, name: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
         """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max (np.histogram
-        over the score's pool-order column: one sequential pass, nothing from the scores table)."""
+        of the score's pool-order column, kept beside it: nothing from the scores table)."""
         self.check_score(name)
-        values = self.score_array(name)
-        finite = values[np.isfinite(values)]
-        if not len(finite):
-            return np.zeros(0, dtype=np.int64), np.zeros(1)
-        counts, edges = np.histogram(finite, bins=bins)
-        return counts.astype(np.int64), edges
+        return pool_columns.score_histogram(self, name, bins)
 
     def score_catalog(self) -> pd.DataFrame:
         return self.df("SELECT * FROM score_catalog ORDER BY name")
