@@ -5,8 +5,9 @@ Chromium, visit every page, move the Filter preview slider, and print one table.
 
 Per rung: pool build time; per stage rows/s and peak RSS (each stage is its own `python -m audit` process, timed by
 /usr/bin/time); store size on disk and the size of the file the dashboard copies; per page first render (goto →
-no Streamlit status widget) and the server's RSS after each page; 20 slider key presses → "Kept" changed and →
-rerun finished (median, p95) with Streamlit's own floor (a one-slider app, same browser, same run) side by side.
+no Streamlit status widget) and the server's RSS after each page; --presses slider key presses → "Kept" changed and
+→ rerun finished (median, p95) with Streamlit's own floor (a one-slider app, same browser, same run) side by side:
+one press on the floor, one on the dashboard, in turn.
 
 The pool is written in shards of --shard-rows, each simulated on its own (audit/demo/simulate.py with its own seed;
 the shards differ in their latent directions, which no measurement here depends on). Pools above --vectors-max rows
@@ -219,29 +220,45 @@ def _loaded(page, timeout_ms: int = 600_000) -> None:
                            timeout=timeout_ms, polling=50)
 
 
-def _moves(page, label: str, presses: int) -> tuple[list[float], list[float]]:
-    """Key presses on the slider ``label``: (ms to the Kept value changing, ms to the rerun finishing), both on
-    the browser's clock."""
-    page.evaluate(WATCH)
+def _press(page, label: str, key: str) -> tuple[float, float]:
+    """One key press on the slider ``label``: (ms to the Kept value changing, ms to the rerun finishing), both on the
+    browser's clock. The page's WATCH observer must be installed."""
     thumb = page.locator(f"input[type='range'][aria-label='{label}']")
-    changed, finished = [], []
-    for _ in range(presses):
-        before = page.evaluate(KEPT)
-        thumb.focus()
-        t0 = page.evaluate("performance.now()")
-        thumb.press("ArrowRight")
-        t_kept = page.wait_for_function(
-            f"(b) => {{ const v = ({KEPT})(); return v !== null && v !== b ? performance.now() : null; }}", arg=before,
-            polling="raf", timeout=300_000).json_value()
-        try:
-            t_done = page.wait_for_function(DONE_AFTER, arg=t0, polling=20, timeout=30_000).json_value()
-        except Exception:   # no 'running' state was seen (a rerun too short for the DOM to show it): Kept changed
-            t_done = t_kept
-            MISSED[label] = MISSED.get(label, 0) + 1
-        changed.append(t_kept - t0)
-        finished.append(max(t_done, t_kept) - t0)
-        page.wait_for_timeout(100)
-    return changed, finished
+    before = page.evaluate(KEPT)
+    thumb.focus()
+    t0 = page.evaluate("performance.now()")
+    thumb.press(key)
+    t_kept = page.wait_for_function(
+        f"(b) => {{ const v = ({KEPT})(); return v !== null && v !== b ? performance.now() : null; }}", arg=before,
+        polling="raf", timeout=300_000).json_value()
+    try:
+        t_done = page.wait_for_function(DONE_AFTER, arg=t0, polling=20, timeout=30_000).json_value()
+    except Exception:   # no 'running' state was seen (a rerun too short for the DOM to show it): Kept changed
+        t_done = t_kept
+        MISSED[label] = MISSED.get(label, 0) + 1
+    page.wait_for_timeout(100)
+    return t_kept - t0, max(t_done, t_kept) - t0
+
+
+def _moves(sliders: list[tuple[object, str]], presses: int) -> list[tuple[list[float], list[float]]]:
+    """``presses`` key presses on each (page, slider label), taken in turn: one press on the first page, one on the
+    second, and so on, so that the floor app and the dashboard are measured under the same load on this 2-core
+    machine (measured one after the other, a noisy minute moved the floor's p95 by 40 ms). The slider moves right
+    and, after SWEEP presses, back left: every press changes the value and the page never waits at the end of the
+    range. Returns (ms to Kept changed, ms to rerun finished) per slider."""
+    for page, _ in sliders:
+        page.evaluate(WATCH)
+    out = [([], []) for _ in sliders]
+    for i in range(presses):
+        key = "ArrowRight" if (i // SWEEP) % 2 == 0 else "ArrowLeft"
+        for (page, label), (changed, finished) in zip(sliders, out):
+            ch, fin = _press(page, label, key)
+            changed.append(ch)
+            finished.append(fin)
+    return out
+
+
+SWEEP = 60   # presses in one direction: the top-fraction slider (step 0.01) goes from 0.33 up to 0.93, then back
 
 
 MISSED: dict[str, int] = {}   # key presses whose rerun showed no 'running' state (finish = Kept changed)
@@ -295,16 +312,19 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
             fpage = browser.new_page(viewport={"width": 1400, "height": 1000})
             fpage.goto(f"http://127.0.0.1:{fport}/", timeout=60_000)
             _loaded(fpage, 60_000)
-            fch, ffin = _moves(fpage, "floor", presses)
             page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
             _loaded(page)
             label = "Keep the top fraction of the pool"
-            ch, fin = _moves(page, label, presses)
+            _moves([(fpage, "floor"), (page, label)], 3)   # warm-up presses, not counted
+            MISSED.clear()
+            (fch, ffin), (ch, fin) = _moves([(fpage, "floor"), (page, label)], presses)
             missed = "".join(f"; {k}: {v} of {presses} reruns too short to show 'running'" for k, v in MISSED.items())
-            row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}")
-            row(rung, "slider → rerun finished", _stats(fin), f"Streamlit floor {_stats(ffin)}{missed}")
+            how = f"{presses} presses each, floor and dashboard in turn"
+            row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}; {how}")
+            row(rung, "slider → rerun finished", _stats(fin),
+                f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}")
             rss, peak = _rss(srv.pid)
-            row(rung, "server RSS after every page and 20 moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
+            row(rung, f"server RSS after every page and {presses} moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
             browser.close()
     finally:
         for s in (srv, fsrv):
