@@ -70,7 +70,7 @@ for half in (frame.head(8), frame.tail(8)):
 # the first idle moment after a frame: drawing that continues after the rerun (Plotly's) is counted
 SETTLED = "() => new Promise(r => requestAnimationFrame(() => requestIdleCallback(() => r(performance.now()))))"
 # finished: the observer's running → notRunning after t0, or -1 when the rerun was too short to show 'running'
-FINISHED = ("(t0) => { const d = (" + b.DONE_AFTER + ")(t0); if (d !== null) return d;"
+FINISHED = ("(t0) => { const d = (" + b.DONE_AFTER + ")([t0, Infinity]); if (d !== null) return d;"
             " const s = document.querySelector('[data-testid=stApp]').getAttribute('data-test-script-state');"
             " return s === 'notRunning' ? -1 : null; }")
 

@@ -204,9 +204,11 @@ WATCH = """() => { const app = document.querySelector('[data-testid=stApp]');
   window.__st = [[app.getAttribute('data-test-script-state'), performance.now()]];
   new MutationObserver(() => window.__st.push([app.getAttribute('data-test-script-state'), performance.now()]))
     .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
-# the time of the first notRunning that follows a running state after t0 (null until then)
-DONE_AFTER = """(t0) => { let ran = false; for (const [s, t] of (window.__st || [])) { if (t < t0) continue;
-  if (s === 'running') ran = true; else if (ran && s === 'notRunning') return t; } return null; }"""
+# the time of the first notRunning that follows a running state after t0 (null until then); -1 when no running state
+# was seen within a second of Kept changing (a rerun too short for the DOM to show it)
+DONE_AFTER = """([t0, tk]) => { let ran = false; for (const [s, t] of (window.__st || [])) { if (t < t0) continue;
+  if (s === 'running') ran = true; else if (ran && s === 'notRunning') return t; }
+  return !ran && performance.now() - tk > 1000 ? -1 : null; }"""
 KEPT = ("() => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(e => e.innerText.includes("
         "'Kept')); return m ? m.querySelector('[data-testid=stMetricValue]').innerText : null; }")
 
@@ -231,9 +233,8 @@ def _press(page, label: str, key: str) -> tuple[float, float]:
     t_kept = page.wait_for_function(
         f"(b) => {{ const v = ({KEPT})(); return v !== null && v !== b ? performance.now() : null; }}", arg=before,
         polling="raf", timeout=300_000).json_value()
-    try:
-        t_done = page.wait_for_function(DONE_AFTER, arg=t0, polling=20, timeout=30_000).json_value()
-    except Exception:   # no 'running' state was seen (a rerun too short for the DOM to show it): Kept changed
+    t_done = page.wait_for_function(DONE_AFTER, arg=[t0, t_kept], polling=20, timeout=60_000).json_value()
+    if t_done < 0:   # no 'running' state was seen (a rerun too short for the DOM to show it): Kept changed
         t_done = t_kept
         MISSED[label] = MISSED.get(label, 0) + 1
     page.wait_for_timeout(100)
