@@ -300,7 +300,8 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
             row(rung, "dashboard opens (snapshot + Overview)", f"{time.perf_counter() - t0:.1f} s")
             for url, title in PAGES:
                 t0 = time.perf_counter()
-                page.goto(f"http://127.0.0.1:{port}/{url}", timeout=600_000)
+                # the default page lives at / (Streamlit ignores its url_path: /overview answers "page not found")
+                page.goto(f"http://127.0.0.1:{port}/{'' if url == PAGES[0][0] else url}", timeout=600_000)
                 _loaded(page)
                 secs = time.perf_counter() - t0
                 errors = page.locator("[data-testid='stException']").count()
