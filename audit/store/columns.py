@@ -223,14 +223,14 @@ HIST_BINS = 80   # the Overview's histograms: kept with the column when it is wr
 def score_histogram(store: "Store", name: str, bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
     """(counts, edges) of the score's finite values in ``bins`` equal bins between their min and max, as
     ``np.histogram``. Read from the column's folder where it was kept; otherwise computed from the column (one pass)
-    and kept there for the next reader (added atomically; the folder's digest still names the same data)."""
-    values = score_values(store, name)
+    and kept there for the next reader (added atomically; the folder's digest still names the same data). A kept
+    histogram is read without opening the column."""
     fp = fingerprint(store, "score", name)
     path = _folder(store, "score", name, fp) / f"hist{bins}.npz" if fp is not None else None
     if path is not None and path.is_file():
         with np.load(path) as kept:
             return kept["counts"], kept["edges"]
-    counts, edges = _histogram(values, bins)
+    counts, edges = _histogram(score_values(store, name), bins)
     if path is not None and path.parent.is_dir():
         tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
         try:

@@ -548,7 +548,7 @@ class Store:
         """The stored values of one score (samples that have it; no order promised)."""
         return self.df("SELECT value FROM scores WHERE name = ?", [name])["value"].to_numpy()
 
-    def score_histogram(self, name: str, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    def score_histogram(self, name: str, bins: int = pool_columns.HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
         """(counts, edges) of a score's finite values in ``bins`` equal bins between its min and max (np.histogram
         of the score's pool-order column, kept beside it: nothing from the scores table)."""
         self.check_score(name)
