@@ -108,14 +108,19 @@ def test_two_cli_stages_on_one_store_both_complete(tmp_path):
                                                 env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert run("ingest", "datacomp", str(tmp_path / "a")).wait() == 0
-    score = run("score", "clip", "--model", "datacomp_b32", env={"AUDIT_PAUSE_AT": "score.computing:12"})
-    time.sleep(4)   # the score has started its run and is computing (paused)
-    t0 = time.monotonic()
+    release = tmp_path / "release"
+    score = run("score", "clip", "--model", "datacomp_b32", env={"AUDIT_PAUSE_AT": f"score.computing:@{release}"})
+    deadline = time.monotonic() + 120
+    while not Path(f"{release}.here").exists():   # the score has started its run and is computing (held)
+        assert score.poll() is None and time.monotonic() < deadline, score.stdout.read()
+        time.sleep(0.05)
     ingest = run("ingest", "datacomp", str(tmp_path / "b"))
-    assert ingest.wait(timeout=60) == 0, ingest.stdout.read()
-    took = time.monotonic() - t0
-    assert score.poll() is None, "the score finished before the ingest: the test did not overlap them"
-    assert score.wait(timeout=60) == 0, score.stdout.read()
-    assert took < 8, f"ingest waited {took:.1f} s for the computing score"
+    try:
+        # the score is held mid-compute until `release` exists: an ingest that waited for it would never finish
+        assert ingest.wait(timeout=90) == 0, ingest.stdout.read()
+        assert score.poll() is None, "the score ended while held: the test did not overlap the two stages"
+    finally:
+        release.touch()
+    assert score.wait(timeout=90) == 0, score.stdout.read()
     with Store.reader(store) as st:
         assert st.count("samples") > 300 and st.df("SELECT status FROM runs")["status"].eq("done").all()
