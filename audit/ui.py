@@ -442,7 +442,7 @@ def attribute_labels(store: Store, attrs: tuple[str, ...]) -> pd.DataFrame:
 
 
 # ---- cached balancing inputs and results of the Balancing page -----------------------------------------
-COMPARE_DEFAULT_MAX_ROWS = 2_000_000   # Filter preview: above this the A-vs-B comparison waits for its toggle
+COMPARE_SLOW_ROWS = 2_000_000   # Filter preview: above this, opening the A-vs-B comparison says it takes seconds
 BALANCE_SOLVE_MAX_ROWS = 200_000   # above this the Balancing page shows the stored streamed CLI solve (23.6 s to solve at 1M)
 
 

@@ -248,52 +248,67 @@ def live() -> None:
                                                 "passed": st.column_config.CheckboxColumn(
                                                     help="empty: an earlier step had already excluded it")})
 
-    # ---- compare two filters --------------------------------------------------------------------------------
-    st.subheader("Compare two filters")
+    # ---- compare two filters, and examples: sections opened on demand --------------------------------------
+    # Every element a move redraws costs the browser a few ms, and these two sections are half of the page: closed
+    # (the default) they are not drawn at all; open, they follow the slider like the rest (measured in docs/scale.md).
+    cmp_box = st.expander("Compare two filters: overlap, Spearman ρ, inclusion rates under each", key="cmp_open",
+                          on_change="rerun")
+    if cmp_box.open:
+        with cmp_box:
+            _compare(keep, kept, tau, table, keeps_a)
+    examples = st.expander("Samples of a group: kept and excluded examples", key="samples_open", on_change="rerun")
+    if examples.open:
+        with examples:
+            _examples(keep, tau, table)
+
+
+def _compare(keep, kept: int, tau: float, table, keeps_a: str) -> None:
+    """Filter A (the page's filter) against filter B: kept counts, overlap, ρ of the two scores, rates under each."""
     st.caption("Filter A is the filter above. Filter B: the top fraction of another score (or a typed recipe). "
                "Overlap of the kept sets, and how the two scores rank the pool: Spearman ρ of the **Score** picked "
-               "at the top and the **Filter B score**.")
-    compare = st.toggle("Compare with filter B", value=data.n <= ui.COMPARE_DEFAULT_MAX_ROWS, key="cmp_on",
-                        help="Off by default above 2M samples: ranking both scores, binning their density and applying "
-                             "B over the whole pool takes seconds there (once; it is cached).")
-    if not compare:
-        st.caption(f"Switch on to compare; with {data.n:,} samples the first comparison takes a few seconds.")
-    else:
-        b1, b2, b3 = st.columns([2, 1.5, 2.5])
-        others = [n for n in names if n != score] or names
-        bdefault = next((others.index(n) for n in (neg, clip, nsi) if n in others), 0)
-        cmp_score = b1.selectbox("Filter B score", others, index=bdefault, key="cmp_score",
-                                 format_func=lambda n: ui.score_label(cat, n))
-        cmp_top = b2.slider("B: keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="cmp_top")
-        cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder="basic & laion")
-        spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
-        try:
-            rb = Recipe.parse(spec_b, names=names)
-            keep_b = ui.recipe_keep(store, spec_b)
-        except RuleError as exc:
-            st.error(f"Filter B: {exc}")
-            st.stop()
-        if keep is not None:
-            ov = overlap(keep, keep_b)
-        else:   # A is one rule: its kept set is a prefix of the sketch's order, and B's count along it is indexed
-            ov = overlap_counts(kept, int(keep_b.sum()), int(ui.overlap_index(store, score, group, spec_b)[data.n_kept(tau)]))
-        rho, n_rho = ui.spearman(store, score, cmp_score)
-        mc = st.columns(5)
-        mc[0].metric("A keeps", f"{ov['kept_a']:,}")
-        mc[1].metric("B keeps", f"{ov['kept_b']:,}")
-        mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only {ov['only_b']:,}")
-        mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
-        mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
-                     help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
-        table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
-        g1, g2 = st.columns([3, 2])
-        g1.vega_lite_chart(*charts.compare_spec(table, table_b, title=f"Inclusion rate by {glabel}: A vs B",
-                                                label_a="A keeps " + _short(keeps_a),
-                                                label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
-                                                                           else str(rb))), width="stretch")
-        g2.vega_lite_chart(*ui.density_spec(store, score, cmp_score), width="stretch")
+               "at the top and the **Filter B score**." + (
+                   f" With {data.n:,} samples the first comparison takes a few seconds (then it is cached)."
+                   if data.n > ui.COMPARE_SLOW_ROWS else ""))
+    b1, b2, b3 = st.columns([2, 1.5, 2.5])
+    others = [n for n in names if n != score] or names
+    bdefault = next((others.index(n) for n in (neg, clip, nsi) if n in others), 0)
+    cmp_score = b1.selectbox("Filter B score", others, index=bdefault, key="cmp_score",
+                             format_func=lambda n: ui.score_label(cat, n))
+    cmp_top = b2.slider("B: keep the top fraction of the pool", 0.01, 1.0, 0.30, 0.01, key="cmp_top")
+    cmp_recipe = b3.text_input("…or B as a recipe", key="cmp_recipe", placeholder="basic & laion")
+    spec_b = cmp_recipe.strip() or f"{cmp_score}:top={float(cmp_top)!r}"
+    try:
+        rb = Recipe.parse(spec_b, names=names)
+        keep_b = ui.recipe_keep(store, spec_b)
+    except RuleError as exc:
+        st.error(f"Filter B: {exc}")
+        st.stop()
+    # cached; its kept count is B's (every sample has a group): a sum over the pool's mask cost a move ~20 ms at 12.8M
+    table_b = ui.recipe_rates(store, spec_b, group, int(min_n))
+    if keep is not None:
+        ov = overlap(keep, keep_b)
+    else:   # A is one rule: its kept set is a prefix of the sketch's order, and B's count along it is indexed
+        ov = overlap_counts(kept, int(table_b.attrs["kept"]),
+                            int(ui.overlap_index(store, score, group, spec_b)[data.n_kept(tau)]))
+    rho, n_rho = ui.spearman(store, score, cmp_score)
+    mc = st.columns(5)
+    mc[0].metric("A keeps", f"{ov['kept_a']:,}")
+    mc[1].metric("B keeps", f"{ov['kept_b']:,}")
+    mc[2].metric("Both", f"{ov['both']:,}", help=f"A only {ov['only_a']:,} · B only {ov['only_b']:,}")
+    mc[3].metric("Jaccard |A∩B| / |A∪B|", "—" if np.isnan(ov["jaccard"]) else f"{ov['jaccard']:.3f}")
+    mc[4].metric("Spearman ρ of the scores", "—" if np.isnan(rho) else f"{rho:.3f}",
+                 help=f"rank correlation of {score} and {cmp_score} over the {n_rho:,} samples that have both")
+    g1, g2 = st.columns([3, 2])
+    g1.vega_lite_chart(*charts.compare_spec(table, table_b, title=f"Inclusion rate by {glabel}: A vs B",
+                                            label_a="A keeps " + _short(keeps_a),
+                                            label_b="B keeps " + _short(rb.rules[0].keeps if len(rb.rules) == 1 and not cmp_recipe.strip()
+                                                                       else str(rb))), width="stretch")
+    g2.vega_lite_chart(*ui.density_spec(store, score, cmp_score), width="stretch")
 
-    st.subheader("Samples of a group")
+
+def _examples(keep, tau: float, table) -> None:
+    """Examples of one group on each side of the filter: from the page's draw when one rule (a move picks among
+    them), else a seeded draw from the recipe's kept and excluded samples."""
     gsel = st.selectbox("Group", table.sort_values("n", ascending=False)["group"].tolist(), key="sample_group")
     reveal = st.toggle("Reveal NSFW thumbnails", value=False, help="Thumbnails flagged NSFW are blurred until revealed.")
     blur = ui.blur_uids(store)

@@ -401,7 +401,9 @@ def test_html_and_markdown_in_the_data_are_shown_as_text(make_store, monkeypatch
     monkeypatch.setenv("AUDIT_STORE", path)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    at.switch_page("pages/filter_preview.py").run()
+    at.switch_page("pages/filter_preview.py")
+    at.session_state["samples_open"] = True   # the examples section, opened
+    at.run()
     assert not at.exception
     # the sample cards are one HTML grid (st.html: no Markdown is read there); every text from the data is escaped
     grids = [h.value for h in at.html if "no image stored" in h.value]

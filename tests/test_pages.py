@@ -125,15 +125,27 @@ def test_filter_preview_says_when_ties_keep_more_than_the_fraction(make_store, m
     assert any("Ties at the threshold: 2 samples" in i.value and "keeps 6 (60.0%)" in i.value for i in at.info)
 
 
-def test_large_pool_comparison_waits_for_its_toggle(app, monkeypatch):
-    """Above ui.COMPARE_DEFAULT_MAX_ROWS the A-vs-B comparison (ρ over the pool, the density, B's mask) is off until
-    switched on; switched on it shows the same metrics as on a small pool."""
+def test_comparison_and_examples_are_drawn_only_when_opened(app, monkeypatch):
+    """The A-vs-B comparison (ρ over the pool, the density, B's mask) and the examples of a group are closed
+    sections: nothing of them is computed or drawn until opened, and opened they show what they showed before."""
     from audit import ui
 
-    monkeypatch.setattr(ui, "COMPARE_DEFAULT_MAX_ROWS", 1000)
+    calls = []
+    for name in ("spearman", "recipe_keep", "group_gallery"):
+        real = getattr(ui, name)
+        monkeypatch.setattr(ui, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     app.switch_page("pages/filter_preview.py").run()
-    assert not app.exception and app.toggle(key="cmp_on").value is False
+    assert not app.exception and [e.label for e in app.expander][-2:] == [
+        "Compare two filters: overlap, Spearman ρ, inclusion rates under each",
+        "Samples of a group: kept and excluded examples"]
     assert not any(m.label == "Spearman ρ of the scores" for m in app.metric)
-    app.toggle(key="cmp_on").set_value(True).run()
-    assert not app.exception
+    assert not any(h.value.startswith("<div style='display:grid") for h in app.html) and calls == []
+    app.session_state["cmp_open"] = True
+    app.run()
+    assert not app.exception and {"spearman", "recipe_keep"} <= set(calls) and "group_gallery" not in calls
     assert any(m.label == "Spearman ρ of the scores" for m in app.metric)
+    app.session_state["samples_open"] = True
+    app.run()
+    assert not app.exception and "group_gallery" in calls
+    heads = [m.value for m in app.markdown if m.value.startswith(("**Kept** (", "**Excluded** ("))]
+    assert len(heads) == 2 and sum(h.value.startswith("<div style='display:grid") for h in app.html) >= 1

@@ -76,6 +76,8 @@ def test_bad_recipe_is_a_message(page):
 
 
 def test_compare_two_filters(page, demo_store):
+    page.session_state["cmp_open"] = True   # the section is closed until opened
+    page.run()
     page.selectbox(key="cmp_score").set_value("negclip_datacomp_l14").run()
     page.slider(key="cmp_top").set_value(0.3).run()
     assert not page.exception
@@ -83,6 +85,7 @@ def test_compare_two_filters(page, demo_store):
     a = select([Rule.parse("clip_l14_similarity_score:top=0.3")], cols).keep
     b = select([Rule.parse("negclip_datacomp_l14:top=0.3")], cols).keep
     assert metric(page, "Both") == f"{int((a & b).sum()):,}"
+    assert (metric(page, "A keeps"), metric(page, "B keeps")) == (f"{int(a.sum()):,}", f"{int(b.sum()):,}")
     rho, _ = spearman(cols["clip_l14_similarity_score"], cols["negclip_datacomp_l14"])
     got = next(m.value for m in page.metric if m.label.startswith("Spearman"))
     assert got == f"{rho:.3f}" and rho > 0.8             # B = 512, K = 1 in the demo: looser than the paper
