@@ -7,7 +7,8 @@ Per rung: pool build time; per stage rows/s and peak RSS (each stage is its own 
 /usr/bin/time); store size on disk and the size of the file the dashboard copies; per page first render (goto →
 no Streamlit status widget) and the server's RSS after each page; --presses slider key presses → "Kept" changed and
 → rerun finished (median, p95) with Streamlit's own floor (a one-slider app, same browser, same run) side by side:
-one press on the floor, one on the dashboard, in turn.
+one press on the floor, one on the dashboard, in turn; then the same again with the Filter preview's two closed
+sections (Compare two filters, Samples of a group) opened.
 
 The pool is written in shards of --shard-rows, each simulated on its own (audit/demo/simulate.py with its own seed;
 the shards differ in their latent directions, which no measurement here depends on). Pools above --vectors-max rows
@@ -241,6 +242,17 @@ def _press(page, label: str, key: str) -> tuple[float, float]:
     return t_kept - t0, max(t_done, t_kept) - t0
 
 
+def _open_sections(page) -> None:
+    """Open the Filter preview's closed sections (Compare two filters, Samples of a group) and wait for their
+    contents: the Spearman metric and the examples' grid."""
+    page.get_by_text("Compare two filters:", exact=False).first.click()
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
+                           ".some(e => e.innerText.includes('Spearman'))", timeout=600_000, polling=100)
+    page.get_by_text("Samples of a group:", exact=False).first.click()
+    page.wait_for_selector("[data-testid=stExpander] [data-testid=stHtml]", timeout=600_000)
+    _loaded(page)
+
+
 def _moves(sliders: list[tuple[object, str]], presses: int) -> list[tuple[list[float], list[float]]]:
     """``presses`` key presses on each (page, slider label), taken in turn: one press on the first page, one on the
     second, and so on, so that the floor app and the dashboard are measured under the same load on this 2-core
@@ -325,8 +337,22 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
             row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}; {how}")
             row(rung, "slider → rerun finished", _stats(fin),
                 f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}")
+            # the same with the page's two closed sections opened (a fresh session: the slider starts at 0.30 again)
+            page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
+            _loaded(page)
+            t0 = time.perf_counter()
+            _open_sections(page)
+            row(rung, "Filter preview: Compare and Samples opened", f"{time.perf_counter() - t0:.1f} s")
+            if shots:
+                page.screenshot(path=str(shots / f"{rung}-preview-open.png"), full_page=True)
+            _moves([(fpage, "floor"), (page, label)], 3)
+            MISSED.clear()
+            (fch, ffin), (ch, fin) = _moves([(fpage, "floor"), (page, label)], presses)
+            missed = "".join(f"; {k}: {v} of {presses} reruns too short to show 'running'" for k, v in MISSED.items())
+            row(rung, "slider → rerun finished, both sections open", _stats(fin),
+                f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}")
             rss, peak = _rss(srv.pid)
-            row(rung, f"server RSS after every page and {presses} moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
+            row(rung, f"server RSS after every page and {2 * presses} moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
             browser.close()
     finally:
         for s in (srv, fsrv):
