@@ -242,6 +242,8 @@ def _write_vector_parts(st: Store, vectors: dict, norms: dict, rows_idx: np.ndar
                         fp: str) -> None:
     """Each model's vectors of the accepted rows (``rows_idx``: their rows in the input, in frame order), unit
     length and float16, as parts of VECTOR_CHUNK rows named by the input's content. Touches only files."""
+    if not vectors:   # inputs without vectors (webdataset, csv, ...) have no row numbers to cast (NaN)
+        return
     pos = rows_idx.astype(np.int64)
     for model, (_, img, txt) in vectors.items():
         key = model.removeprefix("datacomp_")
