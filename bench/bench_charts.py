@@ -115,7 +115,7 @@ def main() -> None:
                 port = b._free_port()
                 srv = b._server(app, None, port)
                 try:
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page = b._new_page(browser)
                     page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
                     b._loaded(page, 120_000)
                     moves(page, 3)   # warm: the chart libraries load on first use
