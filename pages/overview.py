@@ -15,13 +15,17 @@ cols[4].metric("Imputed attributes", c["attributes"])
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(charts.source_bars(info["sources"]), width="stretch")
+    src = info["sources"]
+    st.vega_lite_chart(*charts.bars_spec([f"{s} (simulated)" if sim else str(s) for s, sim in
+                                          zip(src["source"], src["simulated"])], src["n"],
+                                         title="Samples by source", xtitle="samples"), width="stretch")
 with right:
     rej = info["rejects"]
     if rej.empty:
         st.success("No rejected inputs.")
     else:
-        st.plotly_chart(charts.reject_bars(rej), width="stretch")
+        st.vega_lite_chart(*charts.bars_spec(rej["reason"], rej["n"], colour=rej["stage"], colour_title="stage",
+                                             title="Rejected inputs by reason", xtitle="rows"), width="stretch")
         st.caption("Every input row is either a sample or a reject: nothing is dropped silently.")
 
 st.subheader("Score distributions")
@@ -37,8 +41,8 @@ else:
     for i, name in enumerate(chosen):
         counts, edges = ui.score_histogram(store, name)
         with hcols[i % len(hcols)]:
-            st.plotly_chart(charts.histogram_bins(counts, edges, title=ui.score_label(cat, name)), width="stretch")
-            st.caption(f"{int(counts.sum()):,} values")
+            st.vega_lite_chart(*charts.histogram_spec(counts, edges, title=name), width="stretch")
+            st.caption(f"{ui.score_label(cat, name)} · {int(counts.sum()):,} values")
 
 with st.expander("Embedding models"):
     models = info["models"]

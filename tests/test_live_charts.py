@@ -80,6 +80,23 @@ def test_histogram_spec_bins_and_no_threshold():
                                                           sort_keys=True)
 
 
+def test_bars_spec_keeps_the_order_and_leaves_room_for_the_counts():
+    data, spec = charts.bars_spec(["b", "<a>", "c"], [5, 40, 0], title="t", xtitle="rows")
+    _valid(spec)
+    d = data.to_pandas()
+    assert d["label"].tolist() == ["b", "<a>", "c"] and d["n"].tolist() == [5, 40, 0] and d["order"].tolist() == [0, 1, 2]
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["scale"]["domain"] == [0, pytest.approx(46.0)]   # 40 × 1.15: the count beside the longest bar fits
+    assert "color" not in spec["layer"][0]["encoding"]
+    data, spec = charts.bars_spec(["r1", "r2"], [3, 1], colour=["ingest", "embed"], colour_title="stage",
+                                  title="t", xtitle="rows")
+    _valid(spec)
+    assert data.to_pandas()["colour"].tolist() == ["ingest", "embed"]
+    assert spec["layer"][0]["encoding"]["color"]["field"] == "colour"
+    _, spec = charts.bars_spec([], [], title="t", xtitle="rows")   # no rows: a valid empty chart
+    _valid(spec)
+
+
 def test_compare_spec_orders_groups_by_a():
     keep_a = np.array([1, 1, 0, 0, 1, 0, 1, 1], bool)
     keep_b = np.array([0, 1, 1, 1, 0, 0, 0, 1], bool)

@@ -28,10 +28,23 @@ def expected_kept(store, score, rule):
 
 
 def test_overview(app, demo_store):
+    from conftest import vega_charts
+
     with Store.reader(demo_store) as st:
         n = st.count("samples")
+        n_rejects = st.count("rejects")
+        names = st.score_names()
     assert metric(app, "Samples") == f"{n:,}"
     assert any("simulated" in i.value for i in app.info)
+    charts_ = {spec["title"]: data for spec, data in vega_charts(app)}
+    assert charts_["Samples by source"]["n"].sum() == n                  # every sample in one source bar
+    assert charts_["Rejected inputs by reason"]["n"].sum() == n_rejects  # every reject in one reason bar
+    hist = [t for t in charts_ if t in names]
+    assert len(hist) == 3
+    with Store.reader(demo_store) as st:                              # the bins, against the values read directly
+        v = st.score_frame([hist[0]])[hist[0]].to_numpy(float)
+    counts, _ = np.histogram(v[np.isfinite(v)], bins=80)
+    assert charts_[hist[0]]["samples"].tolist() == counts.tolist()
 
 
 def test_filter_preview_slider_changes_counts(app, demo_store):
