@@ -298,6 +298,18 @@ def _moves(sliders: list[tuple[object, str]], presses: int) -> list[tuple[list[f
     return out
 
 
+def _slider(fpage, page, presses: int):
+    """The Filter preview's top-fraction slider against the floor's, in turn: 3 warm-up presses, then ``presses``
+    counted. Returns (floor's, dashboard's) (ms to Kept changed, ms to rerun finished), and the rerun row's note."""
+    sliders = [(fpage, "floor"), (page, "Keep the top fraction of the pool")]
+    _moves(sliders, 3)   # warm-up presses, not counted
+    MISSED.clear()
+    (fch, ffin), (ch, fin) = _moves(sliders, presses)
+    missed = "".join(f"; {k}: {v} of {presses} reruns too short to show 'running'" for k, v in MISSED.items())
+    note = f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}"
+    return (fch, ffin), (ch, fin), note
+
+
 SWEEP = 60   # presses in one direction: the top-fraction slider (step 0.01) goes from 0.33 up to 0.93, then back
 
 
@@ -344,35 +356,25 @@ def dashboard(rung: str, store: Path, presses: int, shots: Path | None) -> None:
                 rss, peak = _rss(srv.pid)
                 row(rung, f"page {title}", f"{secs:.1f} s", f"server RSS {rss:.2f} GB (peak {peak:.2f})"
                     + (f", {errors} EXCEPTION(S)" if errors else ""))
-                if shots:
-                    page.wait_for_timeout(1500)   # Plotly draws after the script has finished
+                if shots:   # _loaded has waited until the page stopped changing (Plotly draws after the script)
                     page.screenshot(path=str(shots / f"{rung}-{url}.png"), full_page=True)
             fpage = _new_page(browser)
             fpage.goto(f"http://127.0.0.1:{fport}/", timeout=60_000)
             _loaded(fpage, 60_000)
             page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
             _loaded(page)
-            label = "Keep the top fraction of the pool"
-            _moves([(fpage, "floor"), (page, label)], 3)   # warm-up presses, not counted
-            MISSED.clear()
-            (fch, ffin), (ch, fin) = _moves([(fpage, "floor"), (page, label)], presses)
-            missed = "".join(f"; {k}: {v} of {presses} reruns too short to show 'running'" for k, v in MISSED.items())
+            (fch, ffin), (ch, fin), rerun_note = _slider(fpage, page, presses)
             how = f"{presses} presses each, floor and dashboard in turn"
             row(rung, "slider → Kept changed", _stats(ch), f"Streamlit floor {_stats(fch)}; {how}")
-            row(rung, "slider → rerun finished", _stats(fin),
-                f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}")
+            row(rung, "slider → rerun finished", _stats(fin), rerun_note)
             # the same with the page's two closed sections opened (a fresh session: the slider starts at 0.30 again)
             page.goto(f"http://127.0.0.1:{port}/preview", timeout=600_000)
             _loaded(page)
             row(rung, "Filter preview: Compare and Samples opened", f"{_open_sections(page):.1f} s")
             if shots:
                 page.screenshot(path=str(shots / f"{rung}-preview-open.png"), full_page=True)
-            _moves([(fpage, "floor"), (page, label)], 3)
-            MISSED.clear()
-            (fch, ffin), (ch, fin) = _moves([(fpage, "floor"), (page, label)], presses)
-            missed = "".join(f"; {k}: {v} of {presses} reruns too short to show 'running'" for k, v in MISSED.items())
-            row(rung, "slider → rerun finished, both sections open", _stats(fin),
-                f"Streamlit floor {_stats(ffin)}; p95 over the floor {p95(fin) - p95(ffin):+,.0f} ms{missed}")
+            _, (_, fin), rerun_note = _slider(fpage, page, presses)
+            row(rung, "slider → rerun finished, both sections open", _stats(fin), rerun_note)
             rss, peak = _rss(srv.pid)
             row(rung, f"server RSS after every page and {2 * presses} moves", f"{rss:.2f} GB", f"peak {peak:.2f} GB")
             browser.close()
