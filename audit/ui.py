@@ -22,7 +22,7 @@ import streamlit as st
 from audit.decide.preview import PreviewData
 from audit.config import default_store
 from audit.measure.metrics import MIN_N  # noqa: F401 (pages read ui.MIN_N)
-from audit.store import Store, StoreError, parts_dir, snapshot, store_version, vectors_dir
+from audit.store import Store, StoreError, parts_dir, prune_orphan_snapshots, snapshot, store_version, vectors_dir
 
 DUCKDB_MEMORY = "1GB"   # the dashboard's DuckDB spills larger sorts and joins to disk instead of growing
 HASH = {Store: lambda s: s.path}  # a snapshot path names one version of the store
@@ -40,6 +40,7 @@ def _snapshot_dir(path: str) -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Opening a snapshot of the store…")
 def _open_snapshot(path: str, version: int) -> Store:
     snap = snapshot(path, _snapshot_dir(path), wait_s=20)
+    prune_orphan_snapshots(_snapshot_dir(path).parent, keep=_snapshot_dir(path))   # copies of deleted stores
     try:   # our copy: add the columns newer versions write (another dashboard process may hold it: it did this)
         Store.open(snap, read_only=False, wait_s=1, vectors_root=vectors_dir(path), parts_root=parts_dir(path)).close()
     except Exception:

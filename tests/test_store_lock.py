@@ -8,7 +8,7 @@ import pytest
 
 from streamlit.testing.v1 import AppTest
 
-from audit.store import Store, copy_store, snapshot
+from audit.store import Store, copy_store, prune_orphan_snapshots, snapshot
 from conftest import APP, ROOT
 
 HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from audit.store import Store\n"
@@ -28,6 +28,23 @@ def test_snapshot_waits_for_a_short_writer(demo_store, tmp_path):
     proc.wait()
     assert waited > 0.5  # it waited for the writer instead of failing
     with Store.reader(snap) as st:
+        assert st.count("samples") > 0
+
+
+def test_snapshots_of_deleted_stores_are_pruned(demo_store, tmp_path):
+    """Every store the dashboard opened leaves a snapshot folder in the temp dir; those of deleted stores go."""
+    root = tmp_path / "snapshots"
+    lives = [copy_store(demo_store, tmp_path / f"live{i}.duckdb") for i in range(3)]
+    for i, live in enumerate(lives):
+        snapshot(live, root / f"s{i}")
+    (root / "making").mkdir()            # a copy under way: no .home yet
+    (root / "making" / "live9-1.tmp").write_bytes(b"")
+    lives[0].unlink()
+    lives[1].unlink()
+    assert prune_orphan_snapshots(root, keep=root / "s1") == 1   # s0 only: s1 is kept, s2's store lives
+    assert sorted(p.name for p in root.iterdir()) == ["making", "s1", "s2"]
+    assert prune_orphan_snapshots(root) == 1 and sorted(p.name for p in root.iterdir()) == ["making", "s2"]
+    with Store.reader(next((root / "s2").glob("*.duckdb"))) as st:   # the live store's copy is untouched
         assert st.count("samples") > 0
 
 

@@ -19,4 +19,4 @@ Style: ``Store`` methods cover the core tables; the topic modules are functions 
 from audit.store.parts import parts_dir  # noqa: F401
 from audit.store.schema import SAMPLE_COLUMNS, SAMPLE_GROUP_COLUMNS, StoreError, ident, slug  # noqa: F401
 from audit.store.store import (Store, connect, copy_store, failed_run_guard, param_key, pid_alive, score_table,  # noqa: F401
-                               snapshot, store_version, vectors_dir)
+                               prune_orphan_snapshots, snapshot, store_version, vectors_dir)

@@ -812,6 +812,27 @@ def copy_store(src: str | os.PathLike, dst: str | os.PathLike, *, wait_s: float 
     return dst
 
 
+def prune_orphan_snapshots(root: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
+    """Remove the snapshot folders under ``root`` whose live stores are all gone; returns how many.
+
+    Each folder holds the copies of one live store (snapshot()), each copy beside a ``.home`` file naming it. A
+    copy whose live store was deleted can never be read again (its parts and vectors went with the store), yet
+    without this every store a user or a test suite ever opened would leave a folder behind in the temp dir.
+    A folder with no ``.home`` yet (a copy being made) and the folder ``keep`` are left alone.
+    """
+    removed = 0
+    keep = Path(keep).resolve() if keep is not None else None
+    for folder in Path(root).glob("*"):
+        if not folder.is_dir() or (keep is not None and folder.resolve() == keep):
+            continue
+        homes = list(folder.glob("*.home"))
+        if not homes or any(h is None or h.exists() for h in (_snapshot_home(str(x)[: -len(".home")]) for x in homes)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += not folder.exists()
+    return removed
+
+
 def _snapshot_home(path: str) -> Path | None:
     """The live store a snapshot copies (snapshot() writes ``<copy>.home``), else None."""
     side = Path(path + ".home")
