@@ -626,8 +626,20 @@ def clip_score_name(model: str) -> str:
     return f"clip_{slug(model)}"
 
 
+def shown(key: str, default: float) -> float:
+    """The value to give a keyed slider as its default: the one it shows now, else ``default``.
+
+    A keyed slider given no value (or a fixed one) reset itself to that default when a rerun came from a fresh
+    page before the browser had drawn the slider: the browser then sends the slider's default from the page, not
+    the value the session holds (seen on the Filter preview: a click within ~0.5 s of opening it set the top
+    fraction to 0.01). Given the value it shows, the slider's default is that value, so the early rerun keeps it.
+    A preset or test may still set the key through session state (.streamlit/config.toml mutes the log line).
+    """
+    return st.session_state.get(key, default)
+
+
 def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_key: str,
-                values: np.ndarray | None = None, top_default: float | None = 0.30):
+                values: np.ndarray | None = None, top_default: float = 0.30):
     """The slider of a one-score keep rule: 'top fraction' (DataComp) or 'threshold' (keep score ≥ t).
 
     ``values``: the score's finite values sorted descending (the Filter preview's sketch has them), else read here.
@@ -636,8 +648,8 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
     from audit.decide.selection import Rule
 
     if mode == "top fraction":
-        kw = {} if top_default is None else {"value": top_default}
-        value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, step=0.01, key=top_key, **kw)
+        value = st.slider("Keep the top fraction of the pool", 0.01, 1.0, shown(top_key, top_default), step=0.01,
+                          key=top_key)
         return Rule(score, "top", float(value))
     if values is None:
         vals = score_values(store, score)
@@ -649,6 +661,8 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
         return None
     lo, hi = float(vals[-1]), float(vals[0])
     start = float(vals[len(vals) - 1 - int(0.7 * (len(vals) - 1))])   # np.quantile(vals, 0.7, method="lower")
+    now = st.session_state.get(threshold_key)
+    start = float(now) if isinstance(now, (int, float)) and lo <= now <= hi else start   # another score's: out of range
     value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
                       key=threshold_key)
     return Rule(score, ">=", float(value))

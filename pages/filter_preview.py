@@ -44,9 +44,8 @@ def _title(f: str) -> str:
 
 
 default = names.index(default_score(names, cat))
-# widgets a preset can set get their defaults through session state (a widget given both warns)
-for key_, value_ in (("score", names[default]), ("top_fraction", 0.30), ("then_score", NONE), ("then_top", 0.20),
-                     ("and_terms", [])):
+# the pickers a preset can set get their defaults through session state; the sliders through ui.shown
+for key_, value_ in (("score", names[default]), ("then_score", NONE), ("and_terms", [])):
     st.session_state.setdefault(key_, value_)
 if st.session_state["score"] not in names:
     st.session_state["score"] = names[default]
@@ -97,7 +96,8 @@ with st.expander("Combine rules — recipes of the papers (AND, THEN), reasons f
                               format_func=lambda n: n if n == NONE else ui.score_label(cat, n),
                               help="An ordered step: its fraction is of the WHOLE pool (negCLIPLoss top 30% then "
                                    "NormSim∞ top 20% keeps 20% of the pool).")
-    then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, step=0.01, key="then_top",
+    then_top = a2.slider("… this fraction of the whole pool", 0.01, 1.0, ui.shown("then_top", 0.20), step=0.01,
+                         key="then_top",
                          disabled=then_score == NONE)
     recipe_text = st.text_input(
         "Or type a whole recipe (replaces the controls above)", key="recipe_text",
@@ -112,7 +112,7 @@ def live() -> None:
             (score, mode, group):
         st.rerun()
     rule = None if mode == "off" else ui.rule_widget(store, score, mode, top_key="top_fraction", threshold_key="threshold",
-                                                      values=data.sorted_desc, top_default=None)
+                                                      values=data.sorted_desc)
 
     step1 = ([exact_spec(rule)] if rule is not None else []) + list(and_terms) + ([and_rules] if and_rules.strip() else [])
     spec = " & ".join(step1)
