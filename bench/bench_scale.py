@@ -407,10 +407,15 @@ def main() -> None:
         rung = f"{n / 1e6:g}M"
         vectors = n <= a.vectors_max
         pool = work / (f"pool-{n}" + ("" if vectors else "-meta"))
-        secs = build_pool(pool, n, a.shard_rows, vectors, a.workers)
-        row(rung, "pool", f"{n:,} rows" + ("" if vectors else ", no vectors"),
-            f"built in {secs:.0f} s" if secs else "reused")
         store = work / f"store-{n}" / "pool.duckdb"
+        if a.keep_store:   # the stages are skipped: the pool is not read
+            if not store.exists():
+                raise SystemExit(f"--keep-store: {store} does not exist; build it with a run without --keep-store")
+            row(rung, "pool", f"{n:,} rows", "not needed: the kept store is measured")
+        else:
+            secs = build_pool(pool, n, a.shard_rows, vectors, a.workers)
+            row(rung, "pool", f"{n:,} rows" + ("" if vectors else ", no vectors"),
+                f"built in {secs:.0f} s" if secs else "reused")
         if not a.keep_store:
             if only is None or "ingest" in only:   # a fresh store; without ingest the stages run on the last one
                 shutil.rmtree(store.parent, ignore_errors=True)
