@@ -825,8 +825,8 @@ def prune_orphan_snapshots(root: str | os.PathLike, keep: str | os.PathLike | No
     for folder in Path(root).glob("*"):
         if not folder.is_dir() or (keep is not None and folder.resolve() == keep):
             continue
-        homes = list(folder.glob("*.home"))
-        if not homes or any(h is None or h.exists() for h in (_snapshot_home(str(x)[: -len(".home")]) for x in homes)):
+        homes = [_snapshot_home(str(side.with_suffix(""))) for side in folder.glob("*.home")]   # <copy>.home
+        if not homes or any(h is None or h.exists() for h in homes):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed += not folder.exists()
