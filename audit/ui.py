@@ -661,8 +661,8 @@ def rule_widget(store: Store, score: str, mode: str, *, top_key: str, threshold_
         return None
     lo, hi = float(vals[-1]), float(vals[0])
     start = float(vals[len(vals) - 1 - int(0.7 * (len(vals) - 1))])   # np.quantile(vals, 0.7, method="lower")
-    now = st.session_state.get(threshold_key)
-    start = float(now) if isinstance(now, (int, float)) and lo <= now <= hi else start   # another score's: out of range
+    now = shown(threshold_key, start)
+    start = float(now) if lo <= now <= hi else start   # the value of another score's slider can be out of this range
     value = st.slider("Keep samples with score ≥", lo, hi, start, (hi - lo) / 400 or 0.001, format="%.4f",
                       key=threshold_key)
     return Rule(score, ">=", float(value))
