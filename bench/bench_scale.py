@@ -416,7 +416,6 @@ def main() -> None:
             secs = build_pool(pool, n, a.shard_rows, vectors, a.workers)
             row(rung, "pool", f"{n:,} rows" + ("" if vectors else ", no vectors"),
                 f"built in {secs:.0f} s" if secs else "reused")
-        if not a.keep_store:
             if only is None or "ingest" in only:   # a fresh store; without ingest the stages run on the last one
                 shutil.rmtree(store.parent, ignore_errors=True)
                 store.parent.mkdir(parents=True)
